@@ -1,0 +1,427 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration file, validated once at start-up into frozen objects.
+
+Why a small schema engine instead of hand-written parsing per key: every
+section is a frozen dataclass whose fields carry their type, default and
+check, so adding a key (later issues add auth, limits, queues) is one line,
+and every error names the file and the dotted key path the operator has to
+fix, e.g. C{qwengate.yaml: upstream.timeouts.connect: must be > 0, got -1}.
+
+Rules:
+  - YAML is read with C{safe_load}; nothing is coerced: PyYAML implements
+    YAML 1.1, so C{yes} is a boolean and C{1e3} a string, and a string where a
+    number belongs is an error, not a guess.
+  - Unknown keys are errors (a typo must not silently fall back to a
+    default, least of all for a security setting).
+  - Relative paths are taken relative to the directory the daemon starts in.
+
+No Twisted imports and no I/O besides reading the one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+import yaml
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """
+    An invalid configuration value.
+
+    @ivar path: the dotted key path (C{"upstream.timeouts.connect"}), or
+        C{""} for the document as a whole.
+    @ivar problem: what is wrong, in words.
+    @ivar filename: the file, once known.
+    """
+
+    def __init__(self, path: str, problem: str, filename: str = "") -> None:
+        self.path = path
+        self.problem = problem
+        self.filename = filename
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.filename, self.path) if p]
+        return ": ".join(parts + [self.problem])
+
+
+Check = Callable[[Any], Optional[str]]
+
+
+def setting(default: Any, check: Optional[Check] = None, doc: str = "") -> Any:
+    """
+    Declare a config field: its default, an optional check returning an
+    error text (or None when fine), and a one-line description.
+    """
+    if isinstance(default, (list, dict)):
+        raise TypeError("use a tuple or a section for mutable defaults")
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+def section(cls: type) -> Any:
+    """
+    Declare a nested section whose defaults are the section's own.
+    """
+    return field(default_factory=cls, metadata={"check": None, "doc": ""})
+
+
+# Checks -------------------------------------------------------------------
+
+
+def positive(value: Any) -> Optional[str]:
+    return None if value > 0 else "must be > 0, got %r" % (value,)
+
+
+def non_negative(value: Any) -> Optional[str]:
+    return None if value >= 0 else "must be >= 0, got %r" % (value,)
+
+
+def between(low: float, high: float) -> Check:
+    def check(value: Any) -> Optional[str]:
+        if low <= value <= high:
+            return None
+        return "must be between %s and %s, got %r" % (low, high, value)
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> Optional[str]:
+        if value in choices:
+            return None
+        return "must be one of %s, got %r" % (", ".join(map(repr, choices)), value)
+
+    return check
+
+
+def ip_address(value: Any) -> Optional[str]:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IPv4 or IPv6 address, got %r" % (value,)
+    return None
+
+
+def http_url(value: Any) -> Optional[str]:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        # e.g. an unclosed IPv6 bracket: "http://[::1"
+        return "must be an http:// or https:// URL with a host, got %r" % (value,)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host, got %r" % (value,)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "must not contain credentials, a query or a fragment"
+    try:
+        parts.port
+    except ValueError:
+        return "has an invalid port: %r" % (value,)
+    return None
+
+
+def non_empty(value: Any) -> Optional[str]:
+    return None if value.strip() else "must not be empty"
+
+
+# Sections -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """
+    Where the public TLS listener binds.
+    """
+
+    address: str = setting("0.0.0.0", ip_address, "interface address; '::' for IPv6")
+    port: int = setting(18789, between(1, 65535), "TCP port")
+    backlog: int = setting(511, between(1, 65535), "listen(2) backlog")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """
+    The server certificate and protocol floor.
+    """
+
+    certificate: Optional[str] = setting(
+        None, non_empty, "PEM file: the certificate followed by its chain"
+    )
+    private_key: Optional[str] = setting(None, non_empty, "PEM file: the private key")
+    self_signed: bool = setting(
+        False,
+        None,
+        "development only: create a self-signed localhost certificate in "
+        "state_dir/tls when none exists",
+    )
+    min_version: str = setting("1.2", one_of("1.2", "1.3"), "lowest TLS version")
+    ciphers: str = setting(
+        "ECDHE+AESGCM:ECDHE+CHACHA20",
+        non_empty,
+        "OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's)",
+    )
+
+    def _validate(self, path: str) -> None:
+        """
+        A real deployment needs both PEM files; only development may
+        generate a certificate.
+        """
+        if self.self_signed:
+            return
+        for name in ("certificate", "private_key"):
+            if getattr(self, name) is None:
+                raise ConfigError(
+                    _join(path, name),
+                    "is required (or set tls.self_signed: true for development)",
+                )
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """
+    Upstream deadlines in seconds; 0 disables the optional ones.
+    """
+
+    connect: float = setting(3.0, positive, "TCP connect to Ollama")
+    headers: float = setting(
+        900.0,
+        positive,
+        "until Ollama's response headers; a non-streaming answer only gets "
+        "headers once generation ends, so this is also the non-stream cap",
+    )
+    idle: float = setting(300.0, positive, "longest silence between stream chunks")
+    total: float = setting(0.0, non_negative, "absolute cap per request; 0 = none")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """
+    The Ollama server behind the gateway.
+    """
+
+    url: str = setting("http://127.0.0.1:11434", http_url, "Ollama base URL")
+    pool_size: int = setting(
+        64, between(1, 10000), "persistent connections kept open to Ollama"
+    )
+    timeouts: TimeoutsConfig = section(TimeoutsConfig)
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """
+    Server-sent events to clients.
+    """
+
+    keepalive_interval: float = setting(
+        15.0,
+        non_negative,
+        "seconds between ': keep-alive' comments while waiting; 0 = never",
+    )
+    max_line_bytes: int = setting(
+        16 * MiB, between(8 * MiB, 256 * MiB), "longest NDJSON line accepted from Ollama"
+    )
+
+
+@dataclass(frozen=True)
+class TranslationConfig:
+    """
+    Choices in the OpenAI <-> Ollama mapping.
+    """
+
+    reasoning_field: str = setting(
+        "reasoning_content",
+        one_of("reasoning_content", "reasoning", "both", "none"),
+        "where Qwen3 'thinking' goes in responses",
+    )
+    think_max: bool = setting(
+        True,
+        None,
+        "send think:'max' for reasoning effort xhigh/max (Ollama >= 0.22); "
+        "false sends 'high'",
+    )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """
+    Input limits applied before any upstream call.
+    """
+
+    max_body_bytes: int = setting(
+        8 * MiB, between(1024, 1024 * MiB), "largest request body; 413 above"
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The whole configuration file.
+    """
+
+    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory")
+    listen: ListenConfig = section(ListenConfig)
+    tls: TLSConfig = section(TLSConfig)
+    upstream: UpstreamConfig = section(UpstreamConfig)
+    streaming: StreamingConfig = section(StreamingConfig)
+    translation: TranslationConfig = section(TranslationConfig)
+    limits: LimitsConfig = section(LimitsConfig)
+
+
+# The engine ---------------------------------------------------------------
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+
+
+def _unwrap_optional(hint: Any) -> tuple:
+    if typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _convert_scalar(hint: type, value: Any, path: str) -> Any:
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, "must be a number, got %s" % (_describe(value),))
+        try:
+            number = float(value)
+        except OverflowError:
+            # an integer literal too large for a float (400 digits)
+            raise ConfigError(path, "must be a finite number")
+        if not math.isfinite(number):
+            raise ConfigError(path, "must be a finite number")
+        return number
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, "must be an integer, got %s" % (_describe(value),))
+        return value
+    if hint in (bool, str):
+        if not isinstance(value, hint):
+            raise ConfigError(
+                path, "must be %s, got %s" % (_TYPE_NAMES[hint], _describe(value))
+            )
+        return value
+    raise TypeError("unsupported config type %r at %s" % (hint, path))
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return kind
+    return "%s %r" % (kind, value)
+
+
+def _join(prefix: str, key: str) -> str:
+    return "%s.%s" % (prefix, key) if prefix else key
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """
+    Validate C{data} (a parsed YAML mapping) into the dataclass C{cls}.
+
+    @raise ConfigError: naming the dotted key path of the first problem.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "must be a mapping of keys, got %s" % (_describe(data),))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if not isinstance(key, str) or key not in fields:
+            raise ConfigError(
+                _join(path, str(key)),
+                "unknown key (expected one of: %s)" % (", ".join(sorted(fields)),),
+            )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key_path = _join(path, name)
+        hint, optional = _unwrap_optional(hints[name])
+        raw = data[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = build(hint, raw, key_path)
+            continue
+        if raw is None and optional:
+            values[name] = None
+            continue
+        value = _convert_scalar(hint, raw, key_path)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(key_path, problem)
+        values[name] = value
+    result = cls(**values)
+    validate = getattr(result, "_validate", None)
+    if validate is not None:
+        validate(path)
+    return result
+
+
+def parse(text: str, filename: str = "<config>") -> Config:
+    """
+    Parse and validate a YAML document.
+
+    @raise ConfigError: with C{filename} set.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = " at line %d" % (mark.line + 1,) if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError("", "invalid YAML%s: %s" % (where, problem), filename)
+    try:
+        return build(Config, data)
+    except ConfigError as e:
+        e.filename = filename
+        raise
+
+
+def load(filename: str) -> Config:
+    """
+    Read and validate the configuration file C{filename}.
+
+    @raise ConfigError: when it cannot be read or is invalid.
+    """
+    try:
+        with open(filename, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError("", "cannot read: %s" % (e.strerror or e,), filename)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("", "is not valid UTF-8", filename)
+    return parse(text, filename)
+
+
+def describe_keys(cls: type = Config, path: str = "") -> list:
+    """
+    Every key as C{(dotted path, default, description)}, for the docs test
+    that keeps the reference config and README complete.
+    """
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key_path = _join(path, f.name)
+        hint, _ = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe_keys(hint, key_path))
+        else:
+            rows.append((key_path, f.default, f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.web.test_endpoint -*-
+"""
+What the gateway knows about one request while it is served.
+
+One L{CallContext} travels the whole pipeline (peer filter, identity,
+limits, queue, translation, upstream, translation back). Each stage fills in
+what it learns, and the observers that run when the call ends (access log
+now; metrics and the audit log later) read it instead of re-deriving facts
+from the Twisted request. It holds no secrets: an identity is recorded by
+key id, never by key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class CallContext:
+    """
+    Mutable record of one API call.
+
+    @ivar outcome: C{"ok"}, C{"error"} (an error response was sent),
+        C{"client_gone"} (the client disconnected first) or C{"truncated"}
+        (a stream ended with an error event after it had started).
+    """
+
+    request_id: str
+    route: str
+    method: str
+    path: str
+    client_ip: str
+    started: float
+    model: Optional[str] = None
+    stream: bool = False
+    status: int = 0
+    error_type: Optional[str] = None
+    error_code: Optional[str] = None
+    outcome: str = "ok"
+    client_gone: bool = False
+    upstream_status: Optional[int] = None
+    first_byte_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    usage: Optional[dict] = None
+    chunks: int = 0
+    identity: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def duration(self) -> Optional[float]:
+        """
+        Seconds from arrival to the end of the response, once ended.
+        """
+        if self.finished_at is None:
+            return None
+        return self.finished_at - self.started

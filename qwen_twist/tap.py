@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd qwengate}: command-line options and service wiring.
+
+Configuration is loaded and validated in L{Options.postOptions}, before
+twistd daemonizes or starts the reactor, so a bad file stops the daemon with
+one line (file, dotted key, problem) and a non-zero exit status instead of a
+traceback in a log nobody reads. TLS files are checked there too.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Optional, Tuple
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from qwen_twist import __version__, config as configmod, tls
+from qwen_twist.gateway import Gateway
+from qwen_twist.upstream import OllamaClient
+from qwen_twist.web.request import GatewaySite
+from qwen_twist.web.root import build_root
+
+DEFAULT_CONFIG = "/etc/qwengate/qwengate.yaml"
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd qwengate}.
+
+    @ivar config: the validated L{configmod.Config}, after parsing.
+    @ivar certificate_options: the server TLS options built from it.
+    """
+
+    synopsis = "[--config FILE] [--check-config]"
+    longdesc = (
+        "Serve the OpenAI API over TLS and translate it to Ollama's native API. "
+        "All settings live in the YAML file; see etc/qwengate/qwengate.yaml."
+    )
+    optParameters = [["config", "c", DEFAULT_CONFIG, "YAML configuration file"]]
+    optFlags = [["check-config", None, "validate the configuration and TLS files, then exit"]]
+
+    def postOptions(self) -> None:
+        filename = self["config"]
+        notices: List[Tuple[str, dict]] = []
+        try:
+            self.config = configmod.load(filename)
+            self.certificate_options = tls.certificate_options(
+                self.config.tls,
+                self.config.state_dir,
+                lambda fmt, **kw: notices.append((fmt, kw)),
+            )
+        except configmod.ConfigError as e:
+            if not e.filename:
+                e.filename = filename
+            # One line, exit status 1 (SystemExit with a message prints it
+            # to stderr); twistd would otherwise print its whole usage text.
+            raise SystemExit(str(e))
+        self.notices = notices
+        if self["check-config"]:
+            sys.stdout.write("%s: configuration OK\n" % (filename,))
+            raise SystemExit(0)
+
+
+class GatewayService(service.MultiService):
+    """
+    The running gateway: the TLS listener and the upstream pool.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: configmod.Config, certificate_options: Any, reactor: Any,
+                 notices: Optional[list] = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._notices = notices or []
+        self.upstream = OllamaClient(reactor, config.upstream)
+        self.gateway = Gateway(config, reactor, self.upstream)
+        self.site = GatewaySite(
+            build_root(self.gateway), config.limits.max_body_bytes, reactor=reactor
+        )
+        self.factory = build_listener_factory(certificate_options, self.site)
+        endpoint = listen_endpoint(reactor, config.listen)
+        self.listener = internet.StreamServerEndpointService(endpoint, self.factory)
+        self.listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        for fmt, fields in self._notices:
+            self.log.info(fmt, **fields)
+        listen = self.config.listen
+        self.log.info(
+            "qwengate {version} serving https://{address}:{port}/v1 -> {upstream}",
+            version=__version__,
+            address=listen.address,
+            port=listen.port,
+            upstream=self.upstream.base_url,
+        )
+        super().startService()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        d.addBoth(lambda _: self.upstream.close())
+        return d
+
+
+def build_listener_factory(certificate_options: Any, site: Any) -> Any:
+    """
+    The protocol factory stack of the public port: TLS around HTTP. The
+    per-IP peer filter wraps this from the outside (it must refuse before
+    any handshake work; see style.md section 1.3).
+    """
+    return TLSMemoryBIOFactory(certificate_options, False, site)
+
+
+def listen_endpoint(reactor: Any, listen: configmod.ListenConfig) -> Any:
+    """
+    A plain TCP endpoint (TLS is in the factory stack, not the endpoint).
+    """
+    if ":" in listen.address:
+        return endpoints.TCP6ServerEndpoint(
+            reactor, listen.port, backlog=listen.backlog, interface=listen.address
+        )
+    return endpoints.TCP4ServerEndpoint(
+        reactor, listen.port, backlog=listen.backlog, interface=listen.address
+    )
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    """
+    Build the service twistd runs.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    return GatewayService(
+        options.config, options.certificate_options, reactor, getattr(options, "notices", [])
+    )

@@ -1,0 +1,182 @@
+# -*- test-case-name: tests.translate.test_completions -*-
+"""
+Legacy C{/v1/completions} to C{/api/generate} and back, without streaming.
+
+The legacy API has one text field per choice and nowhere to put reasoning,
+so the request always carries C{think: false} (accepted by every model, and
+it stops thinking models from spending the token budget on hidden text) and
+C{raw: false}, which templates the prompt as one user turn exactly as Ollama
+compat does (reference section 5.2, TV-35). Several prompts, token-array
+prompts, C{echo} and C{best_of}/C{n} above 1 have no native equivalent and
+are refused rather than half-served.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from qwen_twist.errors import invalid_request, upstream_protocol_error
+from qwen_twist.translate.common import finish_reason, unix_time, usage
+from qwen_twist.translate.request import UpstreamRequest
+from qwen_twist.translate.validate import (
+    keep_alive_value,
+    native_options,
+    optional_bool,
+    optional_int,
+    optional_str,
+    output_cap,
+    require_object,
+    require_str,
+    single_choice,
+    stream_flags,
+    type_name,
+)
+
+#: OpenAI's ceiling for the legacy integer C{logprobs}.
+MAX_LOGPROBS = 5
+
+
+def _prompt(body: Dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if prompt is None:
+        raise invalid_request("Missing required parameter: 'prompt'.", "prompt")
+    raise invalid_request(
+        "Invalid 'prompt': expected a string or an array with one string, got %s%s."
+        % (
+            type_name(prompt),
+            " of %d items" % len(prompt) if isinstance(prompt, list) else "",
+        ),
+        "prompt",
+    )
+
+
+def completion_request(body: object) -> UpstreamRequest:
+    """
+    Translate a C{/v1/completions} body into an C{/api/generate} request.
+
+    @param body: the decoded JSON body, of any type.
+    @raise ApiError: a 400 naming the offending field.
+    """
+    body = require_object(body)
+    model = require_str(body, "model")
+    prompt = _prompt(body)
+    suffix = optional_str(body, "suffix")
+    stream, include_usage = stream_flags(body)
+    single_choice(body, "n")
+    single_choice(body, "best_of")
+    if optional_bool(body, "echo"):
+        raise invalid_request("'echo' is not supported by this server.", "echo")
+    logprobs = optional_int(body, "logprobs", minimum=0, maximum=MAX_LOGPROBS)
+    options = native_options(body, optional_int(body, "max_tokens", minimum=1))
+    payload: Dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "stream": stream,
+        "raw": False,
+        "think": False,
+    }
+    if suffix:
+        payload["suffix"] = suffix
+    if options:
+        payload["options"] = options
+    keep_alive = body.get("keep_alive")
+    if keep_alive is not None:
+        payload["keep_alive"] = keep_alive_value(keep_alive)
+    if logprobs:
+        payload["logprobs"] = True
+        payload["top_logprobs"] = logprobs
+    return UpstreamRequest(
+        path="/api/generate",
+        payload=payload,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        prompt_chars=len(prompt) + (len(suffix) if suffix else 0),
+        max_tokens=output_cap(options),
+    )
+
+
+def legacy_logprobs(native_logprobs: object) -> Optional[Dict[str, List[Any]]]:
+    """
+    Native C{logprobs} in the legacy completions shape (C{tokens},
+    C{token_logprobs}, C{top_logprobs} as token->logprob maps,
+    C{text_offset}), or L{None} when the upstream sent none. Shared with
+    the streaming translator.
+
+    @param native_logprobs: the native list of C{{token, logprob,
+        top_logprobs?}}.
+    """
+    if not isinstance(native_logprobs, list) or not native_logprobs:
+        return None
+    tokens: List[str] = []
+    token_logprobs: List[float] = []
+    top_logprobs: List[Dict[str, float]] = []
+    text_offset: List[int] = []
+    offset = 0
+    for item in native_logprobs:
+        if not isinstance(item, dict):
+            continue
+        token = item.get("token")
+        if not isinstance(token, str):
+            token = ""
+        logprob = item.get("logprob")
+        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
+            logprob = 0.0
+        top: Dict[str, float] = {}
+        alternatives = item.get("top_logprobs")
+        if isinstance(alternatives, list):
+            for alternative in alternatives:
+                if isinstance(alternative, dict) and isinstance(
+                    alternative.get("token"), str
+                ):
+                    value = alternative.get("logprob")
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        top[alternative["token"]] = value
+        tokens.append(token)
+        token_logprobs.append(logprob)
+        top_logprobs.append(top)
+        text_offset.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
+    }
+
+
+def completion_response(native: dict, *, model: str, completion_id: str, now: int) -> dict:
+    """
+    Translate a non-streaming C{/api/generate} reply into a
+    C{text_completion} (section 6.2); C{thinking} is discarded.
+
+    @param model: the model string the client sent (echoed).
+    @param completion_id: from L{qwen_twist.translate.common.completion_id}.
+    @param now: the gateway clock, used when C{created_at} is unusable.
+    @raise ApiError: 502 if C{native} is not a JSON object.
+    """
+    if not isinstance(native, dict):
+        raise upstream_protocol_error()
+    text = native.get("response")
+    done_reason = native.get("done_reason")
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": unix_time(native.get("created_at"), now),
+        "model": model,
+        "choices": [
+            {
+                "text": text if isinstance(text, str) else "",
+                "index": 0,
+                "logprobs": legacy_logprobs(native.get("logprobs")),
+                "finish_reason": finish_reason(
+                    done_reason if isinstance(done_reason, str) else None, False
+                ),
+            }
+        ],
+        "usage": usage(native),
+    }

@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.web.test_completions -*-
+"""
+C{POST /v1/chat/completions} and C{POST /v1/completions}.
+
+Both endpoints are the same pipeline with different translators: parse,
+translate (pure), admit (the gate's hooks), call Ollama, translate back,
+either as one JSON object or as a stream of events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from qwen_twist import errors
+from qwen_twist.context import CallContext
+from qwen_twist.streaming import SseResponse, UpstreamRelay
+from qwen_twist.translate import chat, completions, sse
+from qwen_twist.translate.common import chat_completion_id, completion_id
+from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
+from qwen_twist.upstream import map_failure, read_body
+from qwen_twist.web import respond
+from qwen_twist.web.endpoint import ApiResource, parse_json_body
+
+
+class GenerationResource(ApiResource):
+    """
+    The shared pipeline of the two text-generation endpoints.
+    """
+
+    def translate_request(self, body: Any) -> Any:
+        raise NotImplementedError()
+
+    def translate_response(self, native: dict, plan: Any, now: int) -> dict:
+        raise NotImplementedError()
+
+    def stream_translator(self, plan: Any, now: int) -> Any:
+        raise NotImplementedError()
+
+    async def serve(self, request: Any, ctx: CallContext) -> None:
+        body = parse_json_body(request)
+        plan = self.translate_request(body)
+        ctx.model = plan.model
+        ctx.stream = plan.stream
+        await self.gateway.admit(request, ctx, plan)
+        if plan.stream:
+            await self.serve_stream(request, ctx, plan)
+            return
+        native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
+        result = self.translate_response(native, plan, int(self.gateway.now()))
+        ctx.usage = result.get("usage")
+        ctx.status = 200
+        respond.json_body(request, 200, result)
+
+    async def serve_stream(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        gateway = self.gateway
+        config = gateway.config
+        translator = self.stream_translator(plan, int(gateway.now()))
+        response = SseResponse(request, gateway.clock, config.streaming.keepalive_interval)
+
+        def committed() -> None:
+            ctx.status = 200
+            ctx.first_byte_at = gateway.now()
+
+        response.on_commit = committed
+        response.start_keepalive()
+        try:
+            upstream = await gateway.upstream.send("POST", plan.path, plan.payload)
+            ctx.upstream_status = upstream.code
+            if upstream.code != 200:
+                raise errors.from_upstream(upstream.code, await read_body(upstream))
+        except defer.CancelledError:
+            response.close(finish=False)
+            raise
+        except Exception as e:
+            if ctx.client_gone:
+                response.close(finish=False)
+                raise
+            err = e if isinstance(e, errors.ApiError) else map_failure(Failure(), gateway.upstream.where)
+            if not response.committed:
+                response.close(finish=False)
+                raise err
+            # Already streaming keep-alives: the failure must be an event.
+            ctx.outcome = "truncated"
+            ctx.error_code = err.code
+            response.write(sse.error_event(err.message, err.type, err.code))
+            response.close()
+            return
+        response.commit()
+        response.write(translator.start())
+        relay = UpstreamRelay(
+            response,
+            translator,
+            gateway.clock,
+            idle_timeout=config.upstream.timeouts.idle,
+            total_timeout=config.upstream.timeouts.total,
+        )
+        upstream.deliverBody(relay)
+        try:
+            await relay.done
+        finally:
+            ctx.chunks = translator.chunks
+            ctx.usage = translator.final_usage
+            if translator.outcome == "error":
+                ctx.outcome = "truncated"
+                ctx.error_code = "stream_error"
+            ctx.extra["backpressure_pauses"] = relay.pauses
+
+
+class ChatCompletionsResource(GenerationResource):
+    """
+    C{POST /v1/chat/completions} -> C{POST /api/chat}.
+    """
+
+    route = "chat_completions"
+
+    def translate_request(self, body: Any) -> Any:
+        return chat.chat_request(body, self.gateway.chat_options)
+
+    def translate_response(self, native: dict, plan: Any, now: int) -> dict:
+        return chat.chat_response(
+            native,
+            model=plan.model,
+            completion_id=chat_completion_id(),
+            now=now,
+            options=self.gateway.chat_options,
+        )
+
+    def stream_translator(self, plan: Any, now: int) -> Any:
+        return ChatStreamTranslator(
+            model=plan.model,
+            completion_id=chat_completion_id(),
+            created=now,
+            include_usage=plan.include_usage,
+            reasoning_field=self.gateway.chat_options.reasoning_field,
+            max_line=self.gateway.config.streaming.max_line_bytes,
+        )
+
+
+class CompletionsResource(GenerationResource):
+    """
+    C{POST /v1/completions} -> C{POST /api/generate}.
+    """
+
+    route = "completions"
+
+    def translate_request(self, body: Any) -> Any:
+        return completions.completion_request(body)
+
+    def translate_response(self, native: dict, plan: Any, now: int) -> dict:
+        return completions.completion_response(
+            native, model=plan.model, completion_id=completion_id(), now=now
+        )
+
+    def stream_translator(self, plan: Any, now: int) -> Any:
+        return CompletionStreamTranslator(
+            model=plan.model,
+            completion_id=completion_id(),
+            created=now,
+            include_usage=plan.include_usage,
+            max_line=self.gateway.config.streaming.max_line_bytes,
+        )

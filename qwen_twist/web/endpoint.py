@@ -1,0 +1,194 @@
+# -*- test-case-name: tests.web.test_endpoint -*-
+"""
+The base of every API Resource: one coroutine per call, cancelled when the
+client goes away, every failure turned into an OpenAI error.
+
+Why C{notifyFinish} first: a Deferred obtained after the connection already
+closed never fires (Synapse's C{finish_request} notes this), and the
+cancellation of upstream work hangs on it. Cancelling the call's Deferred
+cancels whatever it awaits: a queued admission, a treq request (closing the
+Ollama connection so generation stops), or a body read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource
+from twisted.web.server import NOT_DONE_YET
+
+from qwen_twist import errors
+from qwen_twist.context import CallContext
+from qwen_twist.gateway import Gateway
+from qwen_twist.upstream import map_failure, read_body
+from qwen_twist.web import respond
+
+
+def client_ip(request: Any) -> str:
+    """
+    The TCP peer's address (trusted-proxy handling is the gate's job).
+    """
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "") or ""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("%s is not valid JSON" % (name,))
+
+
+def parse_json_body(request: Any) -> Any:
+    """
+    The request body as JSON.
+
+    @raise errors.ApiError: 413 for a body over the limit; 400 for an empty
+        body, invalid UTF-8, invalid JSON (including C{NaN}/C{Infinity}) or
+        nesting too deep to parse.
+    """
+    if getattr(request, "body_too_large", False):
+        limit = getattr(request.channel.site, "max_body_bytes", 0)
+        raise errors.ApiError(
+            413,
+            "request body too large, max %d bytes" % (limit,),
+            "invalid_request_error",
+            code="request_too_large",
+        )
+    request.content.seek(0)
+    raw = request.content.read()
+    if not raw.strip():
+        raise errors.invalid_request("request body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.invalid_request("request body is not valid UTF-8")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise errors.invalid_request("request body is nested too deeply")
+    except ValueError as e:
+        raise errors.invalid_request("request body is not valid JSON: %s" % (e,))
+
+
+class ApiResource(resource.Resource):
+    """
+    An endpoint. Subclasses set C{route} and C{methods} and implement
+    C{serve(request, ctx)} as a coroutine that writes the response (through
+    L{respond}) or raises L{errors.ApiError}.
+    """
+
+    isLeaf = True
+    route = "unknown"
+    methods: Tuple[str, ...] = ("POST",)
+    #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
+    accepts_subpaths = False
+    log = Logger()
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render(self, request: Any) -> Any:
+        ctx = CallContext(
+            request_id=getattr(request, "request_id", ""),
+            route=self.route,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace")[:512],
+            client_ip=client_ip(request),
+            started=self.gateway.now(),
+        )
+        finished = request.notifyFinish()
+        method = ctx.method
+        if method == "HEAD" and "GET" in self.methods:
+            method = "GET"
+        refusal = None
+        if not self.accepts_subpaths and request.postpath not in ([], [b""]):
+            refusal = errors.not_found("Unknown request URL: %s %s" % (ctx.method, ctx.path))
+        elif method not in self.methods:
+            refusal = errors.method_not_allowed(ctx.method, ctx.path, self.methods)
+        if refusal is not None:
+            self._fail(request, ctx, refusal)
+            self.gateway.call_finished(ctx)
+            return NOT_DONE_YET
+        call = defer.Deferred.fromCoroutine(self._run(request, ctx))
+
+        def client_gone(reason: Failure) -> None:
+            if not ctx.finished_at:
+                ctx.client_gone = True
+                ctx.outcome = "client_gone"
+                call.cancel()
+
+        finished.addErrback(client_gone)
+        return NOT_DONE_YET
+
+    async def _run(self, request: Any, ctx: CallContext) -> None:
+        try:
+            await self.serve(request, ctx)
+        except BaseException as e:
+            if ctx.client_gone:
+                pass
+            elif isinstance(e, errors.ApiError):
+                self._fail(request, ctx, e)
+            elif request.startedWriting:
+                # A stream broke in a way the streaming code did not handle:
+                # cut the response rather than finish it, so the client cannot
+                # mistake it for a complete answer.
+                self.log.failure("stream failed", Failure())
+                ctx.outcome = "truncated"
+                if request.channel is not None:
+                    request.channel.forceAbortClient()
+            else:
+                failure = Failure()
+                mapped = map_failure(failure, self.gateway.upstream.where)
+                if mapped.code == "internal_error":
+                    self.log.failure("Unhandled error in {route}", failure, route=self.route)
+                self._fail(request, ctx, mapped)
+        finally:
+            if not ctx.status:
+                ctx.status = request.code
+            self.gateway.call_finished(ctx)
+
+    def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
+        ctx.status = err.status
+        ctx.outcome = "error"
+        ctx.error_type = err.type
+        ctx.error_code = err.code
+        respond.error(request, err)
+
+    async def serve(self, request: Any, ctx: CallContext) -> None:
+        raise NotImplementedError()
+
+    async def upstream_json(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        model_endpoint: bool = True,
+    ) -> Any:
+        """
+        Make a non-streaming upstream call and return its parsed JSON body.
+
+        @raise errors.ApiError: mapped from the upstream status (section 8)
+            or from the transport failure.
+        """
+        gateway = self.gateway
+        try:
+            response = await gateway.upstream.send(method, path, payload)
+            ctx.upstream_status = response.code
+            body = await read_body(response)
+        except errors.ApiError:
+            raise
+        except defer.CancelledError:
+            raise
+        except Exception:
+            if ctx.client_gone:
+                raise
+            raise map_failure(Failure(), gateway.upstream.where)
+        if response.code != 200:
+            raise errors.from_upstream(response.code, body, model_endpoint)
+        try:
+            native = json.loads(body)
+        except ValueError:
+            raise errors.upstream_protocol_error()
+        if not isinstance(native, dict):
+            raise errors.upstream_protocol_error()
+        return native

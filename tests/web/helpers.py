@@ -1,0 +1,213 @@
+"""
+In-memory fixtures for the web layer: a fake upstream whose responses the
+test controls byte by byte, and a way to feed raw HTTP to the gateway's
+Site over a C{StringTransport} and read the raw response back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List, Optional
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web import client as wclient
+
+from qwen_twist import config as configmod
+from qwen_twist.gateway import Gateway
+from qwen_twist.web.request import GatewaySite
+from qwen_twist.web.root import build_root
+
+
+class FakeBodyTransport:
+    """
+    Stands in for the upstream socket's producer (C{TransportProxyProducer}).
+    """
+
+    def __init__(self) -> None:
+        self.state = "producing"
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+        self.state = "paused"
+
+    def resumeProducing(self) -> None:
+        self.state = "producing"
+
+    def stopProducing(self) -> None:
+        self.state = "stopped"
+
+
+class FakeResponse:
+    """
+    An C{IResponse} whose body the test pushes with L{send} and L{finish}.
+    """
+
+    def __init__(self, code: int, body: Optional[bytes] = None) -> None:
+        self.code = code
+        self.protocol: Any = None
+        self.transport = FakeBodyTransport()
+        self._initial = body
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+        if self._initial is not None:
+            self.send(self._initial)
+            self.finish()
+
+    def send(self, data: bytes) -> None:
+        if self.transport.state != "stopped":
+            self.protocol.dataReceived(data)
+
+    def finish(self, reason: Any = None) -> None:
+        if reason is None:
+            reason = wclient.ResponseDone()
+        self.protocol.connectionLost(Failure(reason))
+
+
+class UpstreamCall:
+    def __init__(self, method: str, path: str, payload: Any, headers_timeout: Any) -> None:
+        self.method = method
+        self.path = path
+        self.payload = payload
+        self.headers_timeout = headers_timeout
+        self.cancelled = False
+        self.deferred: defer.Deferred = defer.Deferred(self._cancel)
+
+    def _cancel(self, d: defer.Deferred) -> None:
+        self.cancelled = True
+
+    def respond(self, code: int, body: Any = None) -> FakeResponse:
+        """
+        Answer with a complete body (a dict is sent as JSON).
+        """
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode("utf-8")
+        response = FakeResponse(code, body)
+        self.deferred.callback(response)
+        return response
+
+    def respond_streaming(self, code: int = 200) -> FakeResponse:
+        """
+        Answer with headers only; the test then calls C{send}/C{finish}.
+        """
+        response = FakeResponse(code)
+        self.deferred.callback(response)
+        return response
+
+
+class FakeUpstream:
+    """
+    Records every upstream call; the test answers them.
+    """
+
+    base_url = "http://127.0.0.1:11434"
+    where = "127.0.0.1:11434"
+
+    def __init__(self) -> None:
+        self.calls: List[UpstreamCall] = []
+
+    def send(self, method: str, path: str, payload: Any = None,
+             headers_timeout: Any = None) -> defer.Deferred:
+        call = UpstreamCall(method, path, payload, headers_timeout)
+        self.calls.append(call)
+        return call.deferred
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+class ParsedResponse:
+    def __init__(self, status: int, headers: dict, body: bytes, complete: bool) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.complete = complete
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_response(raw: bytes) -> Optional[ParsedResponse]:
+    """
+    Parse one HTTP/1.1 response (Content-Length or chunked; a chunked body
+    that has not ended yet is returned with C{complete=False}).
+    """
+    if b"\r\n\r\n" not in raw:
+        return None
+    head, rest = raw.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers: dict = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode()] = value.strip().decode("latin-1")
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        complete = False
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                complete = True
+                break
+            body += rest[:size]
+            rest = rest[size + 2:]
+        return ParsedResponse(status, headers, body, complete)
+    length = int(headers.get("content-length", "0"))
+    return ParsedResponse(status, headers, rest[:length], len(rest) >= length)
+
+
+class GatewayHarness:
+    """
+    A gateway Site over an in-memory transport with a fake upstream and a
+    deterministic clock.
+    """
+
+    def __init__(self, config: Optional[dict] = None) -> None:
+        raw = {"tls": {"self_signed": True}}
+        raw.update(config or {})
+        self.config = configmod.build(configmod.Config, raw)
+        self.clock = Clock()
+        self.upstream = FakeUpstream()
+        self.finished: list = []
+        self.gateway = Gateway(self.config, self.clock, self.upstream, observers=[self])
+        self.site = GatewaySite(
+            build_root(self.gateway), self.config.limits.max_body_bytes, reactor=self.clock
+        )
+
+    def call_finished(self, ctx: Any) -> None:
+        self.finished.append(ctx)
+
+    def connect(self) -> tuple:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.7", 40000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: Optional[dict] = None) -> tuple:
+        """
+        Send one request; return C{(channel, transport)} for inspection.
+        """
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode("utf-8")
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        channel, transport = self.connect()
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: gateway"]
+        for name, value in (headers or {}).items():
+            lines.append("%s: %s" % (name, value))
+        if body is not None:
+            lines.append("Content-Length: %d" % (len(body),))
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        channel.dataReceived(raw)
+        return channel, transport
+
+    def response(self, transport: StringTransport) -> Optional[ParsedResponse]:
+        return parse_response(transport.value())
