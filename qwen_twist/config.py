@@ -348,14 +348,16 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
     for name, f in fields.items():
-        if name not in data:
-            continue
         key_path = _join(path, name)
         hint, optional = _unwrap_optional(hints[name])
-        raw = data[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = build(hint, raw, key_path)
+            # An absent section is built too, so its own _validate runs: a
+            # file without a tls section still needs certificate files.
+            values[name] = build(hint, data.get(name), key_path)
             continue
+        if name not in data:
+            continue
+        raw = data[name]
         if raw is None and optional:
             values[name] = None
             continue

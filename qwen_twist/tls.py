@@ -144,11 +144,19 @@ def ensure_self_signed(state_dir: str, now: Optional[datetime.datetime] = None) 
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            # A key file left from an interrupted run keeps its old mode
+            # through O_TRUNC; make it private before writing the new key.
+            os.fchmod(f.fileno(), 0o600)
+            f.write(key_pem)
+        with open(cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+    except OSError as e:
+        raise ConfigError(
+            "state_dir", "cannot write %s: %s" % (e.filename or directory, e.strerror or e)
+        )
     return cert_path, key_path, True
 
 

@@ -63,6 +63,7 @@ class Stack:
         self.cafile = ""
         self.http: Any = None
         self._pool: Any = None
+        self._sdk_clients: list = []
 
     @property
     def record(self) -> Any:
@@ -87,17 +88,27 @@ class Stack:
         An official OpenAI SDK client for this gateway (use it from a thread:
         L{in_thread}).
         """
-        import httpx
+        import ssl as stdlib_ssl
+
         import openai
+
+        try:
+            # openai 3.x is built on httpx2; 2.x (the Debian 12 venv) on httpx.
+            import httpx2 as httpx  # type: ignore[import-not-found]
+        except ImportError:
+            import httpx  # type: ignore[no-redef]
 
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("api_key", "sk-test-not-needed")
         kwargs.setdefault("timeout", 20)
-        return openai.OpenAI(
+        context = stdlib_ssl.create_default_context(cafile=self.cafile)
+        client = openai.OpenAI(
             base_url=self.url + "/v1",
-            http_client=httpx.Client(verify=self.cafile),
+            http_client=httpx.Client(verify=context),
             **kwargs,
         )
+        self._sdk_clients.append(client)
+        return client
 
 
 def in_thread(f: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
@@ -149,6 +160,8 @@ async def start_stack(testcase: Any, config: Optional[dict] = None,
     )
 
     async def stop() -> None:
+        for client in stack._sdk_clients:
+            await in_thread(client.close)
         await stack._pool.closeCachedConnections()
         await stack.port.stopListening()
         await stack.service.upstream.close()

@@ -155,6 +155,7 @@ class ChatTests(TestCase):
         self.assertEqual((await treq.json_content(ready))["status"], "unavailable")
         health = await stack.get("/health")
         self.assertEqual(health.code, 200)
+        self.assertEqual((await treq.json_content(health))["status"], "ok")
 
     @async_test
     async def test_ready(self) -> None:

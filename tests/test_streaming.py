@@ -163,8 +163,10 @@ class StreamTests(SynchronousTestCase):
         upstream.send(content("a"))
         self.harness.clock.advance(15)  # a chunk was written in this interval
         self.harness.clock.advance(15)  # nothing in this one
+        upstream.send(DONE)
         got = events(self.response().body)
         self.assertEqual(got.count(": keep-alive"), 1)
+        self.assertEqual(got[-1], "[DONE]")
 
     def test_idle_timeout(self) -> None:
         """

@@ -828,10 +828,11 @@ class EmulatorResource(Resource):
                   method: bytes, raw: bytes, record: bool) -> Any:
         body: Any = None
         problem: Optional[_Refusal] = None
-        try:
-            body = decode_body(raw)
-        except _Refusal as e:
-            problem = e
+        if raw or method == b"POST":
+            try:
+                body = decode_body(raw)
+            except _Refusal as e:
+                problem = e
         if record:
             self._record_request(request, body)
         if routes is None:

@@ -20,7 +20,7 @@ from qwen_twist.streaming import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse
 from qwen_twist.translate.common import chat_completion_id, completion_id
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
-from qwen_twist.upstream import map_failure, read_body
+from qwen_twist.upstream import read_body
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource, parse_json_body
 
@@ -78,7 +78,7 @@ class GenerationResource(ApiResource):
             if ctx.client_gone:
                 response.close(finish=False)
                 raise
-            err = e if isinstance(e, errors.ApiError) else map_failure(Failure(), gateway.upstream.where)
+            err = e if isinstance(e, errors.ApiError) else self.api_error(Failure())
             if not response.committed:
                 response.close(finish=False)
                 raise err

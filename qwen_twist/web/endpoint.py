@@ -126,6 +126,9 @@ class ApiResource(resource.Resource):
     async def _run(self, request: Any, ctx: CallContext) -> None:
         try:
             await self.serve(request, ctx)
+        except GeneratorExit:
+            # The call was garbage-collected mid-flight; nothing to answer.
+            raise
         except BaseException as e:
             if ctx.client_gone:
                 pass
@@ -140,15 +143,22 @@ class ApiResource(resource.Resource):
                 if request.channel is not None:
                     request.channel.forceAbortClient()
             else:
-                failure = Failure()
-                mapped = map_failure(failure, self.gateway.upstream.where)
-                if mapped.code == "internal_error":
-                    self.log.failure("Unhandled error in {route}", failure, route=self.route)
-                self._fail(request, ctx, mapped)
+                self._fail(request, ctx, self.api_error(Failure()))
         finally:
             if not ctx.status:
                 ctx.status = request.code
             self.gateway.call_finished(ctx)
+
+    def api_error(self, failure: Failure) -> errors.ApiError:
+        """
+        The client-facing error for any failure; one that is not a known
+        upstream failure is a gateway bug, logged with its traceback here
+        and answered with a bare 500.
+        """
+        mapped = map_failure(failure, self.gateway.upstream.where)
+        if mapped.code == "internal_error":
+            self.log.failure("Unhandled error in {route}", failure, route=self.route)
+        return mapped
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
         ctx.status = err.status
@@ -182,7 +192,7 @@ class ApiResource(resource.Resource):
         except Exception:
             if ctx.client_gone:
                 raise
-            raise map_failure(Failure(), gateway.upstream.where)
+            raise self.api_error(Failure())
         if response.code != 200:
             raise errors.from_upstream(response.code, body, model_endpoint)
         try:

@@ -34,6 +34,9 @@ class _Discard:
     def seek(self, *args: object) -> int:
         return 0
 
+    def tell(self) -> int:
+        return 0
+
     def read(self, *args: object) -> bytes:
         return b""
 

@@ -423,6 +423,19 @@ class ChatTests(_SocketTestCase):
         self.assertNotIn("done_reason", lines[-1])
 
     @deferred_test
+    async def test_json_format(self) -> None:
+        """
+        With C{format} set and no scripted text, the default answer is a
+        JSON document, so JSON-mode demos parse it.
+        """
+        await self.start()
+        for fmt in ("json", {"type": "object"}):
+            answer = json.loads((await self.post("/api/chat", chat(
+                stream=False, think=False, format=fmt))).body)
+            self.assertEqual(json.loads(answer["message"]["content"]),
+                             {"answer": default_answer("Hi there")})
+
+    @deferred_test
     async def test_load_only(self) -> None:
         """
         An empty C{messages} list only loads the model: one JSON object with
@@ -631,6 +644,11 @@ class EmbedTests(_SocketTestCase):
                          404, 'model "nope" not found, try pulling it first')
         self.assertError(await self.post("/api/embed", {"input": "a"}),
                          400, "model is required")
+        self.assertError(await self.post("/api/embed", {
+            "model": "nomic-embed-text", "input": "x" * 9000, "truncate": False}),
+            400, "the input length exceeds the context length")
+        ok = await self.post("/api/embed", {"model": "nomic-embed-text", "input": "x" * 9000})
+        self.assertEqual(ok.code, 200)
 
 
 class FaultTests(_SocketTestCase):
@@ -713,11 +731,13 @@ class FaultTests(_SocketTestCase):
                                         unbuffered=True)
         catcher = _LineCatcher()
         response.deliverBody(catcher)
-        await catcher.first
-        await task.deferLater(self.reactor, 0.05, lambda: None)
-        self.assertEqual(ndjson(catcher.data)[0]["message"]["content"], "a")
-        self.assertEqual(len(ndjson(catcher.data)), 1)
+        await self.until(lambda: catcher.data.endswith(b"\n"))
+        self.assertEqual([line["message"]["content"] for line in ndjson(catcher.data)], ["a"])
+        self.assertEqual(self.emulator.record.faults, 1)
         self.assertEqual(self.emulator.record.streams_active, 1)
+        self.assertFalse(catcher.ended.called)
+        self.assertEqual([call for call in self.reactor.getDelayedCalls()
+                          if getattr(call.func, "__name__", "") == "_tick"], [])
         catcher.transport.stopProducing()
         await self.until(lambda: self.emulator.record.streams_abandoned == 1)
         self.assertEqual(self.emulator.record.streams_active, 0)
@@ -733,7 +753,7 @@ class FaultTests(_SocketTestCase):
         outcomes: List[Any] = []
         d = self.http.post(self.emulator.url + "/api/chat", json=chat())
         d.addBoth(outcomes.append)
-        await task.deferLater(self.reactor, 0.05, lambda: None)
+        await self.until(lambda: self.emulator.record.faults == 1)
         self.assertEqual(outcomes, [])
         self.assertEqual(len(self.emulator.record.requests), 1)
         d.cancel()
@@ -751,7 +771,7 @@ class FaultTests(_SocketTestCase):
         self.emulator.script.push(hang_before_headers=True)
         outcomes: List[Any] = []
         self.http.post(self.emulator.url + "/api/chat", json=chat()).addBoth(outcomes.append)
-        await task.deferLater(self.reactor, 0.05, lambda: None)
+        await self.until(lambda: self.emulator.record.faults == 1)
         await self.emulator.stop()
         await self.until(lambda: bool(outcomes))
         self.assertIsInstance(outcomes[0], Failure)

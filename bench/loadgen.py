@@ -1,0 +1,933 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+The load generator: a lean HTTP/1.1 client in a process of its own.
+
+Why its own process and why this lean: the gateway's figures are CPU time
+per streamed chunk and latency added per request, on a 2-core machine that
+the emulator, the gateway and the client share. A client that parsed every
+chunk's JSON, or ran in the gateway's event loop, would be the bottleneck
+and would blur what is measured. So this client:
+
+  - runs as C{python -m bench.loadgen JOB.json RESULT.json}, started by the
+    harness, which reads the gateway's and the emulator's CPU from C{/proc};
+  - uses asyncio protocols (no streams layer, no HTTP library), writes
+    pre-built request bytes, undoes chunked transfer coding and only splits
+    the body on C{b"\\n\\n"} (SSE) or C{b"\\n"} (NDJSON) to time-stamp frame
+    arrivals; one time stamp per read, shared by the frames of that read;
+  - keeps arrival times in C{array("d")} and does all statistics after the
+    measurement, in the pure functions below (tested in
+    C{tests/test_bench.py}).
+
+Time is C{time.monotonic()}, which on Linux is C{CLOCK_MONOTONIC}, the same
+clock in every process: the harness places the instants this process
+reports (all streams open, first stream done) on its own C{/proc} samples.
+
+TLS: when the job names a C{cafile}, the server certificate is verified
+against it (the gateway's self-signed development certificate) with
+C{server_hostname}; without one, verification is off (loopback only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import resource
+import socket
+import ssl
+import sys
+import time
+from array import array
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+clock = time.monotonic
+
+#: Separators of the two streaming framings.
+SEPARATORS = {"sse": b"\n\n", "ndjson": b"\n"}
+
+#: How much of a body's beginning and end a record keeps, to check the first
+#: and last frames (role chunk, C{[DONE]}, C{"done":true}) after the run.
+SAMPLE_BYTES = 512
+
+
+class ProtocolError(Exception):
+    """
+    The server sent something that is not HTTP/1.1 as this client knows it.
+    """
+
+
+# -- pure parts: framing ---------------------------------------------------
+
+
+def parse_response_head(head: bytes) -> Tuple[int, Dict[str, str]]:
+    """
+    Parse a response head (status line and header lines, without the blank
+    line that ends it).
+
+    @return: the status code and the headers, names lower-cased; a repeated
+        header keeps its last value.
+    @raise ProtocolError: when the status line is not C{HTTP/1.x NNN ...}.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise ProtocolError("bad status line %r" % (lines[0][:80],))
+    try:
+        status = int(parts[1])
+    except ValueError:
+        raise ProtocolError("bad status line %r" % (lines[0][:80],))
+    headers: Dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return status, headers
+
+
+class ChunkedDecoder:
+    """
+    Undo HTTP/1.1 chunked transfer coding incrementally: feed it whatever
+    the socket delivered, get the body bytes back.
+
+    @ivar done: the last chunk and the (empty) trailer were seen.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._left = 0
+        self._crlf = 0
+        self._trailer = False
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @return: the body bytes contained in C{data} (possibly empty).
+        @raise ProtocolError: on a malformed chunk size line.
+        """
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        out: List[bytes] = []
+        pos = 0
+        end = len(data)
+        while pos < end and not self.done:
+            if self._left:
+                take = self._left if self._left < end - pos else end - pos
+                out.append(data[pos:pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._crlf = 2
+                continue
+            if self._crlf:
+                skip = self._crlf if self._crlf < end - pos else end - pos
+                pos += skip
+                self._crlf -= skip
+                continue
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                self._pending = data[pos:]
+                if len(self._pending) > 4096:
+                    raise ProtocolError("chunk size line too long")
+                break
+            line = data[pos:eol]
+            pos = eol + 2
+            if self._trailer:
+                if not line:
+                    self.done = True
+                continue
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ProtocolError("bad chunk size line %r" % (line[:40],))
+            if size:
+                self._left = size
+            else:
+                self._trailer = True
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+class IdentityDecoder:
+    """
+    A body with a C{Content-Length} (or, with L{None}, one that ends when
+    the connection closes); same interface as L{ChunkedDecoder}.
+    """
+
+    def __init__(self, length: Optional[int]) -> None:
+        self._left = length
+        self.done = length == 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self._left is None:
+            return data
+        if len(data) >= self._left:
+            data = data[:self._left]
+            self._left = 0
+            self.done = True
+            return data
+        self._left -= len(data)
+        return data
+
+
+def body_decoder(headers: Dict[str, str]) -> Any:
+    """
+    The decoder a response's headers call for.
+    """
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return ChunkedDecoder()
+    length = headers.get("content-length")
+    return IdentityDecoder(int(length) if length is not None else None)
+
+
+class FrameCounter:
+    """
+    Count frames (SSE events, NDJSON lines) in a body delivered in pieces,
+    without parsing them: a frame ends at each separator, including one
+    split across two pieces.
+
+    @ivar frames: frames completed so far.
+    @ivar head: the first L{SAMPLE_BYTES} of the body.
+    """
+
+    def __init__(self, separator: bytes) -> None:
+        self._sep = separator
+        self._keep = len(separator) - 1
+        self._carry = b""
+        self._last = b""
+        self._previous = b""
+        self.frames = 0
+        self.head = b""
+
+    def feed(self, payload: bytes) -> int:
+        """
+        @return: how many frames C{payload} completed.
+        """
+        if len(self.head) < SAMPLE_BYTES:
+            self.head = (self.head + payload)[:SAMPLE_BYTES]
+        self._previous = self._last
+        self._last = payload
+        sep = self._sep
+        if self._keep:
+            joined = self._carry + payload if self._carry else payload
+            n = joined.count(sep)
+            after = joined[joined.rfind(sep) + len(sep):] if n else joined
+            self._carry = after[-self._keep:]
+        else:
+            n = payload.count(sep)
+        self.frames += n
+        return n
+
+    @property
+    def tail(self) -> bytes:
+        """
+        The last L{SAMPLE_BYTES} (or so) of the body.
+        """
+        return (self._previous + self._last)[-SAMPLE_BYTES:]
+
+
+# -- pure parts: statistics ------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], q: float) -> Optional[float]:
+    """
+    The C{q}-th percentile (0-100) of already sorted values, interpolating
+    linearly between the closest ranks; L{None} for no values.
+    """
+    if not ordered:
+        return None
+    if len(ordered) == 1:
+        return float(ordered[0])
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize_ms(values: Iterable[float]) -> Dict[str, Any]:
+    """
+    Count, mean, min, p50, p90, p99 and max of durations in seconds, in
+    milliseconds rounded to the microsecond.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+
+    def ms(value: Optional[float]) -> Optional[float]:
+        return None if value is None else round(value * 1000.0, 3)
+
+    return {
+        "n": len(ordered),
+        "mean": ms(sum(ordered) / len(ordered)),
+        "min": ms(ordered[0]),
+        "p50": ms(percentile(ordered, 50)),
+        "p90": ms(percentile(ordered, 90)),
+        "p99": ms(percentile(ordered, 99)),
+        "max": ms(ordered[-1]),
+    }
+
+
+def expand_arrivals(times: Sequence[float], counts: Sequence[int]) -> List[float]:
+    """
+    One time stamp per frame, from (read time, frames in that read) pairs.
+    """
+    out: List[float] = []
+    for t, n in zip(times, counts):
+        if n == 1:
+            out.append(t)
+        else:
+            out.extend([t] * n)
+    return out
+
+
+class StreamRecord:
+    """
+    What the client saw of one streamed response.
+
+    @ivar sent: when the request was written.
+    @ivar first_byte: when the first response byte arrived (0.0: never).
+    @ivar status: the HTTP status (0: no response head).
+    @ivar times: read times that completed at least one frame.
+    @ivar counts: frames completed by each of those reads.
+    @ivar ended: the body ended properly (chunked terminator).
+    @ivar error: why the stream failed on the client side, if it did.
+    @ivar head: the first bytes of the body; C{tail}: the last ones.
+    """
+
+    def __init__(self) -> None:
+        self.sent = 0.0
+        self.first_byte = 0.0
+        self.status = 0
+        self.times = array("d")
+        self.counts = array("l")
+        self.ended = False
+        self.error: Optional[str] = None
+        self.head = b""
+        self.tail = b""
+        self.bytes = 0
+
+
+def token_times(record: StreamRecord, leading: int, trailing: int) -> List[float]:
+    """
+    Arrival times of the token frames of one stream: all frames less the
+    C{leading} ones (the SSE role chunk) and the C{trailing} ones (finish
+    chunk and C{[DONE]}, or Ollama's C{done} line).
+    """
+    frames = expand_arrivals(record.times, record.counts)
+    end = len(frames) - trailing
+    return frames[leading:end] if end > leading else []
+
+
+def stream_problem(record: StreamRecord, done_marker: bytes) -> Optional[str]:
+    """
+    Why a stream does not count as a success, or L{None}: no 200, no
+    proper end, or a last frame other than the expected one (an error event
+    instead of C{[DONE]}).
+    """
+    if record.error:
+        return record.error
+    if record.status != 200:
+        return "HTTP %d: %s" % (record.status, record.head[:160].decode("utf-8", "replace"))
+    if not record.ended:
+        return "body did not end"
+    if done_marker and done_marker not in record.tail:
+        return "no %s at the end: %s" % (
+            done_marker.decode("ascii", "replace"), record.tail[-160:].decode("utf-8", "replace"))
+    return None
+
+
+def analyze_streams(records: Sequence[StreamRecord], rate: float, tokens: int, leading: int,
+                    trailing: int, done_marker: bytes, offered_streams: int,
+                    bucket: float = 0.25, origin: Optional[float] = None) -> Dict[str, Any]:
+    """
+    The statistics of a streaming run.
+
+    Token frame C{i} of a stream is emitted by the emulator at C{t0 + i/rate};
+    so besides the gaps between consecutive frames, each frame's I{lag} is
+    how much later than the stream's most punctual frame it arrived,
+    relative to the schedule: C{(arrival_i - i/rate) - min_j(arrival_j -
+    j/rate)}. That is the delay variation the path adds (jitter and
+    accumulated delay, whatever the emulator's own lateness), not the
+    constant part, which the time to first byte shows.
+
+    The I{steady window} runs from the moment the last stream got its first
+    token to the moment the first stream got its last token: every stream is
+    flowing in it, so token frames in it divided by its length is the
+    relayed rate to compare with the offered C{offered_streams * rate}.
+
+    @param origin: the instant the timeline starts at (default: the first
+        request sent).
+    """
+    ok: List[List[float]] = []
+    problems: Dict[str, int] = {}
+    ttfb: List[float] = []
+    ttft: List[float] = []
+    frames_total = 0
+    for record in records:
+        frames_total += sum(record.counts)
+        if record.first_byte and record.sent:
+            ttfb.append(record.first_byte - record.sent)
+        problem = stream_problem(record, done_marker)
+        if problem is not None:
+            key = problem[:200]
+            problems[key] = problems.get(key, 0) + 1
+            continue
+        tt = token_times(record, leading, trailing)
+        ok.append(tt)
+        if tt:
+            ttft.append(tt[0] - record.sent)
+    gaps: List[float] = []
+    lags: List[float] = []
+    paces: List[float] = []
+    token_counts: List[int] = []
+    sizes = [r.bytes for r in records if stream_problem(r, done_marker) is None]
+    interval = 1.0 / rate if rate > 0 else 0.0
+    for tt in ok:
+        token_counts.append(len(tt))
+        if not tt:
+            continue
+        first = tt[0]
+        previous = first
+        offsets = [t - i * interval for i, t in enumerate(tt)]
+        best = min(offsets)
+        for i, t in enumerate(tt):
+            if i:
+                gaps.append(t - previous)
+            lags.append(offsets[i] - best)
+            previous = t
+        span = tt[-1] - first
+        if rate > 0 and len(tt) > 1 and span > 0:
+            paces.append((len(tt) - 1) / span / rate)
+    token_frames = sum(token_counts)
+    started = [tt[0] for tt in ok if tt]
+    ended = [tt[-1] for tt in ok if tt]
+    window: Optional[Dict[str, Any]] = None
+    if started:
+        w0, w1 = max(started), min(ended)
+        if w1 - w0 >= 0.5:
+            inside = sum(bisect.bisect_right(tt, w1) - bisect.bisect_left(tt, w0) for tt in ok)
+            window = {"start": w0, "end": w1, "seconds": round(w1 - w0, 3),
+                      "token_frames": inside, "rate": round(inside / (w1 - w0), 1)}
+        span = max(ended) - min(started)
+        overall = token_frames / span if span > 0 else None
+    else:
+        overall = None
+    sends = [r.sent for r in records if r.sent]
+    if origin is None:
+        origin = min(sends) if sends else 0.0
+    timeline = token_timeline(ok, origin, bucket)
+    offered = offered_streams * rate
+    relayed = window["rate"] if window else overall
+    return {
+        "streams": len(records),
+        "streams_ok": len(ok),
+        "problems": problems,
+        "frames_total": frames_total,
+        "token_frames": token_frames,
+        "token_frames_expected": offered_streams * tokens,
+        "tokens_per_stream_min": min(token_counts) if token_counts else 0,
+        "tokens_per_stream_max": max(token_counts) if token_counts else 0,
+        "body_bytes_min": min(sizes) if sizes else 0,
+        "body_bytes_max": max(sizes) if sizes else 0,
+        "offered_rate": offered,
+        "relayed_rate": round(relayed, 1) if relayed is not None else None,
+        "relayed_ratio": round(relayed / offered, 4) if relayed is not None and offered else None,
+        "overall_rate": round(overall, 1) if overall is not None else None,
+        "window": window,
+        "pace": summarize_ratio(paces),
+        "ttfb_ms": summarize_ms(ttfb),
+        "ttft_ms": summarize_ms(ttft),
+        "gap_ms": summarize_ms(gaps),
+        "lag_ms": summarize_ms(lags),
+        "timeline": timeline,
+    }
+
+
+def summarize_ratio(values: Iterable[float]) -> Dict[str, Any]:
+    """
+    Min, p1, p50 and mean of ratios (per-stream pace over the target pace).
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+    return {
+        "n": len(ordered),
+        "min": round(ordered[0], 4),
+        "p1": round(percentile(ordered, 1) or 0.0, 4),
+        "p50": round(percentile(ordered, 50) or 0.0, 4),
+        "mean": round(sum(ordered) / len(ordered), 4),
+    }
+
+
+def token_timeline(streams: Sequence[Sequence[float]], origin: float,
+                   bucket: float) -> Dict[str, Any]:
+    """
+    Token frames of all streams per C{bucket} seconds from C{origin}, so the
+    harness can count the frames between two of its own C{/proc} samples.
+    """
+    counts: List[int] = []
+    for tt in streams:
+        for t in tt:
+            i = int((t - origin) / bucket) if t >= origin else 0
+            if i >= len(counts):
+                counts.extend([0] * (i + 1 - len(counts)))
+            counts[i] += 1
+    return {"origin": origin, "bucket": bucket, "counts": counts}
+
+
+def frames_between(timeline: Dict[str, Any], start: float, end: float) -> float:
+    """
+    Frames of a L{token_timeline} between two instants, counting the buckets
+    at either edge in proportion to their overlap.
+    """
+    origin, bucket, counts = timeline["origin"], timeline["bucket"], timeline["counts"]
+    total = 0.0
+    for i, n in enumerate(counts):
+        b0 = origin + i * bucket
+        b1 = b0 + bucket
+        overlap = min(b1, end) - max(b0, start)
+        if overlap > 0:
+            total += n * overlap / bucket
+    return total
+
+
+# -- the client ------------------------------------------------------------
+
+
+def make_ssl_context(tls: Optional[Dict[str, Any]]) -> Optional[ssl.SSLContext]:
+    """
+    The client TLS context for a job's C{tls} section (L{None}: plain TCP).
+    """
+    if not tls:
+        return None
+    cafile = tls.get("cafile")
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def open_connection(loop: Any, factory: Any, job: Dict[str, Any],
+                          ctx: Optional[ssl.SSLContext], rcvbuf: int = 0) -> Any:
+    """
+    Connect one client protocol (TCP, then TLS when C{ctx} is set).
+    C{rcvbuf} shrinks the socket's receive buffer (set before connecting so
+    the TCP window follows) for the slow-reader check.
+    """
+    host, port = job["host"], job["port"]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        timeout = job.get("connect_timeout", 20.0)
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+        kwargs: Dict[str, Any] = {"sock": sock}
+        if ctx is not None:
+            kwargs.update(ssl=ctx, server_hostname=(job.get("tls") or {}).get("server_hostname"),
+                          ssl_handshake_timeout=timeout)
+        _, protocol = await asyncio.wait_for(loop.create_connection(factory, **kwargs), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class StreamClient(asyncio.Protocol):
+    """
+    One streamed request on its own connection.
+    """
+
+    def __init__(self, separator: bytes, loop: Any) -> None:
+        self.record = StreamRecord()
+        self.finished = loop.create_future()
+        self._counter = FrameCounter(separator)
+        self._buffer = b""
+        self._decoder: Any = None
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def send(self, request: bytes) -> None:
+        self.record.sent = clock()
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        now = clock()
+        record = self.record
+        if self._decoder is None:
+            if not record.first_byte:
+                record.first_byte = now
+            data = self._buffer + data if self._buffer else data
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._buffer = data
+                if len(data) > 65536:
+                    self._fail("response head too long")
+                return
+            self._buffer = b""
+            try:
+                record.status, headers = parse_response_head(data[:end])
+            except ProtocolError as e:
+                self._fail(str(e))
+                return
+            self._decoder = body_decoder(headers)
+            data = data[end + 4:]
+            if not data and not self._decoder.done:
+                return
+        try:
+            payload = self._decoder.feed(data)
+        except ProtocolError as e:
+            self._fail(str(e))
+            return
+        if payload:
+            record.bytes += len(payload)
+            n = self._counter.feed(payload)
+            if n:
+                record.times.append(now)
+                record.counts.append(n)
+        if self._decoder.done:
+            record.ended = True
+            self._close()
+
+    def _fail(self, why: str) -> None:
+        if self.record.error is None:
+            self.record.error = why
+        self._close()
+
+    def _close(self) -> None:
+        self.record.head = self._counter.head
+        self.record.tail = self._counter.tail
+        if self.transport is not None:
+            self.transport.close()
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def abort(self, why: str) -> None:
+        """
+        Give up on this stream (the run's deadline passed).
+        """
+        if not self.finished.done():
+            self.record.error = why
+            self.record.head = self._counter.head
+            self.record.tail = self._counter.tail
+            if self.transport is not None:
+                self.transport.abort()
+            self.finished.set_result(None)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if isinstance(self._decoder, IdentityDecoder) and self._decoder._left is None:
+            self.record.ended = True
+        if not self.record.ended and self.record.error is None:
+            self.record.error = "connection closed before the end of the body"
+        self.record.head = self._counter.head
+        self.record.tail = self._counter.tail
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+async def run_stream_job(job: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    Open C{streams} connections, send one streamed request on each (after
+    every connection is up; spread evenly over C{ramp} seconds, or all at
+    once without one), optionally stop reading for
+    C{hold} seconds, and collect every frame until all streams end or
+    C{timeout} passes.
+    """
+    loop = asyncio.get_running_loop()
+    separator = SEPARATORS[job["framing"]]
+    request = job["request"].encode("latin-1")
+    ctx = make_ssl_context(job.get("tls"))
+    count = job["streams"]
+    limit = asyncio.Semaphore(job.get("connect_concurrency", 64))
+    rcvbuf = job.get("rcvbuf", 0)
+    hold = job.get("hold", 0.0)
+    connect_errors: Dict[str, int] = {}
+
+    async def connect_one() -> Optional[StreamClient]:
+        async with limit:
+            try:
+                return await open_connection(
+                    loop, lambda: StreamClient(separator, loop), job, ctx, rcvbuf)
+            except Exception as e:
+                key = "%s: %s" % (type(e).__name__, e)
+                connect_errors[key[:200]] = connect_errors.get(key[:200], 0) + 1
+                return None
+
+    t_connect = clock()
+    opened = await asyncio.gather(*(connect_one() for _ in range(count)))
+    clients = [c for c in opened if c is not None]
+    t_connected = clock()
+    cpu0 = cpu_seconds()
+    ramp = job.get("ramp", 0.0)
+    if ramp > 0 and len(clients) > 1:
+        # Spread the requests evenly over the ramp, as independent users
+        # would arrive, rather than one burst that measures queueing.
+        step = ramp / len(clients)
+        start = clock()
+        for i, client in enumerate(clients):
+            delay = start + i * step - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client.send(request)
+    else:
+        for client in clients:
+            client.send(request)
+    t_sent = clock()
+    t_resumed = None
+    if hold > 0:
+        for client in clients:
+            client.transport.pause_reading()
+        await asyncio.sleep(hold)
+        t_resumed = clock()
+        for client in clients:
+            if not client.finished.done():
+                client.transport.resume_reading()
+    pending = [c.finished for c in clients if not c.finished.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=max(1.0, job["timeout"] - (clock() - t_sent)))
+    timed_out = 0
+    for client in clients:
+        if not client.finished.done():
+            timed_out += 1
+            client.abort("timed out after %.0f s" % (job["timeout"],))
+    t_end = clock()
+    cpu1 = cpu_seconds()
+    await asyncio.sleep(0)
+    records = [c.record for c in clients]
+    done_marker = job.get("done_marker", "").encode("utf-8")
+    analysis = analyze_streams(
+        records, job["rate"], job["tokens"], job["leading"], job["trailing"], done_marker,
+        count, bucket=job.get("bucket", 0.25), origin=t_connected)
+    firsts = [r.first_byte for r in records if r.first_byte]
+    finishes = [r.times[-1] for r in records if len(r.times)]
+    analysis.update({
+        "connect_errors": connect_errors,
+        "timed_out": timed_out,
+        "t_connect": t_connect,
+        "t_connected": t_connected,
+        "t_sent": t_sent,
+        "t_all_first_byte": max(firsts) if len(firsts) == len(records) and firsts else None,
+        "t_first_finished": min(finishes) if finishes else None,
+        "t_resumed": t_resumed,
+        "t_end": t_end,
+        "connect_seconds": round(t_connected - t_connect, 3),
+        "loadgen_cpu_s": round(cpu1 - cpu0, 3),
+    })
+    return analysis
+
+
+class RequestClient(asyncio.Protocol):
+    """
+    One keep-alive connection sending requests back to back.
+    """
+
+    def __init__(self, run: "RequestRun") -> None:
+        self._run = run
+        self.transport: Any = None
+        self.idle = run.loop.create_future()
+        self.dead = False
+        self._buffer = b""
+        self._decoder: Any = None
+        self._status = 0
+        self._sent = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def send(self) -> None:
+        if self.idle.done():
+            self.idle = self._run.loop.create_future()
+        self._buffer = b""
+        self._decoder = None
+        self._sent = clock()
+        self.transport.write(self._run.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._decoder is None:
+            data = self._buffer + data if self._buffer else data
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._buffer = data
+                return
+            self._buffer = b""
+            try:
+                self._status, headers = parse_response_head(data[:end])
+            except ProtocolError as e:
+                self._die(str(e))
+                return
+            self._decoder = body_decoder(headers)
+            if headers.get("connection", "").lower() == "close":
+                self._run.error("server closed the keep-alive connection")
+            data = data[end + 4:]
+        try:
+            self._decoder.feed(data)
+        except ProtocolError as e:
+            self._die(str(e))
+            return
+        if self._decoder.done:
+            now = clock()
+            self._decoder = None
+            if self._run.completed(self, now - self._sent, self._status):
+                self.send()
+            elif not self.idle.done():
+                self.idle.set_result(None)
+
+    def _die(self, why: str) -> None:
+        self._run.error(why)
+        self.dead = True
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.idle.done():
+            self.idle.set_result(None)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.dead:
+            self.dead = True
+            if self._decoder is not None or not self.idle.done():
+                self._run.error("connection lost: %s" % (exc or "closed by the server"))
+        if not self.idle.done():
+            self.idle.set_result(None)
+
+
+class RequestRun:
+    """
+    The shared state of a request run: the deadline, the budget and what
+    was recorded.
+    """
+
+    def __init__(self, loop: Any, request: bytes, max_requests: int) -> None:
+        self.loop = loop
+        self.request = request
+        self.recording = False
+        self.deadline = 0.0
+        self.budget = max_requests
+        self.latencies = array("d")
+        self.statuses: Dict[str, int] = {}
+        self.errors: Dict[str, int] = {}
+
+    def completed(self, client: RequestClient, latency: float, status: int) -> bool:
+        """
+        Record one response; C{True} when the client should send again.
+        """
+        if self.recording:
+            self.latencies.append(latency)
+            key = str(status)
+            self.statuses[key] = self.statuses.get(key, 0) + 1
+        if clock() >= self.deadline or self.budget <= 0 or client.dead:
+            return False
+        self.budget -= 1
+        return True
+
+    def error(self, why: str) -> None:
+        key = why[:200]
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+
+async def run_requests_job(job: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    C{concurrency} keep-alive connections, each sending the request back to
+    back: C{warmup} seconds unrecorded, then C{duration} seconds recorded
+    (or C{max_requests}, whichever ends first).
+    """
+    loop = asyncio.get_running_loop()
+    run = RequestRun(loop, job["request"].encode("latin-1"), job.get("max_requests", 200_000))
+    ctx = make_ssl_context(job.get("tls"))
+    clients: List[RequestClient] = []
+    for _ in range(job["concurrency"]):
+        try:
+            clients.append(await open_connection(loop, lambda: RequestClient(run), job, ctx))
+        except Exception as e:
+            run.error("connect: %s: %s" % (type(e).__name__, e))
+    guard = job["duration"] + job.get("warmup", 0.0) + 30.0
+
+    async def phase(seconds: float) -> None:
+        run.deadline = clock() + seconds
+        live = [c for c in clients if not c.dead]
+        for client in live:
+            client.send()
+        idle = [c.idle for c in live]
+        if idle:
+            await asyncio.wait(idle, timeout=seconds + 30.0)
+
+    if job.get("warmup", 0.0) > 0:
+        await phase(job["warmup"])
+    for client in clients:
+        if not client.idle.done():
+            client._die("no answer within %.0f s" % (guard,))
+    run.recording = True
+    cpu0 = cpu_seconds()
+    t0 = clock()
+    await phase(job["duration"])
+    t1 = clock()
+    cpu1 = cpu_seconds()
+    for client in clients:
+        if not client.idle.done():
+            client._die("no answer within %.0f s" % (guard,))
+        elif client.transport is not None:
+            client.transport.close()
+    done = len(run.latencies)
+    elapsed = t1 - t0
+    ok = run.statuses.get("200", 0)
+    return {
+        "tool": "python",
+        "concurrency": job["concurrency"],
+        "connections": len(clients),
+        "completed": done,
+        "ok": ok,
+        "statuses": run.statuses,
+        "errors": run.errors,
+        "elapsed_s": round(elapsed, 3),
+        "rps": round(done / elapsed, 1) if elapsed > 0 else None,
+        "latency_ms": summarize_ms(run.latencies),
+        "t_start": t0,
+        "t_end": t1,
+        "loadgen_cpu_s": round(cpu1 - cpu0, 3),
+    }
+
+
+def raise_fd_limit() -> None:
+    """
+    Lift the soft open-files limit to the hard one (a thousand streams).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """
+    C{python -m bench.loadgen JOB.json RESULT.json}: run one job, write its
+    result; exit status 0 even when requests failed (the result says so).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m bench.loadgen JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as f:
+        job = json.load(f)
+    raise_fd_limit()
+    runner = {"stream": run_stream_job, "requests": run_requests_job}[job["kind"]]
+    result = asyncio.run(runner(job))
+    with open(argv[1], "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,615 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+The real processes of a benchmark run, and what C{/proc} says about them.
+
+Why real processes: the gateway's cost is measured as its own CPU time and
+resident memory, read from C{/proc/<pid>/stat} and C{/proc/<pid>/status},
+so it must not share a process with the emulator or the load generator.
+The emulator runs as C{python -m qwen_twist.emulator --port 0}; the gateway
+as C{twistd --nodaemon --pidfile= --logfile=FILE qwengate --config FILE}
+with a temporary configuration (loopback, a free port, a self-signed
+certificate in a temporary state directory, C{upstream.url} pointing at the
+emulator); the load generator as C{python -m bench.loadgen}.
+
+Every child runs in its own session (so a Ctrl-C reaches only the harness,
+which then stops them in order) and gets C{PR_SET_PDEATHSIG} (so they die
+with the harness even when it is killed). L{Stack} owns them and stops them
+on exit, error or Ctrl-C.
+
+The parsing of C{/proc} text and the interpolation of samples are pure
+functions (tested); the rest does I/O.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from bench.fronts import Front, direct_front, qwengate_front
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOOPBACK = "127.0.0.1"
+
+clock = time.monotonic
+
+
+class BenchError(Exception):
+    """
+    A benchmark could not run (a process did not start, a control call
+    failed); the message says which and shows the end of its log.
+    """
+
+
+# -- /proc, pure -----------------------------------------------------------
+
+
+def parse_proc_stat(text: str, ticks: int = CLK_TCK) -> float:
+    """
+    User plus system CPU seconds from the text of C{/proc/<pid>/stat}.
+    The command name (field 2) may contain spaces and parentheses, so the
+    fields are counted from the last C{")"}.
+    """
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def parse_proc_status(text: str) -> Dict[str, int]:
+    """
+    C{VmRSS} (resident now) and C{VmHWM} (resident peak) in bytes from the
+    text of C{/proc/<pid>/status}; missing ones are 0.
+    """
+    out = {"rss": 0, "hwm": 0}
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            out["rss"] = int(line.split()[1]) * 1024
+        elif line.startswith("VmHWM:"):
+            out["hwm"] = int(line.split()[1]) * 1024
+    return out
+
+
+def parse_machine_stat(text: str, ticks: int = CLK_TCK) -> Tuple[float, float]:
+    """
+    Busy and total CPU seconds of the whole machine (all cores) from the
+    first line of C{/proc/stat}; idle and iowait count as not busy.
+    """
+    line = text.split("\n", 1)[0].split()
+    values = [int(v) for v in line[1:9]]
+    total = sum(values)
+    idle = values[3] + values[4]
+    return (total - idle) / ticks, total / ticks
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """
+    One reading of a process: when, CPU seconds so far, RSS and peak RSS.
+    """
+
+    t: float
+    cpu: float
+    rss: int
+    hwm: int
+
+
+def interpolate(points: Sequence[Tuple[float, float]], t: float) -> Optional[float]:
+    """
+    The value at C{t} of a series of C{(time, value)} points, linear
+    between the two around it, clamped to the first and last; L{None} for
+    no points.
+    """
+    if not points:
+        return None
+    if t <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t <= t1:
+            if t1 == t0:
+                return v1
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+def sample_pid(pid: int) -> Optional[ProcSample]:
+    """
+    Read one process's CPU and memory now; L{None} when it is gone.
+    """
+    now = clock()
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            cpu = parse_proc_stat(f.read())
+        with open("/proc/%d/status" % (pid,)) as f:
+            mem = parse_proc_status(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+    return ProcSample(now, cpu, mem["rss"], mem["hwm"])
+
+
+def machine_cpu() -> Tuple[float, float]:
+    with open("/proc/stat") as f:
+        return parse_machine_stat(f.read())
+
+
+class Sampler:
+    """
+    Samples of some processes (and of the whole machine's CPU) taken over a
+    phase, and what can be read from them.
+    """
+
+    def __init__(self, pids: Dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self.samples: Dict[str, List[ProcSample]] = {name: [] for name in pids}
+        self.machine: List[Tuple[float, float, float]] = []
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            s = sample_pid(pid)
+            if s is not None:
+                self.samples[name].append(s)
+        busy, total = machine_cpu()
+        self.machine.append((clock(), busy, total))
+
+    def cpu_between(self, name: str, t0: Optional[float] = None,
+                    t1: Optional[float] = None) -> Optional[float]:
+        """
+        CPU seconds C{name} used between two instants (default: the whole
+        sampled span), interpolated between samples.
+        """
+        points = [(s.t, s.cpu) for s in self.samples.get(name, [])]
+        if len(points) < 2:
+            return None
+        t0 = points[0][0] if t0 is None else t0
+        t1 = points[-1][0] if t1 is None else t1
+        a, b = interpolate(points, t0), interpolate(points, t1)
+        return None if a is None or b is None else b - a
+
+    def rss(self, name: str, t0: Optional[float] = None,
+            t1: Optional[float] = None) -> Dict[str, Optional[int]]:
+        """
+        First, last and peak RSS of C{name} among the samples between two
+        instants, and its C{VmHWM} at the end.
+        """
+        chosen = [s for s in self.samples.get(name, [])
+                  if (t0 is None or s.t >= t0) and (t1 is None or s.t <= t1)]
+        if not chosen:
+            return {"first": None, "last": None, "peak": None, "hwm": None}
+        return {"first": chosen[0].rss, "last": chosen[-1].rss,
+                "peak": max(s.rss for s in chosen), "hwm": chosen[-1].hwm}
+
+    def machine_busy(self, t0: Optional[float] = None,
+                     t1: Optional[float] = None) -> Optional[float]:
+        """
+        Cores busy on average between two instants (0 to the core count).
+        """
+        if len(self.machine) < 2:
+            return None
+        busy = [(t, b) for t, b, _ in self.machine]
+        total = [(t, tot) for t, _, tot in self.machine]
+        t0 = busy[0][0] if t0 is None else t0
+        t1 = busy[-1][0] if t1 is None else t1
+        if t1 <= t0:
+            return None
+        db = (interpolate(busy, t1) or 0.0) - (interpolate(busy, t0) or 0.0)
+        dt = (interpolate(total, t1) or 0.0) - (interpolate(total, t0) or 0.0)
+        cores = os.cpu_count() or 1
+        return round(cores * db / dt, 2) if dt > 0 else None
+
+
+# -- children --------------------------------------------------------------
+
+
+def _child_setup() -> None:
+    """
+    In each child before exec: many open files allowed, and die with the
+    harness (PR_SET_PDEATHSIG = 1).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    except Exception:
+        pass
+
+
+def child_env() -> Dict[str, str]:
+    """
+    The environment of every child: the checkout first on C{sys.path} (so
+    twistd finds C{twisted/plugins/qwengate_plugin.py} and the load
+    generator finds C{bench}).
+    """
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """
+    A TCP port nobody listens on right now.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ManagedProcess:
+    """
+    A child process with its output in a log file.
+    """
+
+    def __init__(self, name: str, argv: List[str], workdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.log_path = workdir / ("%s.out" % (name,))
+        self.proc: Optional[subprocess.Popen] = None
+        self._log: Any = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT), env=child_env(), start_new_session=True,
+            preexec_fn=_child_setup)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """
+        SIGTERM, then SIGKILL after C{timeout} seconds; the exit status.
+        """
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 15, path: Optional[Path] = None) -> str:
+        try:
+            text = (path or self.log_path).read_text("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Emulator(ManagedProcess):
+    """
+    The Ollama emulator on a free loopback port, with its control paths.
+    """
+
+    STARTUP = "listening on http://"
+
+    def __init__(self, workdir: Path, python: str = sys.executable, host: str = LOOPBACK) -> None:
+        super().__init__("emulator", [python, "-m", "qwen_twist.emulator", "--host", host,
+                                      "--port", "0"], workdir)
+        self.host = host
+        self.port = 0
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start()
+        deadline = clock() + timeout
+        while clock() < deadline:
+            text = self.log_path.read_text("utf-8", "replace")
+            at = text.find(self.STARTUP)
+            if at >= 0 and "\n" in text[at:]:
+                address = text[at + len(self.STARTUP):].split()[0]
+                self.port = int(address.rsplit(":", 1)[1].rstrip("/"))
+                return
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        raise BenchError("the emulator did not start:\n%s" % (self.log_tail(),))
+
+    @property
+    def url(self) -> str:
+        return "http://%s:%d" % (self.host, self.port)
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> Any:
+        """
+        One control call; the decoded JSON answer.
+        """
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            data = json.dumps(body).encode("utf-8") if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except OSError as e:
+            raise BenchError("emulator %s %s failed: %s" % (method, path, e))
+        finally:
+            conn.close()
+        if response.status >= 400:
+            raise BenchError("emulator %s %s: HTTP %d %s"
+                             % (method, path, response.status, payload[:300]))
+        return json.loads(payload) if payload else None
+
+    def set_script(self, script: Dict[str, Any]) -> None:
+        self.call("POST", "/_emulator/script", script)
+
+    def reset(self) -> None:
+        self.call("POST", "/_emulator/reset", {})
+
+    def counters(self) -> Dict[str, int]:
+        return self.call("GET", "/_emulator/record")["counters"]
+
+
+def twistd_command(python: str) -> List[str]:
+    """
+    The venv's C{twistd} script beside C{python} (C{python -m twisted} fails
+    in a venv on Twisted 22.4), else C{python -m twisted}.
+    """
+    script = Path(python).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [python, "-m", "twisted"]
+
+
+class Gateway(ManagedProcess):
+    """
+    qwengate under twistd with a temporary configuration.
+
+    @ivar cprofile: when set, twistd's own C{--profile} hook writes
+        C{pstats} there at shutdown (slows the gateway down: the figures of
+        such a run are not comparable).
+    """
+
+    def __init__(self, workdir: Path, upstream_url: str, python: str = sys.executable,
+                 host: str = LOOPBACK, overrides: Optional[Dict[str, Any]] = None,
+                 cprofile: Optional[Path] = None) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.state_dir = workdir / "gateway-state"
+        self.config_path = workdir / "gateway.yaml"
+        self.gateway_log = workdir / "gateway.log"
+        self.cprofile = cprofile
+        config: Dict[str, Any] = {
+            "state_dir": str(self.state_dir),
+            "listen": {"address": host, "port": self.port},
+            "tls": {"self_signed": True},
+            "upstream": {"url": upstream_url},
+        }
+        for key, value in (overrides or {}).items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = dict(config[key], **value)
+            else:
+                config[key] = value
+        # JSON is YAML: no quoting surprises.
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+        argv = twistd_command(python) + ["--nodaemon", "--pidfile=",
+                                         "--logfile=%s" % (self.gateway_log,)]
+        if cprofile is not None:
+            argv += ["--profile=%s" % (cprofile,), "--profiler=cprofile", "--savestats"]
+        argv += ["qwengate", "--config", str(self.config_path)]
+        super().__init__("gateway", argv, workdir)
+
+    @property
+    def cafile(self) -> str:
+        return str(self.state_dir / "tls" / "cert.pem")
+
+    def start(self, timeout: float = 60.0) -> None:
+        super().start()
+        deadline = clock() + timeout
+        last = "no answer"
+        while clock() < deadline:
+            if not self.alive():
+                break
+            if os.path.exists(self.cafile):
+                try:
+                    ctx = ssl.create_default_context(cafile=self.cafile)
+                    conn = http.client.HTTPSConnection(self.host, self.port, timeout=5,
+                                                       context=ctx)
+                    conn.request("GET", "/health", headers={"Host": "localhost"})
+                    status = conn.getresponse().status
+                    conn.close()
+                    if status == 200:
+                        return
+                    last = "GET /health: HTTP %d" % (status,)
+                except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+                    last = str(e)
+            time.sleep(0.1)
+        raise BenchError("the gateway did not start (%s):\n%s\n%s" % (
+            last, self.log_tail(), self.log_tail(path=self.gateway_log)))
+
+
+# -- the stack -------------------------------------------------------------
+
+
+class Stack:
+    """
+    The processes of one benchmark run, started on first use, stopped (in
+    reverse order) by L{close}, which the context manager calls on exit,
+    error and Ctrl-C; SIGTERM and SIGHUP are turned into Ctrl-C meanwhile.
+
+    @ivar workdir: temporary directory for configs, logs, jobs and results.
+    """
+
+    def __init__(self, python: str = sys.executable, keep: bool = False,
+                 gateway_overrides: Optional[Dict[str, Any]] = None,
+                 cprofile: bool = False) -> None:
+        self.python = python
+        self.keep = keep
+        self.workdir = Path(tempfile.mkdtemp(prefix="qwengate-bench-"))
+        self._emulator: Optional[Emulator] = None
+        self._gateway: Optional[Gateway] = None
+        self._gateway_overrides = gateway_overrides
+        self.cprofile_path = self.workdir / "gateway.pstats" if cprofile else None
+        self._started: List[ManagedProcess] = []
+        self._saved_handlers: Dict[int, Any] = {}
+        self._jobs = 0
+
+    def __enter__(self) -> "Stack":
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._saved_handlers[sig] = signal.signal(sig, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
+
+    @staticmethod
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("signal %d" % (signum,))
+
+    def emulator(self) -> Emulator:
+        if self._emulator is None:
+            emulator = Emulator(self.workdir, self.python)
+            self._started.append(emulator)
+            emulator.start()
+            self._emulator = emulator
+        return self._emulator
+
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            gateway = Gateway(self.workdir, self.emulator().url, self.python,
+                              overrides=self._gateway_overrides, cprofile=self.cprofile_path)
+            self._started.append(gateway)
+            gateway.start()
+            self._gateway = gateway
+        return self._gateway
+
+    def stop_gateway(self) -> None:
+        """
+        Stop the gateway now (twistd writes the cProfile stats on exit).
+        """
+        if self._gateway is not None:
+            self._gateway.stop()
+
+    def front(self, name: str) -> Front:
+        """
+        The running front called C{name} (see L{FRONTS}).
+        """
+        try:
+            build = FRONTS[name]
+        except KeyError:
+            raise BenchError("unknown front %r (known: %s)" % (name, ", ".join(FRONTS)))
+        return build(self)
+
+    def close(self) -> None:
+        for process in reversed(self._started):
+            try:
+                process.stop()
+            except Exception:
+                pass
+        self._started = []
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # running watched children
+
+    def watch(self, argv: List[str], pids: Dict[str, int], timeout: float,
+              interval: float = 0.2, name: str = "loadgen") -> Tuple[int, str, Sampler, float]:
+        """
+        Run C{argv} to completion (killed after C{timeout} seconds) while
+        sampling C{pids} every C{interval} seconds.
+
+        @return: exit status, output, the samples, and the child's CPU
+            seconds (from C{RUSAGE_CHILDREN}).
+        """
+        self._jobs += 1
+        out_path = self.workdir / ("%s-%d.out" % (name, self._jobs))
+        sampler = Sampler(pids)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(out_path, "wb") as out:
+            sampler.sample()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+                                    env=child_env(), start_new_session=True,
+                                    preexec_fn=_child_setup)
+            deadline = clock() + timeout
+            try:
+                while True:
+                    try:
+                        proc.wait(interval)
+                        break
+                    except subprocess.TimeoutExpired:
+                        sampler.sample()
+                        if clock() > deadline:
+                            proc.kill()
+                            proc.wait(5)
+                            raise BenchError("%s did not finish within %.0f s" % (name, timeout))
+            except BaseException:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+                raise
+            sampler.sample()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        output = out_path.read_text("utf-8", "replace")
+        return proc.returncode, output, sampler, cpu
+
+    def run_loadgen(self, job: Dict[str, Any], pids: Dict[str, int],
+                    interval: float = 0.2) -> Tuple[Dict[str, Any], Sampler]:
+        """
+        Run one load generator job (its C{timeout} plus a margin bounds it).
+        """
+        self._jobs += 1
+        job_path = self.workdir / ("job-%d.json" % (self._jobs,))
+        result_path = self.workdir / ("result-%d.json" % (self._jobs,))
+        job_path.write_text(json.dumps(job), "utf-8")
+        limit = job.get("timeout", job.get("duration", 0) + job.get("warmup", 0)) + 60
+        status, output, sampler, cpu = self.watch(
+            [self.python, "-m", "bench.loadgen", str(job_path), str(result_path)],
+            pids, limit, interval)
+        if status != 0 or not result_path.exists():
+            raise BenchError("the load generator failed (exit %s):\n%s"
+                             % (status, "\n".join(output.splitlines()[-15:])))
+        result = json.loads(result_path.read_text("utf-8"))
+        result["loadgen_process_cpu_s"] = round(cpu, 3)
+        return result, sampler
+
+
+def _direct(stack: Stack) -> Front:
+    emulator = stack.emulator()
+    return direct_front(emulator.host, emulator.port)
+
+
+def _qwengate(stack: Stack) -> Front:
+    gateway = stack.gateway()
+    return qwengate_front(gateway.host, gateway.port, gateway.cafile, gateway.pid)
+
+
+#: How to start each front; later issues add C{nginx} and C{litellm}, each
+#: in front of C{stack.emulator()}.
+FRONTS: Dict[str, Callable[[Stack], Front]] = {
+    "direct": _direct,
+    "qwengate": _qwengate,
+}

@@ -1,0 +1,759 @@
+"""
+Tests for L{qwen_twist.config}: every key, valid and invalid, with the file
+and the dotted key path in the message.
+
+The per-key tests are driven by L{config.describe_keys}: L{SAMPLES} must
+name exactly the keys the code declares, so a key added later without test
+cases fails L{KeyTableTests.test_every_key_has_samples}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Dict
+
+import yaml
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from qwen_twist import config
+
+FILE = "qwengate.yaml"
+MiB = 1024 * 1024
+
+# What the parsed YAML must carry so that the tls section validates without
+# touching the key under test.
+SELF_SIGNED = {"tls": {"self_signed": True}}
+WITH_FILES = {"tls": {"certificate": "/etc/qwengate/cert.pem", "private_key": "/etc/qwengate/key.pem"}}
+
+
+# Per key: "valid" are accepted non-default values (value in the YAML ->
+# value in the Config), "wrong_type" are values of another YAML type, "bad"
+# are values of the right type that the key's check refuses.
+SAMPLES: Dict[str, Dict[str, Any]] = {
+    "state_dir": {
+        "valid": [("/srv/qwengate", "/srv/qwengate"), ("./state", "./state")],
+        "wrong_type": [5, ["/srv"], None],
+        "bad": ["", "   "],
+    },
+    "listen.address": {
+        "valid": [("127.0.0.1", "127.0.0.1"), ("::", "::"), ("::1", "::1")],
+        "wrong_type": [127, True, {"host": "x"}],
+        "bad": ["localhost", "0.0.0.0/0", "256.1.1.1", ""],
+    },
+    "listen.port": {
+        "valid": [(8443, 8443), (1, 1), (65535, 65535)],
+        "wrong_type": ["80", 80.0, True, None],
+        "bad": [0, -1, 65536],
+    },
+    "listen.backlog": {
+        "valid": [(1, 1), (4096, 4096)],
+        "wrong_type": [1.5, "511"],
+        "bad": [0, 65536],
+    },
+    "tls.certificate": {
+        "valid": [("/etc/ssl/fullchain.pem", "/etc/ssl/fullchain.pem")],
+        "wrong_type": [5, True, ["a.pem"]],
+        "bad": ["", "  "],
+    },
+    "tls.private_key": {
+        "valid": [("/etc/ssl/privkey.pem", "/etc/ssl/privkey.pem")],
+        "wrong_type": [5, False, {"file": "k.pem"}],
+        "bad": ["", " "],
+    },
+    "tls.self_signed": {
+        "valid": [(True, True)],
+        "wrong_type": ["true", "yes", 1, None],
+        "bad": [],
+    },
+    "tls.min_version": {
+        "valid": [("1.3", "1.3")],
+        # Unquoted 1.2 is a float in YAML.
+        "wrong_type": [1.2, 1.3, 12],
+        "bad": ["1.1", "1.0", "TLSv1.2", ""],
+    },
+    "tls.ciphers": {
+        "valid": [("ECDHE+AESGCM", "ECDHE+AESGCM")],
+        "wrong_type": [["ECDHE+AESGCM"], 1],
+        "bad": ["", "  "],
+    },
+    "upstream.url": {
+        "valid": [
+            ("https://ollama.internal", "https://ollama.internal"),
+            ("http://[::1]:11434", "http://[::1]:11434"),
+            ("http://10.0.0.5:11434/", "http://10.0.0.5:11434/"),
+        ],
+        "wrong_type": [11434, {"host": "127.0.0.1"}],
+        "bad": [
+            "127.0.0.1:11434",
+            "ftp://127.0.0.1",
+            "http://",
+            "http://user:secret@127.0.0.1:11434",
+            "http://127.0.0.1:11434/?x=1",
+            "http://127.0.0.1:11434/#frag",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:port",
+            "http://[::1",
+        ],
+    },
+    "upstream.pool_size": {
+        "valid": [(1, 1), (10000, 10000)],
+        "wrong_type": [64.0, "64"],
+        "bad": [0, 10001],
+    },
+    "upstream.timeouts.connect": {
+        # An integer is a number: stored as a float.
+        "valid": [(0.5, 0.5), (5, 5.0)],
+        # YAML 1.1: 1e3 (no dot) is a string.
+        "wrong_type": ["1e3", "3", True, None],
+        "bad": [0, -1.0, float("inf"), float("nan"), 10 ** 400],
+    },
+    "upstream.timeouts.headers": {
+        "valid": [(60, 60.0), (1.5, 1.5)],
+        "wrong_type": ["900", False, [900]],
+        "bad": [0.0, -5, float("-inf")],
+    },
+    "upstream.timeouts.idle": {
+        "valid": [(30.0, 30.0)],
+        "wrong_type": [None, "300"],
+        "bad": [0, -0.1],
+    },
+    "upstream.timeouts.total": {
+        "valid": [(3600, 3600.0), (0.25, 0.25)],
+        "wrong_type": [[1], "0"],
+        "bad": [-1, -0.001],
+    },
+    "streaming.keepalive_interval": {
+        "valid": [(0, 0.0), (2.5, 2.5)],
+        "wrong_type": ["15", True],
+        "bad": [-1],
+    },
+    "streaming.max_line_bytes": {
+        "valid": [(8 * MiB, 8 * MiB), (256 * MiB, 256 * MiB)],
+        "wrong_type": [16.5, "16MiB", 1.6e7],
+        "bad": [8 * MiB - 1, 256 * MiB + 1, 0],
+    },
+    "translation.reasoning_field": {
+        "valid": [("reasoning", "reasoning"), ("both", "both"), ("none", "none")],
+        "wrong_type": [False, None, 1],
+        "bad": ["thinking", "Reasoning_Content", ""],
+    },
+    "translation.think_max": {
+        "valid": [(False, False)],
+        "wrong_type": ["false", 0, None],
+        "bad": [],
+    },
+    "limits.max_body_bytes": {
+        "valid": [(1024, 1024), (1024 * MiB, 1024 * MiB)],
+        "wrong_type": ["8MiB", 8e6, True],
+        "bad": [1023, 1024 * MiB + 1, 0],
+    },
+}
+
+
+def key_paths() -> list:
+    """
+    Every dotted key the code declares.
+    """
+    return [row[0] for row in config.describe_keys()]
+
+
+def nested(path: str, value: Any) -> dict:
+    """
+    C{{"a": {"b": value}}} for the path C{"a.b"}.
+    """
+    result: Any = value
+    for part in reversed(path.split(".")):
+        result = {part: result}
+    return result
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """
+    Deep-merge two dicts, C{overrides} winning.
+    """
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def lookup(conf: Any, path: str) -> Any:
+    """
+    The value at a dotted path of a L{config.Config}.
+    """
+    return functools.reduce(getattr, path.split("."), conf)
+
+
+def document(path: str, value: Any) -> str:
+    """
+    A YAML document setting C{path} to C{value}, with a tls section that
+    validates on its own (unless the key under test is in it).
+    """
+    base = WITH_FILES if path == "tls.self_signed" else SELF_SIGNED
+    return yaml.safe_dump(merge(base, nested(path, value)))
+
+
+class KeyTableTests(SynchronousTestCase):
+    """
+    Every declared key: its default when absent, a valid value accepted,
+    a wrong type and a bad value rejected with C{<file>: <key>: }.
+    """
+
+    def assertRejected(self, text: str, path: str) -> config.ConfigError:
+        """
+        Parsing C{text} fails naming C{FILE} and C{path}, on one line.
+        """
+        error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+        self.assertEqual(error.path, path)
+        self.assertEqual(error.filename, FILE)
+        message = str(error)
+        self.assertTrue(
+            message.startswith("%s: %s: " % (FILE, path)), "%r does not name the key" % (message,)
+        )
+        self.assertNotIn("\n", message)
+        return error
+
+    def test_every_key_has_samples(self):
+        """
+        The sample table covers exactly the declared keys: a new key without
+        test cases, or a removed key with stale ones, fails here.
+        """
+        self.assertEqual(sorted(SAMPLES), sorted(key_paths()))
+        self.assertEqual(len(key_paths()), len(set(key_paths())))
+        for path, samples in SAMPLES.items():
+            self.assertTrue(samples["valid"], path)
+            self.assertTrue(samples["wrong_type"], path)
+
+    def test_defaults_when_absent(self):
+        """
+        A key that is not in the file has the default C{describe_keys}
+        reports, which is also the dataclass default.
+        """
+        checked = set()
+        for base in (SELF_SIGNED, WITH_FILES):
+            conf = config.parse(yaml.safe_dump(base), FILE)
+            present = {".".join(("tls", k)) for k in base["tls"]}
+            for path, default, doc in config.describe_keys():
+                if path in present:
+                    continue
+                checked.add(path)
+                self.assertEqual(lookup(conf, path), default, path)
+                self.assertEqual(type(lookup(conf, path)), type(default), path)
+                self.assertTrue(doc, "%s has no description" % (path,))
+        self.assertEqual(checked, set(key_paths()))
+
+    def test_documented_defaults(self):
+        """
+        The defaults are the documented ones (a changed default is a
+        visible decision, not an accident).
+        """
+        self.assertEqual(
+            {path: default for path, default, _ in config.describe_keys()},
+            {
+                "state_dir": "/var/lib/qwengate",
+                "listen.address": "0.0.0.0",
+                "listen.port": 18789,
+                "listen.backlog": 511,
+                "tls.certificate": None,
+                "tls.private_key": None,
+                "tls.self_signed": False,
+                "tls.min_version": "1.2",
+                "tls.ciphers": "ECDHE+AESGCM:ECDHE+CHACHA20",
+                "upstream.url": "http://127.0.0.1:11434",
+                "upstream.pool_size": 64,
+                "upstream.timeouts.connect": 3.0,
+                "upstream.timeouts.headers": 900.0,
+                "upstream.timeouts.idle": 300.0,
+                "upstream.timeouts.total": 0.0,
+                "streaming.keepalive_interval": 15.0,
+                "streaming.max_line_bytes": 16 * MiB,
+                "translation.reasoning_field": "reasoning_content",
+                "translation.think_max": True,
+                "limits.max_body_bytes": 8 * MiB,
+            },
+        )
+
+    def test_valid_values(self):
+        """
+        Each valid non-default value is accepted and ends up, with its
+        declared type, at its key; nothing else changes.
+        """
+        defaults = {path: default for path, default, _ in config.describe_keys()}
+        for path, samples in SAMPLES.items():
+            for raw, expected in samples["valid"]:
+                self.assertNotEqual(expected, defaults[path], path)
+                conf = config.parse(document(path, raw), FILE)
+                value = lookup(conf, path)
+                self.assertEqual(value, expected, path)
+                self.assertEqual(type(value), type(expected), path)
+
+    def test_wrong_types(self):
+        """
+        A value of the wrong YAML type is refused (no coercion), naming the
+        file and the dotted key.
+        """
+        for path, samples in SAMPLES.items():
+            for raw in samples["wrong_type"]:
+                error = self.assertRejected(document(path, raw), path)
+                self.assertTrue(error.problem.startswith("must be "), (path, raw, error.problem))
+
+    def test_bad_values(self):
+        """
+        A value of the right type that fails the key's check is refused,
+        naming the file and the dotted key.
+        """
+        for path, samples in SAMPLES.items():
+            for raw in samples["bad"]:
+                self.assertRejected(document(path, raw), path)
+
+    def test_messages(self):
+        """
+        The messages say what is wrong and what was found.
+        """
+        cases = [
+            ("listen:\n  port: \"80\"\n", "listen.port: must be an integer, got a string '80'"),
+            ("listen:\n  port: 0\n", "listen.port: must be between 1 and 65535, got 0"),
+            (
+                "upstream:\n  timeouts:\n    connect: -1\n",
+                "upstream.timeouts.connect: must be > 0, got -1.0",
+            ),
+            ("upstream:\n  timeouts:\n    connect: .inf\n",
+             "upstream.timeouts.connect: must be a finite number"),
+            ("upstream:\n  timeouts:\n    idle:\n", "upstream.timeouts.idle: must be a number, got nothing (null)"),
+            ("tls:\n  min_version: 1.2\n", "tls.min_version: must be a string, got a number 1.2"),
+            ("tls:\n  min_version: \"1.1\"\n", "tls.min_version: must be one of '1.2', '1.3', got '1.1'"),
+            ("listen:\n  address: localhost\n",
+             "listen.address: must be an IPv4 or IPv6 address, got 'localhost'"),
+            ("state_dir: [a]\n", "state_dir: must be a string, got a list"),
+        ]
+        for text, expected in cases:
+            error = self.assertRaises(
+                config.ConfigError, config.parse, "tls: {self_signed: true}\n" + text, FILE
+            )
+            self.assertEqual(str(error), "%s: %s" % (FILE, expected))
+
+
+class UnknownKeyTests(SynchronousTestCase):
+    """
+    A typo is an error naming the full path, never a silent default.
+    """
+
+    def test_top_level(self):
+        """
+        An unknown top-level key is named, with the valid choices.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {self_signed: true}\nlisten_port: 1\n", FILE
+        )
+        self.assertEqual(error.path, "listen_port")
+        self.assertEqual(
+            str(error),
+            "qwengate.yaml: listen_port: unknown key (expected one of: limits, listen, "
+            "state_dir, streaming, tls, translation, upstream)",
+        )
+
+    def test_nested(self):
+        """
+        C{upstream.timout} (a typo) and a typo two levels down are named by
+        their dotted path.
+        """
+        for text, path in [
+            ("upstream:\n  timout: 5\n", "upstream.timout"),
+            ("upstream:\n  timeouts:\n    conect: 5\n", "upstream.timeouts.conect"),
+            ("tls:\n  selfsigned: true\n", "tls.selfsigned"),
+        ]:
+            if not text.startswith("tls"):
+                text = "tls: {self_signed: true}\n" + text
+            error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+            self.assertEqual(error.path, path)
+            self.assertTrue(str(error).startswith("%s: %s: unknown key" % (FILE, path)))
+
+    def test_nested_lists_choices(self):
+        """
+        The message of a nested typo lists that section's keys.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {self_signed: true}\nupstream:\n  timout: 5\n", FILE
+        )
+        self.assertIn("pool_size, timeouts, url", error.problem)
+
+    def test_non_string_key(self):
+        """
+        A key YAML reads as a number or boolean is unknown, named as text.
+        """
+        for text, path in [("1: a\n", "1"), ("listen:\n  yes: 1\n", "listen.True")]:
+            error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+            self.assertEqual(error.path, path)
+            self.assertIn("unknown key", error.problem)
+
+
+class YAMLTrapTests(SynchronousTestCase):
+    """
+    PyYAML reads YAML 1.1; what that means is pinned here.
+    """
+
+    def test_quoted_port(self):
+        """
+        C{port: "80"} is a string, refused rather than coerced.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, 'tls: {self_signed: true}\nlisten: {port: "80"}\n', FILE
+        )
+        self.assertEqual(error.path, "listen.port")
+
+    def test_yes_is_a_boolean(self):
+        """
+        C{self_signed: yes} (and C{on}) is a YAML 1.1 boolean, accepted.
+        """
+        for word in ("yes", "on", "True"):
+            conf = config.parse("tls:\n  self_signed: %s\n" % (word,), FILE)
+            self.assertIs(conf.tls.self_signed, True)
+        conf = config.parse("tls: {self_signed: true}\ntranslation:\n  think_max: no\n", FILE)
+        self.assertIs(conf.translation.think_max, False)
+
+    def test_exponent_without_dot_is_a_string(self):
+        """
+        C{connect: 1e3} is the string C{"1e3"} in YAML 1.1: refused;
+        C{1.0e+3} is a number.
+        """
+        error = self.assertRaises(
+            config.ConfigError,
+            config.parse,
+            "tls: {self_signed: true}\nupstream: {timeouts: {connect: 1e3}}\n",
+            FILE,
+        )
+        self.assertEqual(
+            str(error), "qwengate.yaml: upstream.timeouts.connect: must be a number, got a string '1e3'"
+        )
+        conf = config.parse(
+            "tls: {self_signed: true}\nupstream: {timeouts: {connect: 1.0e+3}}\n", FILE
+        )
+        self.assertEqual(conf.upstream.timeouts.connect, 1000.0)
+
+    def test_none_is_a_string(self):
+        """
+        C{reasoning_field: none} is the word "none" (YAML's null is
+        C{null} or C{~}), a valid choice.
+        """
+        conf = config.parse("tls: {self_signed: true}\ntranslation: {reasoning_field: none}\n", FILE)
+        self.assertEqual(conf.translation.reasoning_field, "none")
+        error = self.assertRaises(
+            config.ConfigError,
+            config.parse,
+            "tls: {self_signed: true}\ntranslation: {reasoning_field: ~}\n",
+            FILE,
+        )
+        self.assertEqual(error.path, "translation.reasoning_field")
+
+    def test_huge_integer_for_a_number(self):
+        """
+        An integer too large for a float is a config error, not an
+        C{OverflowError} traceback.
+        """
+        error = self.assertRaises(
+            config.ConfigError,
+            config.parse,
+            "tls: {self_signed: true}\nupstream: {timeouts: {headers: 1%s}}\n" % ("0" * 400,),
+            FILE,
+        )
+        self.assertEqual(str(error), "qwengate.yaml: upstream.timeouts.headers: must be a finite number")
+
+    def test_date_is_not_a_string(self):
+        """
+        An unquoted date is a YAML timestamp, refused where text belongs.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {self_signed: true}\nstate_dir: 2024-01-01\n", FILE
+        )
+        self.assertEqual(error.path, "state_dir")
+        self.assertIn("must be a string", error.problem)
+
+
+class DocumentShapeTests(SynchronousTestCase):
+    """
+    Sections and documents that are not mappings; empty files.
+    """
+
+    def test_section_not_a_mapping(self):
+        """
+        A section given a scalar or a list is refused, naming the section.
+        """
+        for text, path, found in [
+            ("listen: 8080\n", "listen", "an integer 8080"),
+            ("upstream: [a, b]\n", "upstream", "a list"),
+            ("upstream:\n  timeouts: 5\n", "upstream.timeouts", "an integer 5"),
+            ("tls: self_signed\n", "tls", "a string 'self_signed'"),
+        ]:
+            if not text.startswith("tls"):
+                text = "tls: {self_signed: true}\n" + text
+            error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+            self.assertEqual(error.path, path)
+            self.assertEqual(
+                str(error), "%s: %s: must be a mapping of keys, got %s" % (FILE, path, found)
+            )
+
+    def test_document_not_a_mapping(self):
+        """
+        A document that is a list or a scalar is refused as a whole.
+        """
+        for text, found in [("- a\n- b\n", "a list"), ("just text\n", "a string 'just text'")]:
+            error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+            self.assertEqual(error.path, "")
+            self.assertEqual(str(error), "%s: must be a mapping of keys, got %s" % (FILE, found))
+
+    def test_empty_section(self):
+        """
+        A section with no keys (C{upstream:}) has its defaults.
+        """
+        conf = config.parse("tls: {self_signed: true}\nupstream:\nlisten: {}\n", FILE)
+        self.assertEqual(conf.upstream, config.UpstreamConfig())
+        self.assertEqual(conf.listen, config.ListenConfig())
+
+    def test_empty_file_requires_certificate(self):
+        """
+        An empty (or comment-only) file means all defaults, and then the
+        TLS files are required.
+        """
+        for text in ("", "\n", "# nothing here\n", "---\n"):
+            error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+            self.assertEqual(error.path, "tls.certificate")
+            self.assertEqual(
+                str(error),
+                "qwengate.yaml: tls.certificate: is required (or set tls.self_signed: "
+                "true for development)",
+            )
+
+    def test_missing_tls_section(self):
+        """
+        A file that sets other keys but has no tls section at all still
+        needs the certificate files (an absent section is validated too).
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "listen:\n  port: 8443\n", FILE
+        )
+        self.assertEqual(error.path, "tls.certificate")
+        self.assertRaises(config.ConfigError, config.build, config.Config, {})
+
+    def test_defaults_with_self_signed(self):
+        """
+        With C{self_signed} the smallest valid file gives the default
+        configuration otherwise.
+        """
+        conf = config.parse("tls:\n  self_signed: true\n", FILE)
+        self.assertEqual(conf, config.Config(tls=config.TLSConfig(self_signed=True)))
+
+    def test_private_key_required(self):
+        """
+        A certificate without its key (and the reverse) is refused, naming
+        the missing key.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {certificate: /c.pem}\n", FILE
+        )
+        self.assertEqual(error.path, "tls.private_key")
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {private_key: /k.pem}\n", FILE
+        )
+        self.assertEqual(error.path, "tls.certificate")
+
+    def test_explicit_null_certificate(self):
+        """
+        C{certificate: null} is the same as leaving it out: required unless
+        self-signed, accepted with it.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {certificate: null, private_key: /k}\n", FILE
+        )
+        self.assertEqual(error.path, "tls.certificate")
+        conf = config.parse("tls: {certificate: null, self_signed: true}\n", FILE)
+        self.assertIsNone(conf.tls.certificate)
+
+    def test_files_without_self_signed(self):
+        """
+        Both files given is a valid production TLS section.
+        """
+        conf = config.parse("tls: {certificate: /c.pem, private_key: /k.pem}\n", FILE)
+        self.assertEqual(conf.tls.certificate, "/c.pem")
+        self.assertEqual(conf.tls.private_key, "/k.pem")
+        self.assertIs(conf.tls.self_signed, False)
+
+
+class InvalidYAMLTests(SynchronousTestCase):
+    """
+    Syntax errors name the file and the line.
+    """
+
+    def test_line_reported(self):
+        """
+        The message carries the 1-based line of the problem.
+        """
+        cases = [
+            ("listen:\n  port: 1\n\tbad: 2\n", 3),
+            ("tls:\n  self_signed: true\n  ciphers: \"unterminated\n", 4),
+            ("listen:\n  port: 1\n address: x\n", 3),
+        ]
+        for text, line in cases:
+            error = self.assertRaises(config.ConfigError, config.parse, text, FILE)
+            self.assertEqual(error.path, "")
+            self.assertTrue(
+                str(error).startswith("%s: invalid YAML at line %d: " % (FILE, line)), str(error)
+            )
+            self.assertNotIn("\n", str(error))
+
+    def test_several_documents(self):
+        """
+        Two YAML documents in one file are refused.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "tls: {self_signed: true}\n---\nlisten: {}\n", FILE
+        )
+        self.assertIn("invalid YAML at line 2", str(error))
+
+    def test_no_python_objects(self):
+        """
+        The file is read with C{safe_load}: a Python tag is an error, not an
+        object.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse, "state_dir: !!python/object/apply:os.getcwd []\n", FILE
+        )
+        self.assertTrue(str(error).startswith("qwengate.yaml: invalid YAML at line 1"))
+
+
+class LoadTests(SynchronousTestCase):
+    """
+    L{config.load}: reading the file.
+    """
+
+    def write(self, data: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_load(self):
+        """
+        A valid file is read and validated.
+        """
+        path = self.write(b"tls:\n  self_signed: true\nlisten:\n  port: 8443\n")
+        conf = config.load(path)
+        self.assertEqual(conf.listen.port, 8443)
+
+    def test_errors_name_the_file(self):
+        """
+        Validation and syntax errors of a loaded file carry its path.
+        """
+        path = self.write(b"tls: {self_signed: true}\nlisten: {port: 0}\n")
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertEqual(error.filename, path)
+        self.assertEqual(str(error), "%s: listen.port: must be between 1 and 65535, got 0" % (path,))
+        path = self.write(b"listen: [\n")
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertTrue(str(error).startswith("%s: invalid YAML at line 2" % (path,)), str(error))
+
+    def test_missing_file(self):
+        """
+        A missing file is a config error naming it.
+        """
+        path = self.mktemp()
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertEqual(str(error), "%s: cannot read: No such file or directory" % (path,))
+
+    def test_directory(self):
+        """
+        A directory given as the file is a config error, not a traceback.
+        """
+        path = self.mktemp()
+        os.mkdir(path)
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertEqual(str(error), "%s: cannot read: Is a directory" % (path,))
+
+    def test_unreadable_file(self):
+        """
+        A file the daemon may not read is a config error naming it.
+        """
+        if os.geteuid() == 0:
+            raise self.skipTest("root can read a mode 0000 file")
+        path = self.write(b"tls: {self_signed: true}\n")
+        os.chmod(path, 0)
+        self.addCleanup(os.chmod, path, 0o600)
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertEqual(str(error), "%s: cannot read: Permission denied" % (path,))
+
+    def test_not_utf8(self):
+        """
+        A file that is not UTF-8 (e.g. Latin-1) is refused by name.
+        """
+        path = self.write(b"state_dir: /var/lib/qw\xe9ngate\ntls: {self_signed: true}\n")
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertEqual(str(error), "%s: is not valid UTF-8" % (path,))
+
+    def test_utf8_text(self):
+        """
+        Non-ASCII UTF-8 values are read as text.
+        """
+        path = self.write("state_dir: /var/lib/qwéngate\ntls: {self_signed: true}\n".encode("utf-8"))
+        self.assertEqual(config.load(path).state_dir, "/var/lib/qwéngate")
+
+    def test_parse_default_filename(self):
+        """
+        L{config.parse} without a file name still prefixes its errors.
+        """
+        error = self.assertRaises(config.ConfigError, config.parse, "listen: 1\n")
+        self.assertEqual(str(error), "<config>: listen: must be a mapping of keys, got an integer 1")
+
+
+class FrozenTests(SynchronousTestCase):
+    """
+    The validated configuration cannot be changed after start-up.
+    """
+
+    def test_assignment_raises(self):
+        """
+        Assigning to any section or key raises.
+        """
+        conf = config.parse("tls: {self_signed: true}\n", FILE)
+        for obj, name, value in [
+            (conf, "state_dir", "/tmp"),
+            (conf, "listen", None),
+            (conf.listen, "port", 1),
+            (conf.tls, "self_signed", False),
+            (conf.upstream.timeouts, "connect", 1.0),
+        ]:
+            self.assertRaises(dataclasses.FrozenInstanceError, setattr, obj, name, value)
+
+    def test_no_mutable_defaults(self):
+        """
+        A list or dict default is refused when a key is declared.
+        """
+        self.assertRaises(TypeError, config.setting, [])
+        self.assertRaises(TypeError, config.setting, {})
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """
+    L{config.ConfigError} formatting.
+    """
+
+    def test_str(self):
+        """
+        The parts present are joined with C{": "}.
+        """
+        self.assertEqual(str(config.ConfigError("a.b", "bad", "f.yaml")), "f.yaml: a.b: bad")
+        self.assertEqual(str(config.ConfigError("a.b", "bad")), "a.b: bad")
+        self.assertEqual(str(config.ConfigError("", "bad", "f.yaml")), "f.yaml: bad")
+
+    def test_filename_set_later(self):
+        """
+        Setting the file name afterwards (as L{config.parse} does) changes
+        the message.
+        """
+        error = config.ConfigError("a", "bad")
+        error.filename = "f.yaml"
+        self.assertEqual(str(error), "f.yaml: a: bad")

@@ -1,0 +1,133 @@
+"""
+The shipped configuration files and the README stay complete: every key the
+code declares (L{config.describe_keys}) is in the commented reference
+C{etc/qwengate/qwengate.yaml} with its default, and in the README's
+configuration section.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import yaml
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from qwen_twist import config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(REPO, "etc", "qwengate", "qwengate.yaml")
+DEMO = os.path.join(REPO, "etc", "qwengate", "demo.yaml")
+README = os.path.join(REPO, "README.md")
+
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
+    """
+    The scalar leaves of nested mappings, by dotted path.
+    """
+    leaves: Dict[str, Any] = {}
+    for key, value in data.items():
+        path = "%s.%s" % (prefix, key) if prefix else str(key)
+        if isinstance(value, dict):
+            leaves.update(flatten(value, path))
+        else:
+            leaves[path] = value
+    return leaves
+
+
+def section(markdown: str, title: str) -> str:
+    """
+    The text of the level-2 section C{title}, up to the next level-2
+    heading.
+    """
+    lines = markdown.splitlines()
+    try:
+        start = lines.index("## " + title)
+    except ValueError:
+        return ""
+    body = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        body.append(line)
+    return "\n".join(body)
+
+
+class ReferenceConfigTests(SynchronousTestCase):
+    """
+    C{etc/qwengate/qwengate.yaml}, the commented reference.
+    """
+
+    def setUp(self) -> None:
+        self.text = read(REFERENCE)
+        self.leaves = flatten(yaml.safe_load(self.text))
+
+    def test_valid(self):
+        """
+        The reference file validates (its TLS files need not exist here).
+        """
+        conf = config.parse(self.text, REFERENCE)
+        self.assertFalse(conf.tls.self_signed)
+
+    def test_every_key_present(self):
+        """
+        Every declared key appears at its nesting, and nothing else does.
+        """
+        self.assertEqual(sorted(self.leaves), sorted(path for path, _, _ in config.describe_keys()))
+
+    def test_defaults(self):
+        """
+        Each key has exactly the code's default, with the same YAML type
+        (C{3.0}, not C{3}; C{"1.2"}, not C{1.2}). Keys without a default
+        (the production TLS files) show an example path instead.
+        """
+        for path, default, _ in config.describe_keys():
+            value = self.leaves[path]
+            if default is None:
+                self.assertIsInstance(value, str, path)
+                self.assertTrue(value.startswith("/"), path)
+                continue
+            self.assertEqual(value, default, path)
+            self.assertIs(type(value), type(default), path)
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    The README's configuration section documents every key.
+    """
+
+    def test_every_key_documented(self):
+        """
+        Every dotted key appears in backticks in the README's
+        C{## Configuration} section.
+        """
+        if not os.path.exists(README):
+            raise self.skipTest("README.md is not written yet")
+        text = section(read(README), "Configuration")
+        self.assertTrue(text, "README.md has no '## Configuration' section")
+        missing = [
+            path for path, _, _ in config.describe_keys() if "`%s`" % (path,) not in text
+        ]
+        self.assertEqual(missing, [])
+
+
+class DemoConfigTests(SynchronousTestCase):
+    """
+    C{etc/qwengate/demo.yaml}, used by C{./qwengate-dev demo}.
+    """
+
+    def test_valid(self):
+        """
+        The demo file validates: loopback only, a self-signed development
+        certificate, the local Ollama.
+        """
+        conf = config.parse(read(DEMO), DEMO)
+        self.assertEqual(conf.listen.address, "127.0.0.1")
+        self.assertIs(conf.tls.self_signed, True)
+        self.assertEqual(conf.upstream.url, "http://127.0.0.1:11434")
