@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream_opts.add_argument("--streams", type=int, help="one case: S concurrent streams")
     stream_opts.add_argument("--rate", type=float, help="one case: tokens/s per stream")
     stream_opts.add_argument("--duration", type=float, help="one case: seconds per stream")
+    stream_opts.add_argument("--ramp", type=float,
+                             help="one case: seconds over which the requests are spread")
     stream_opts.add_argument("--no-slow-reader", action="store_true",
                              help="skip the slow-reader memory check")
     stream_opts.add_argument("--slow-streams", type=int, help="slow reader: streams")
@@ -82,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="comma-separated concurrencies (default 1,16,64)")
     request_opts.add_argument("--request-duration", type=float,
                               help="seconds per measured point")
-    request_opts.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto",
-                              help="request client: wrk when available (auto) or the Python "
-                                   "load generator")
+    request_opts.add_argument("--tool", choices=("python", "wrk"), default="python",
+                              help="request client: the Python load generator (default) or "
+                                   "wrk (apt-get installed when missing, as root)")
 
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -108,11 +110,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 def stream_cases(options: argparse.Namespace) -> tuple:
     cases, slow = stream_bench.PROFILES[options.profile]
-    if options.streams or options.rate or options.duration:
+    if options.streams or options.rate or options.duration or options.ramp is not None:
         base = cases[0]
         cases = (stream_bench.StreamCase(options.streams or base.streams,
                                          options.rate or base.rate,
-                                         options.duration or base.duration),)
+                                         options.duration or base.duration,
+                                         base.ramp if options.ramp is None else options.ramp),)
     if options.slow_streams or options.hold or options.slow_mb:
         slow = stream_bench.SlowReaderCase(options.slow_streams or slow.streams,
                                            options.hold or slow.hold,

@@ -195,8 +195,7 @@ class FrameCounter:
         self._sep = separator
         self._keep = len(separator) - 1
         self._carry = b""
-        self._last = b""
-        self._previous = b""
+        self._tail = b""
         self.frames = 0
         self.head = b""
 
@@ -206,8 +205,10 @@ class FrameCounter:
         """
         if len(self.head) < SAMPLE_BYTES:
             self.head = (self.head + payload)[:SAMPLE_BYTES]
-        self._previous = self._last
-        self._last = payload
+        if len(payload) >= SAMPLE_BYTES:
+            self._tail = payload
+        else:
+            self._tail = (self._tail + payload)[-SAMPLE_BYTES:]
         sep = self._sep
         if self._keep:
             joined = self._carry + payload if self._carry else payload
@@ -222,9 +223,9 @@ class FrameCounter:
     @property
     def tail(self) -> bytes:
         """
-        The last L{SAMPLE_BYTES} (or so) of the body.
+        The last L{SAMPLE_BYTES} of the body.
         """
-        return (self._previous + self._last)[-SAMPLE_BYTES:]
+        return self._tail[-SAMPLE_BYTES:]
 
 
 # -- pure parts: statistics ------------------------------------------------
@@ -406,7 +407,8 @@ def analyze_streams(records: Sequence[StreamRecord], rate: float, tokens: int, l
     if started:
         w0, w1 = max(started), min(ended)
         if w1 - w0 >= 0.5:
-            inside = sum(bisect.bisect_right(tt, w1) - bisect.bisect_left(tt, w0) for tt in ok)
+            # Half-open (w0, w1]: n frames for n intervals.
+            inside = sum(bisect.bisect_right(tt, w1) - bisect.bisect_right(tt, w0) for tt in ok)
             window = {"start": w0, "end": w1, "seconds": round(w1 - w0, 3),
                       "token_frames": inside, "rate": round(inside / (w1 - w0), 1)}
         span = max(ended) - min(started)
@@ -689,7 +691,8 @@ async def run_stream_job(job: Dict[str, Any]) -> Dict[str, Any]:
     t_resumed = None
     if hold > 0:
         for client in clients:
-            client.transport.pause_reading()
+            if not client.finished.done():
+                client.transport.pause_reading()
         await asyncio.sleep(hold)
         t_resumed = clock()
         for client in clients:

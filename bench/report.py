@@ -131,16 +131,20 @@ def frame_key(frame: str) -> str:
     return "%s (%s)" % (match.group("func"), short)
 
 
-def top_functions(collapsed: Iterable[str], n: int = 10) -> Dict[str, Any]:
+def top_functions(collapsed: Iterable[str], n: int = 10,
+                  focus: Optional[str] = None) -> Dict[str, Any]:
     """
     The functions with the most I{self} samples in py-spy's raw (collapsed
-    stack) output, with their self and inclusive shares.
+    stack) output, with their self and inclusive shares; with C{focus}, also
+    the functions whose file path contains it (the project's own code),
+    ranked by inclusive share.
 
     Each line is C{"frame;frame;...;frame COUNT"}, outermost first; the
     last frame is where the sample was taken.
     """
     self_counts: Dict[str, int] = {}
     total_counts: Dict[str, int] = {}
+    focused = set()
     total = 0
     for line in collapsed:
         line = line.rstrip("\n")
@@ -149,22 +153,31 @@ def top_functions(collapsed: Iterable[str], n: int = 10) -> Dict[str, Any]:
             continue
         count = int(count_text)
         total += count
-        frames = [frame_key(f) for f in stack.split(";") if f]
+        raw = [f for f in stack.split(";") if f]
+        frames = [frame_key(f) for f in raw]
         if not frames:
             continue
+        if focus:
+            focused.update(key for key, f in zip(frames, raw)
+                           if focus in "/" + f.rpartition(" (")[2])
         leaf = frames[-1]
         self_counts[leaf] = self_counts.get(leaf, 0) + count
         for key in set(frames):
             total_counts[key] = total_counts.get(key, 0) + count
+
+    def entry(key: str) -> Dict[str, Any]:
+        return {"function": key,
+                "self_pct": round(100.0 * self_counts.get(key, 0) / total, 1),
+                "total_pct": round(100.0 * total_counts[key] / total, 1)}
+
     ranked = sorted(self_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    return {
-        "samples": total,
-        "top": [
-            {"function": key, "self_pct": round(100.0 * c / total, 1),
-             "total_pct": round(100.0 * total_counts[key] / total, 1)}
-            for key, c in ranked
-        ] if total else [],
-    }
+    result: Dict[str, Any] = {"samples": total,
+                              "top": [entry(key) for key, _ in ranked] if total else []}
+    if focus:
+        own = sorted(focused, key=lambda key: (-total_counts[key], key))[:n]
+        result["focus"] = focus
+        result["focus_top"] = [entry(key) for key in own] if total else []
+    return result
 
 
 def top_pstats(path: str, n: int = 10) -> Dict[str, Any]:
@@ -186,9 +199,9 @@ def top_pstats(path: str, n: int = 10) -> Dict[str, Any]:
     return {"total_s": round(total, 3), "top": top}
 
 
-def profile_table(profile: Dict[str, Any], title: str) -> str:
+def profile_table(profile: Dict[str, Any], title: str, key: str = "top") -> str:
     rows: List[Tuple[Any, ...]] = []
-    for i, entry in enumerate(profile.get("top", []), 1):
+    for i, entry in enumerate(profile.get(key, []), 1):
         rows.append((i, entry["function"], fmt(entry["self_pct"], 1, "%"),
                      fmt(entry.get("total_pct"), 1, "%") if "total_pct" in entry
                      else fmt(entry.get("total_s"), 3, "s")))

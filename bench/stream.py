@@ -16,8 +16,13 @@ instead of blaming the gateway.
 What is measured per front (see L{bench.loadgen.analyze_streams}):
   - chunks per second relayed in the steady window vs offered (S x R);
   - gaps between consecutive chunks, and each chunk's lag behind the
-    emulator's schedule (relative to the stream's first token), p50/p99;
-  - time to first byte, p50/p99;
+    emulator's schedule (relative to the stream's most punctual chunk),
+    p50/p99;
+  - time to first byte, p50/p99 (the requests are spread over C{ramp}
+    seconds after all connections are up, so this is per-request latency
+    under load, not the queue of one burst, nor the TLS handshake);
+  - relayed rates slightly above 100% happen when streams delayed at the
+    start catch up inside the window; the per-stream pace shows it;
   - the front's CPU per chunk: its process CPU time (C{/proc}) over the
     steady window divided by the token chunks relayed in it (the "40 us per
     chunk" figure), and the same over the whole phase (connection set-up
@@ -49,6 +54,12 @@ PROMPT = "Say hello."
 
 #: Below this share of the offered rate, a run did not keep up.
 FULL_PACE = 0.95
+
+#: Above this share of its one core, the load generator may be the bottleneck.
+LOADGEN_BUSY = 0.8
+
+#: py-spy's sampling rate (per second).
+PY_SPY_RATE = 500
 
 #: The issue's target for the gateway's CPU per relayed chunk.
 CPU_PER_CHUNK_TARGET_US = 40.0
@@ -264,6 +275,9 @@ def notes_for(case: StreamCase, runs: Dict[str, Dict[str, Any]]) -> List[str]:
                              % (100 * share, lg["offered_rate"]))
             else:
                 notes.append("%s relayed %.0f%% of the offered rate" % (name, 100 * share))
+        if (run.get("loadgen_cores") or 0.0) > LOADGEN_BUSY:
+            notes.append("%s: the load generator used %.0f%% of its one core and may be the "
+                         "bottleneck" % (name, 100 * run["loadgen_cores"]))
         busy = run.get("machine_cores_busy")
         cores = busy if busy is not None and (cores is None or busy > cores) else cores
         proc = run.get("front_process")
@@ -434,8 +448,9 @@ def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
                  log: Any = print) -> Dict[str, Any]:
     """
     An extra streaming phase through C{front_name} with py-spy sampling the
-    front (its figures are not reported: sampling costs CPU); the top 10
-    functions by own time.
+    front (its figures are not reported: py-spy stops the process briefly
+    for each sample, which keeps the stacks consistent but costs time); the
+    top 10 functions by own time, and qwen_twist's own by inclusive time.
     """
     py_spy = find_py_spy(stack.python)
     if py_spy is None:
@@ -450,7 +465,7 @@ def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
     with open(spy_log, "wb") as out:
         spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(front.pids[0]), "--duration",
-             str(int(case.duration)), "--rate", "200", "--format", "raw", "--nonblocking",
+             str(int(case.duration)), "--rate", str(PY_SPY_RATE), "--format", "raw", "--gil",
              "--output", str(raw)], stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         try:
@@ -464,9 +479,13 @@ def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
     if not raw.exists():
         return {"error": "py-spy failed: %s" % (spy_log.read_text("utf-8", "replace")[-500:],)}
     with open(raw, encoding="utf-8", errors="replace") as f:
-        profile = top_functions(f, 10)
-    profile["tool"] = "py-spy (own time, idle excluded, 200 Hz)"
-    profile["table"] = profile_table(
-        profile, "Where %s spends its CPU while streaming (%s), py-spy, %d samples"
-        % (front_name, case.label, profile["samples"]))
+        profile = top_functions(f, 10, focus="/qwen_twist/")
+    profile["tool"] = ("py-spy --gil at %d Hz: samples holding the GIL (Python work), not "
+                       "syscalls that release it" % (PY_SPY_RATE,))
+    profile["table"] = "\n\n".join([
+        profile_table(profile, "Where %s spends its CPU while streaming (%s): top 10 by own "
+                      "time, py-spy, %d samples" % (front_name, case.label, profile["samples"])),
+        profile_table(profile, "The same samples, qwen_twist's own functions by inclusive "
+                      "time", key="focus_top"),
+    ])
     return profile

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
@@ -255,11 +256,10 @@ class OtherEndpointTests(TestCase):
 async def wait_for(predicate, timeout: float = 5.0, step: float = 0.01) -> None:
     """
     Poll C{predicate} on the reactor until true (for facts that arrive over
-    real sockets); fail after C{timeout} seconds.
+    real sockets); fail after C{timeout} seconds of wall-clock time.
     """
-    waited = 0.0
+    deadline = time.monotonic() + timeout
     while not predicate():
-        if waited >= timeout:
+        if time.monotonic() >= deadline:
             raise AssertionError("condition not met within %s s" % (timeout,))
         await task.deferLater(reactor, step, lambda: None)
-        waited += step

@@ -7,8 +7,10 @@ ends trip over (reference section 4.2): it injects C{temperature: 1.0} over
 the Modelfile's tuned value, ignores C{max_completion_tokens} and C{n},
 splits a multi-part user message into several native messages, and answers
 with C{content: ""} next to tool calls. This module implements the
-reference's own mapping (sections 5.1, 5.1.1, 6.1) as plain functions so
-every rule is a row in a table-driven test.
+reference's own mapping of the request fields (section 5.1) and of the
+response (section 6.1) as plain functions so every rule is a row in a
+table-driven test; the messages themselves (section 5.1.1) are converted by
+L{qwen_twist.translate.messages}.
 
 Request translation runs on every turn of a chat front end, whose bodies are
 typically ~50 KB (a 40,000-character system prompt and a dozen tools), so it
@@ -18,12 +20,10 @@ never copied or re-serialised; only small envelope dicts are new.
 
 from __future__ import annotations
 
-import binascii
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qwen_twist.errors import ApiError, invalid_request, upstream_protocol_error
+from qwen_twist.errors import invalid_request, upstream_protocol_error
 from qwen_twist.translate.common import (
     finish_reason,
     openai_tool_call,
@@ -31,12 +31,15 @@ from qwen_twist.translate.common import (
     unix_time,
     usage,
 )
+from qwen_twist.translate.messages import native_messages
 from qwen_twist.translate.request import UpstreamRequest
 from qwen_twist.translate.validate import (
     keep_alive_value,
     native_options,
     optional_bool,
     optional_int,
+    optional_object,
+    optional_str,
     output_cap,
     require_object,
     require_str,
@@ -99,230 +102,6 @@ class ChatOptions:
         The response keys that receive reasoning text (maybe none).
         """
         return REASONING_KEYS[self.reasoning_field]
-
-
-def _message_error(index: int, problem: str) -> ApiError:
-    # Everything inside messages reports param "messages" (TV-06, TV-08);
-    # the text names the exact message.
-    return invalid_request("Invalid 'messages[%d]': %s" % (index, problem), "messages")
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError("non-finite number %s" % (name,))
-
-
-def _image_data(value: object, index: int) -> str:
-    """
-    The bare base64 of an C{image_url} part (E17, E18): the C{data:} URL
-    prefix is stripped because native base64 decoding fails on it.
-    """
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str):
-        raise _message_error(index, "image_url must have a 'url' string.")
-    if url.startswith("data:"):
-        header, comma, data = url.partition(",")
-        if not comma or not header.endswith(";base64") or not data:
-            raise _message_error(
-                index, "image data URLs must look like data:<type>;base64,<data>."
-            )
-        try:
-            # One C-speed pass; the decoded copy is thrown away.
-            binascii.a2b_base64(data, strict_mode=True)
-        except ValueError:
-            raise _message_error(index, "image data is not valid base64.") from None
-        return data
-    if url[:8].lower().startswith(("http://", "https://")):
-        raise _message_error(
-            index,
-            "image URLs are not supported; send the image inline as a "
-            "base64 data: URL instead.",
-        )
-    raise _message_error(index, "image_url must be a base64 data: URL.")
-
-
-def _parts_text(parts: list, index: int, images: Optional[List[str]]) -> str:
-    """
-    Join the text parts of a content array with C{"\\n"}; collect image
-    parts into C{images} (only user messages pass a list).
-    """
-    texts: List[str] = []
-    for part in parts:
-        if not isinstance(part, dict):
-            raise _message_error(index, "content parts must be objects.")
-        kind = part.get("type")
-        if kind == "text" or kind == "refusal":
-            text = part.get(kind)
-            if not isinstance(text, str):
-                raise _message_error(index, "a %s part needs a '%s' string." % (kind, kind))
-            texts.append(text)
-        elif kind == "image_url":
-            if images is None:
-                raise _message_error(index, "images are only supported in user messages.")
-            images.append(_image_data(part.get("image_url"), index))
-        elif kind in ("input_audio", "file"):
-            raise _message_error(index, "'%s' content parts are not supported." % (kind,))
-        else:
-            raise _message_error(
-                index,
-                "unsupported content part type %s."
-                % ("'%s'" % kind[:40] if isinstance(kind, str) else type_name(kind),),
-            )
-    return "\n".join(texts)
-
-
-def _content_text(content: object, index: int, images: Optional[List[str]] = None) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return _parts_text(content, index, images)
-    raise _message_error(
-        index,
-        "content must be a string or an array of content parts, not %s."
-        % (type_name(content),),
-    )
-
-
-def _tool_call(call: object, index: int) -> Tuple[Dict[str, Any], Optional[str], int]:
-    """
-    One OpenAI assistant tool call as a native one: C{arguments} goes from
-    a JSON string to an object. Returns C{(native, id, argument chars)}.
-    """
-    if not isinstance(call, dict):
-        raise _message_error(index, "tool_calls entries must be objects.")
-    if call.get("type") not in (None, "function"):
-        raise _message_error(index, "only function tool calls are supported.")
-    function = call.get("function")
-    if not isinstance(function, dict):
-        raise _message_error(index, "a tool call needs a 'function' object.")
-    name = function.get("name")
-    if not isinstance(name, str) or not name:
-        raise _message_error(index, "a tool call needs a function name.")
-    arguments = function.get("arguments")
-    chars = 0
-    if arguments is None:
-        parsed: object = {}
-    elif isinstance(arguments, dict):
-        parsed = arguments
-    elif isinstance(arguments, str):
-        chars = len(arguments)
-        if not arguments.strip():
-            # Some clients send "" for a call without arguments.
-            parsed = {}
-        else:
-            try:
-                parsed = json.loads(arguments, parse_constant=_reject_constant)
-            except ValueError:
-                raise _message_error(
-                    index, "tool call arguments for '%s' are not valid JSON." % (name[:64],)
-                ) from None
-    else:
-        raise _message_error(index, "tool call arguments must be a JSON string.")
-    if not isinstance(parsed, dict):
-        raise _message_error(
-            index, "tool call arguments for '%s' must be a JSON object." % (name[:64],)
-        )
-    native_function = {"name": name, "arguments": parsed}
-    call_id = call.get("id")
-    if call_id is None:
-        return {"function": native_function}, None, chars
-    if not isinstance(call_id, str):
-        raise _message_error(index, "a tool call id must be a string.")
-    return {"id": call_id, "function": native_function}, call_id, chars
-
-
-def _messages(value: object) -> Tuple[List[Dict[str, Any]], int]:
-    """
-    Section 5.1.1: OpenAI messages to native ones, in place and in order.
-
-    @return: the native messages and the prompt character count.
-    """
-    if value is None:
-        raise invalid_request("Missing required parameter: 'messages'.", "messages")
-    if not isinstance(value, list):
-        raise invalid_request(
-            "Invalid type for 'messages': expected an array, but got %s instead."
-            % (type_name(value),),
-            "messages",
-        )
-    if not value:
-        raise invalid_request(
-            "Invalid 'messages': at least one message is required.", "messages"
-        )
-    native: List[Dict[str, Any]] = []
-    chars = 0
-    # id -> function name of the latest earlier assistant call with that id,
-    # which is what a backwards search from each tool message would find.
-    call_names: Dict[str, str] = {}
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise _message_error(index, "each message must be an object.")
-        role = message.get("role")
-        if role == "user":
-            images: List[str] = []
-            text = _content_text(message.get("content"), index, images)
-            out: Dict[str, Any] = {"role": "user", "content": text}
-            if images:
-                out["images"] = images
-        elif role == "system" or role == "developer":
-            text = _content_text(message.get("content"), index)
-            out = {"role": "system", "content": text}
-        elif role == "assistant":
-            content = message.get("content")
-            text = "" if content is None else _content_text(content, index)
-            out = {"role": "assistant", "content": text}
-            thinking = message.get("reasoning_content")
-            if thinking is None:
-                thinking = message.get("reasoning")
-            # Echoed reasoning is optional history; a non-string shape from
-            # some other provider is dropped rather than refused.
-            if isinstance(thinking, str) and thinking:
-                out["thinking"] = thinking
-                chars += len(thinking)
-            calls = message.get("tool_calls")
-            if calls is not None:
-                if not isinstance(calls, list):
-                    raise _message_error(index, "tool_calls must be an array.")
-                native_calls = []
-                for call in calls:
-                    native_call, call_id, argument_chars = _tool_call(call, index)
-                    native_calls.append(native_call)
-                    chars += argument_chars
-                    if call_id is not None:
-                        call_names[call_id] = native_call["function"]["name"]
-                if native_calls:
-                    out["tool_calls"] = native_calls
-        elif role == "tool":
-            content = message.get("content")
-            text = "" if content is None else _content_text(content, index)
-            out = {"role": "tool", "content": text}
-            call_id = message.get("tool_call_id")
-            name = None
-            if call_id is not None:
-                if not isinstance(call_id, str):
-                    raise _message_error(index, "tool_call_id must be a string.")
-                out["tool_call_id"] = call_id
-                name = call_names.get(call_id)
-            if name is None:
-                # Clients such as OpenClaw rewrite tool_call_ids, so the
-                # lookup can miss; a name on the message is the next best.
-                given = message.get("name")
-                if isinstance(given, str) and given:
-                    name = given
-            if name is not None:
-                out["tool_name"] = name
-        elif role == "function":
-            raise _message_error(
-                index, "the deprecated 'function' role is not supported; use 'tool'."
-            )
-        else:
-            raise _message_error(
-                index,
-                "unknown role %s."
-                % ("'%s'" % role[:40] if isinstance(role, str) else type_name(role),),
-            )
-        native.append(out)
-        chars += len(text)
-    return native, chars
 
 
 def _tools(body: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
@@ -432,15 +211,14 @@ def _format(body: Dict[str, Any]) -> object:
     )
 
 
-def _effort(value: object, param: str) -> object:
+def _effort(body: Dict[str, Any], key: str, param: str) -> object:
+    """
+    The native C{think} for the effort string in C{body[key]}, or L{None}
+    when it is absent or empty.
+    """
+    value = optional_str(body, key, param)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise invalid_request(
-            "Invalid type for '%s': expected a string, but got %s instead."
-            % (param, type_name(value)),
-            param,
-        )
     effort = value.strip().lower()
     if not effort:
         # Ollama compat treats an empty effort as unset.
@@ -472,24 +250,12 @@ def _think(body: Dict[str, Any], options: ChatOptions) -> object:
                 "think",
             )
     candidates.append(explicit)
-    reasoning = body.get("reasoning")
+    reasoning = optional_object(body, "reasoning")
     if reasoning is not None:
-        if not isinstance(reasoning, dict):
-            raise invalid_request(
-                "Invalid type for 'reasoning': expected an object, but got %s "
-                "instead." % (type_name(reasoning),),
-                "reasoning",
-            )
-        candidates.append(_effort(reasoning.get("effort"), "reasoning.effort"))
-    candidates.append(_effort(body.get("reasoning_effort"), "reasoning_effort"))
-    kwargs = body.get("chat_template_kwargs")
+        candidates.append(_effort(reasoning, "effort", "reasoning.effort"))
+    candidates.append(_effort(body, "reasoning_effort", "reasoning_effort"))
+    kwargs = optional_object(body, "chat_template_kwargs")
     if kwargs is not None:
-        if not isinstance(kwargs, dict):
-            raise invalid_request(
-                "Invalid type for 'chat_template_kwargs': expected an object, but "
-                "got %s instead." % (type_name(kwargs),),
-                "chat_template_kwargs",
-            )
         candidates.append(
             optional_bool(
                 kwargs, "enable_thinking", param="chat_template_kwargs.enable_thinking"
@@ -518,7 +284,7 @@ def chat_request(body: object, options: ChatOptions = ChatOptions()) -> Upstream
     """
     body = require_object(body)
     model = require_str(body, "model")
-    messages, prompt_chars = _messages(body.get("messages"))
+    messages, prompt_chars = native_messages(body.get("messages"))
     stream, include_usage = stream_flags(body)
     single_choice(body)
     max_completion_tokens = optional_int(body, "max_completion_tokens", minimum=1)

@@ -104,8 +104,11 @@ def openai_tool_call(
         # Already a string (some backends): pass it on as is.
         arguments_text = arguments
     else:
+        # Compact, as OpenAI and the reference's vectors (TV-18) write it.
         arguments_text = json.dumps(
-            {} if arguments is None else arguments, ensure_ascii=False
+            {} if arguments is None else arguments,
+            ensure_ascii=False,
+            separators=(",", ":"),
         )
     call_id = native_call.get("id")
     if not isinstance(call_id, str) or not call_id:

@@ -122,6 +122,13 @@ class _StreamTranslator:
 
     # Public interface ----------------------------------------------------
 
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes of an incomplete upstream line held (for the memory bound).
+        """
+        return self._splitter.buffered
+
     def start(self) -> bytes:
         """
         The events that open the stream, sent right after the headers.

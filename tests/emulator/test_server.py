@@ -1,6 +1,7 @@
 """
 Tests for L{qwen_twist.emulator.server}, L{qwen_twist.emulator.record} and
-the command line in L{qwen_twist.emulator.__main__}.
+the command line in L{qwen_twist.emulator.__main__}; through HTTP, also for
+the modules behind the server (C{api}, C{answer}, C{stream}, C{wire}).
 
 Wire-format tests run over real loopback sockets with treq (the way the
 gateway talks to it); timing, backpressure and disconnect tests drive the
@@ -38,14 +39,7 @@ from twisted.web.server import Site
 from qwen_twist.emulator import __main__ as cli
 from qwen_twist.emulator.record import Record
 from qwen_twist.emulator.script import Script, default_answer
-from qwen_twist.emulator.server import (
-    GARBAGE_LINE,
-    Emulator,
-    base64_error_offset,
-    build_resource,
-    listen,
-    parse_go_duration,
-)
+from qwen_twist.emulator.server import GARBAGE_LINE, Emulator, build_resource, listen
 
 RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 CALL_ID = re.compile(r"^call_[a-z0-9]{8}$")
@@ -1065,29 +1059,74 @@ class StreamProducerTests(SynchronousTestCase):
         self.assertEqual(self.record.streams_abandoned, 1)
 
 
-class HelperTests(SynchronousTestCase):
+class ServerHeaderTests(SynchronousTestCase):
     """
-    Small wire helpers.
+    Responses carry no C{Server} header, as Ollama's Go server sends none.
     """
 
-    def test_go_durations(self) -> None:
-        """
-        Go duration strings parse to seconds.
-        """
-        self.assertEqual(parse_go_duration("0"), 0)
-        self.assertEqual(parse_go_duration("1h30m"), 5400)
-        self.assertEqual(parse_go_duration("-1s"), -1)
-        self.assertAlmostEqual(parse_go_duration("1.5ms"), 0.0015)
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = Site(build_resource(Script(), Record(), self.clock),
+                         timeout=None, reactor=self.clock)
 
-    def test_base64(self) -> None:
+    def raw_response(self, request: bytes) -> bytes:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        channel.dataReceived(request)
+        return transport.value()
+
+    def assertNoServerHeader(self, response: bytes) -> None:
+        head = response.split(b"\r\n\r\n", 1)[0].lower()
+        self.assertIn(b"\r\ndate: ", head)
+        self.assertNotIn(b"\r\nserver:", head)
+
+    def test_json_answer(self) -> None:
         """
-        Valid padded base64 passes; the first bad byte is reported.
+        A plain JSON answer has a C{Date} header but no C{Server} header.
         """
-        self.assertIsNone(base64_error_offset("iVBORw0KGgo="))
-        self.assertIsNone(base64_error_offset("YWJj\nZA=="))
-        self.assertEqual(base64_error_offset("data:image/png;base64,iVBO"), 4)
-        self.assertEqual(base64_error_offset("YWJjZA="), 7)
-        self.assertEqual(base64_error_offset("YWJjZA==x"), 8)
+        response = self.raw_response(b"GET /api/version HTTP/1.1\r\nHost: e\r\n\r\n")
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertNoServerHeader(response)
+
+    def test_not_found(self) -> None:
+        """
+        The router's C{404 page not found} has no C{Server} header either.
+        """
+        response = self.raw_response(b"GET /nope HTTP/1.1\r\nHost: e\r\n\r\n")
+        self.assertTrue(response.startswith(b"HTTP/1.1 404 Not Found\r\n"))
+        self.assertNoServerHeader(response)
+
+    def test_stream(self) -> None:
+        """
+        A streamed NDJSON answer has no C{Server} header.
+        """
+        data = json.dumps(chat(think=False)).encode("utf-8")
+        response = self.raw_response(
+            b"POST /api/chat HTTP/1.1\r\nHost: e\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data))
+        self.assertIn(b"application/x-ndjson", response)
+        self.assertIn(b'"done":true', response)
+        self.assertNoServerHeader(response)
+
+
+class ExportTests(SynchronousTestCase):
+    """
+    The server module keeps the names it exported before it was split.
+    """
+
+    def test_reexports(self) -> None:
+        """
+        The wire helpers are importable from the server module and are the
+        objects of the modules that define them.
+        """
+        from qwen_twist.emulator import fields, server, stream
+        self.assertIs(server.GARBAGE_LINE, stream.GARBAGE_LINE)
+        for name in ("base64_error_offset", "check_options", "parse_go_duration"):
+            self.assertIs(getattr(server, name), getattr(fields, name))
+        for name in server.__all__:
+            self.assertTrue(hasattr(server, name), name)
 
 
 class _FailingReactor(MemoryReactorClock):
