@@ -1023,7 +1023,7 @@ class ChatResponseTests(SynchronousTestCase):
             response["choices"],
             [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_k3x9a1b2", "type": "function", "function": {
-                    "name": "get_weather", "arguments": "{\"city\": \"Tokyo\"}"}}]},
+                    "name": "get_weather", "arguments": "{\"city\":\"Tokyo\"}"}}]},
               "logprobs": None, "finish_reason": "tool_calls"}],
         )
         self.assertEqual(

@@ -358,7 +358,7 @@ class SequenceTests(StreamTestCase):
         body = ndjson(chat_line("", tool_calls=[native_call("f", {"q": "é"}, "call_x")]))
         t = chat_translator()
         t.start()
-        arguments = json.dumps({"q": "é"}, ensure_ascii=False)
+        arguments = json.dumps({"q": "é"}, ensure_ascii=False, separators=(",", ":"))
         self.assertEqual(
             t.feed(body),
             chunk_bytes([choice({"tool_calls": [{"index": 0, "id": "call_x", "type": "function",
