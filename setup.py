@@ -36,6 +36,9 @@ setup(
         "pyOpenSSL>=23.0.0",
         "PyYAML>=6.0",
         "prometheus-client>=0.16.0",
+        # JWT verification: a well-kept library beats hand-rolled crypto
+        # checks, and Debian 12 ships it (python3-jwt 2.6.0).
+        "PyJWT>=2.6.0",
     ],
     extras_require={
         "test": ["openai>=1.40", "hypothesis>=6.0"],
@@ -43,6 +46,7 @@ setup(
     entry_points={
         "console_scripts": [
             "qwengate-emulator = qwen_twist.emulator.__main__:main",
+            "qwengate-keys = qwen_twist.keys_cli:main",
         ],
     },
 )

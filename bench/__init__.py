@@ -12,11 +12,13 @@ C{/proc} and none of them steals the other's event loop.
 Layout:
   - L{bench.fronts}: what a client talks to (direct emulator, qwengate, and
     later nginx and LiteLLM): address, TLS, request mapping, framing.
-  - L{bench.processes}: start and stop the real processes, read their CPU
-    time and RSS from C{/proc}.
+  - L{bench.processes}: start and stop the real processes (emulator,
+    gateway, load generator); L{bench.procfs}: their CPU time and RSS, and
+    the machine's busy cores, from C{/proc}.
   - L{bench.loadgen}: the load generator (its own process, asyncio, no JSON
-    parsing per chunk) and the pure statistics it reports.
-  - L{bench.stream}, L{bench.requests}: the two benchmarks.
+    parsing per chunk); L{bench.stats}: the statistics of its records.
+  - L{bench.stream}, L{bench.requests}: the two benchmarks;
+    L{bench.report}: tables, JSON results, CPU profile summaries.
 
 Nothing here imports Twisted: the harness is plain synchronous Python that
 orchestrates subprocesses.

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_bench -*-
 """
-The real processes of a benchmark run, and what C{/proc} says about them.
+The real processes of a benchmark run: start them, watch them, stop them.
 
 Why real processes: the gateway's cost is measured as its own CPU time and
-resident memory, read from C{/proc/<pid>/stat} and C{/proc/<pid>/status},
-so it must not share a process with the emulator or the load generator.
+resident memory, read from C{/proc} (L{bench.procfs}), so it must not share
+a process with the emulator or the load generator.
 The emulator runs as C{python -m qwen_twist.emulator --port 0}; the gateway
 as C{twistd --nodaemon --pidfile= --logfile=FILE qwengate --config FILE}
 with a temporary configuration (loopback, a free port, a self-signed
@@ -16,13 +16,14 @@ which then stops them in order) and gets C{PR_SET_PDEATHSIG} (so they die
 with the harness even when it is killed). L{Stack} owns them and stops them
 on exit, error or Ctrl-C.
 
-The parsing of C{/proc} text and the interpolation of samples are pure
-functions (tested); the rest does I/O.
+L{known_settings} and L{merge}, which build the gateway's configuration,
+are pure (tested); the rest does I/O.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import http.client
 import json
 import os
@@ -35,14 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bench.fronts import Front, direct_front, qwengate_front
+from bench.procfs import Sampler
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOOPBACK = "127.0.0.1"
 
 clock = time.monotonic
@@ -53,161 +53,6 @@ class BenchError(Exception):
     A benchmark could not run (a process did not start, a control call
     failed); the message says which and shows the end of its log.
     """
-
-
-# -- /proc, pure -----------------------------------------------------------
-
-
-def parse_proc_stat(text: str, ticks: int = CLK_TCK) -> float:
-    """
-    User plus system CPU seconds from the text of C{/proc/<pid>/stat}.
-    The command name (field 2) may contain spaces and parentheses, so the
-    fields are counted from the last C{")"}.
-    """
-    fields = text[text.rindex(")") + 2:].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def parse_proc_status(text: str) -> Dict[str, int]:
-    """
-    C{VmRSS} (resident now) and C{VmHWM} (resident peak) in bytes from the
-    text of C{/proc/<pid>/status}; missing ones are 0.
-    """
-    out = {"rss": 0, "hwm": 0}
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            out["rss"] = int(line.split()[1]) * 1024
-        elif line.startswith("VmHWM:"):
-            out["hwm"] = int(line.split()[1]) * 1024
-    return out
-
-
-def parse_machine_stat(text: str, ticks: int = CLK_TCK) -> Tuple[float, float]:
-    """
-    Busy and total CPU seconds of the whole machine (all cores) from the
-    first line of C{/proc/stat}; idle and iowait count as not busy.
-    """
-    line = text.split("\n", 1)[0].split()
-    values = [int(v) for v in line[1:9]]
-    total = sum(values)
-    idle = values[3] + values[4]
-    return (total - idle) / ticks, total / ticks
-
-
-@dataclass(frozen=True)
-class ProcSample:
-    """
-    One reading of a process: when, CPU seconds so far, RSS and peak RSS.
-    """
-
-    t: float
-    cpu: float
-    rss: int
-    hwm: int
-
-
-def interpolate(points: Sequence[Tuple[float, float]], t: float) -> Optional[float]:
-    """
-    The value at C{t} of a series of C{(time, value)} points, linear
-    between the two around it, clamped to the first and last; L{None} for
-    no points.
-    """
-    if not points:
-        return None
-    if t <= points[0][0]:
-        return points[0][1]
-    for (t0, v0), (t1, v1) in zip(points, points[1:]):
-        if t <= t1:
-            if t1 == t0:
-                return v1
-            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-    return points[-1][1]
-
-
-def sample_pid(pid: int) -> Optional[ProcSample]:
-    """
-    Read one process's CPU and memory now; L{None} when it is gone.
-    """
-    now = clock()
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            cpu = parse_proc_stat(f.read())
-        with open("/proc/%d/status" % (pid,)) as f:
-            mem = parse_proc_status(f.read())
-    except (OSError, ValueError, IndexError):
-        return None
-    return ProcSample(now, cpu, mem["rss"], mem["hwm"])
-
-
-def machine_cpu() -> Tuple[float, float]:
-    with open("/proc/stat") as f:
-        return parse_machine_stat(f.read())
-
-
-class Sampler:
-    """
-    Samples of some processes (and of the whole machine's CPU) taken over a
-    phase, and what can be read from them.
-    """
-
-    def __init__(self, pids: Dict[str, int]) -> None:
-        self.pids = dict(pids)
-        self.samples: Dict[str, List[ProcSample]] = {name: [] for name in pids}
-        self.machine: List[Tuple[float, float, float]] = []
-
-    def sample(self) -> None:
-        for name, pid in self.pids.items():
-            s = sample_pid(pid)
-            if s is not None:
-                self.samples[name].append(s)
-        busy, total = machine_cpu()
-        self.machine.append((clock(), busy, total))
-
-    def cpu_between(self, name: str, t0: Optional[float] = None,
-                    t1: Optional[float] = None) -> Optional[float]:
-        """
-        CPU seconds C{name} used between two instants (default: the whole
-        sampled span), interpolated between samples.
-        """
-        points = [(s.t, s.cpu) for s in self.samples.get(name, [])]
-        if len(points) < 2:
-            return None
-        t0 = points[0][0] if t0 is None else t0
-        t1 = points[-1][0] if t1 is None else t1
-        a, b = interpolate(points, t0), interpolate(points, t1)
-        return None if a is None or b is None else b - a
-
-    def rss(self, name: str, t0: Optional[float] = None,
-            t1: Optional[float] = None) -> Dict[str, Optional[int]]:
-        """
-        First, last and peak RSS of C{name} among the samples between two
-        instants, and its C{VmHWM} at the end.
-        """
-        chosen = [s for s in self.samples.get(name, [])
-                  if (t0 is None or s.t >= t0) and (t1 is None or s.t <= t1)]
-        if not chosen:
-            return {"first": None, "last": None, "peak": None, "hwm": None}
-        return {"first": chosen[0].rss, "last": chosen[-1].rss,
-                "peak": max(s.rss for s in chosen), "hwm": chosen[-1].hwm}
-
-    def machine_busy(self, t0: Optional[float] = None,
-                     t1: Optional[float] = None) -> Optional[float]:
-        """
-        Cores busy on average between two instants (0 to the core count).
-        """
-        if len(self.machine) < 2:
-            return None
-        busy = [(t, b) for t, b, _ in self.machine]
-        total = [(t, tot) for t, _, tot in self.machine]
-        t0 = busy[0][0] if t0 is None else t0
-        t1 = busy[-1][0] if t1 is None else t1
-        if t1 <= t0:
-            return None
-        db = (interpolate(busy, t1) or 0.0) - (interpolate(busy, t0) or 0.0)
-        dt = (interpolate(total, t1) or 0.0) - (interpolate(total, t0) or 0.0)
-        cores = os.cpu_count() or 1
-        return round(cores * db / dt, 2) if dt > 0 else None
 
 
 # -- children --------------------------------------------------------------
@@ -370,6 +215,65 @@ class Emulator(ManagedProcess):
         return self.call("GET", "/_emulator/record")["counters"]
 
 
+#: Settings that would throttle or refuse a benchmark's load rather than
+#: measure it: one client address opening 1,000 connections at once and
+#: sending thousands of requests per second, without an API key. Applied
+#: only where the gateway's configuration schema has them (it grows).
+BENCH_OVERRIDES: Dict[str, Any] = {
+    "auth": {"required": False},
+    "connections": {"max_total": 1000000, "max_per_ip": 1000000, "rate": 1000000.0,
+                    "burst": 1000000},
+    "rate_limits": {"per_key_requests": 0, "per_ip_rate": 0.0},
+    "bans": {"failures": 0},
+}
+
+
+def known_settings(data: Dict[str, Any], schema: Any) -> Dict[str, Any]:
+    """
+    The part of C{data} that the config dataclass C{schema} knows: sections
+    are fields whose default factory is itself a dataclass; unknown keys
+    (a setting this version does not have yet) are dropped.
+    """
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            continue
+        section = f.default_factory  # type: ignore[misc]
+        if isinstance(value, dict) and dataclasses.is_dataclass(section):
+            inner = known_settings(value, section)
+            if inner:
+                out[key] = inner
+        else:
+            out[key] = value
+    return out
+
+
+def bench_overrides() -> Dict[str, Any]:
+    """
+    L{BENCH_OVERRIDES} reduced to what this checkout's config accepts.
+    """
+    try:
+        from qwen_twist.config import Config
+    except ImportError:
+        return {}
+    return known_settings(BENCH_OVERRIDES, Config)
+
+
+def merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    Deep-merge two config dicts (C{overrides} win).
+    """
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
 def twistd_command(python: str) -> List[str]:
     """
     The venv's C{twistd} script beside C{python} (C{python -m twisted} fails
@@ -383,7 +287,10 @@ def twistd_command(python: str) -> List[str]:
 
 class Gateway(ManagedProcess):
     """
-    qwengate under twistd with a temporary configuration.
+    qwengate under twistd with a temporary configuration: loopback, a free
+    port, a self-signed certificate, the emulator upstream, and
+    L{BENCH_OVERRIDES} (no API key, no connection or rate limits), so that
+    what is measured is the relay, not the throttles.
 
     @ivar cprofile: when set, twistd's own C{--profile} hook writes
         C{pstats} there at shutdown (slows the gateway down: the figures of
@@ -405,11 +312,8 @@ class Gateway(ManagedProcess):
             "tls": {"self_signed": True},
             "upstream": {"url": upstream_url},
         }
-        for key, value in (overrides or {}).items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key] = dict(config[key], **value)
-            else:
-                config[key] = value
+        config = merge(merge(config, bench_overrides()), overrides or {})
+        self.config = config
         # JSON is YAML: no quoting surprises.
         self.config_path.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
         argv = twistd_command(python) + ["--nodaemon", "--pidfile=",
@@ -504,6 +408,16 @@ class Stack:
             gateway.start()
             self._gateway = gateway
         return self._gateway
+
+    def restart(self, front_name: str) -> None:
+        """
+        Stop the processes of C{front_name} so that its next use starts
+        fresh ones (a clean memory baseline); the emulator is kept.
+        """
+        if front_name == "qwengate" and self._gateway is not None:
+            self._gateway.stop()
+            self._started.remove(self._gateway)
+            self._gateway = None
 
     def stop_gateway(self) -> None:
         """

@@ -13,7 +13,7 @@ script; every figure is reported next to the direct one, and when the
 direct run itself falls short of the offered load the report says so
 instead of blaming the gateway.
 
-What is measured per front (see L{bench.loadgen.analyze_streams}):
+What is measured per front (see L{bench.stats.analyze_streams}):
   - chunks per second relayed in the steady window vs offered (S x R);
   - gaps between consecutive chunks, and each chunk's lag behind the
     emulator's schedule (relative to the stream's most punctual chunk),
@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bench.fronts import Front
-from bench.loadgen import frames_between
-from bench.processes import Sampler, Stack
+from bench.procfs import Sampler
+from bench.processes import Stack
+from bench.stats import frames_between
 from bench.report import diff, fmt, mb, profile_table, ratio, table, top_functions
 
 PROMPT = "Say hello."
@@ -372,8 +373,16 @@ def run_slow_reader(stack: Stack, case: SlowReaderCase, front_name: str = "qweng
     log("  slow reader: %d streams x %d MB, %gs without reading ..."
         % (case.streams, case.megabytes, case.hold))
     emulator = stack.emulator()
-    emulator.set_script(bulk_script(case))
+    # A fresh front process, so that memory freed by earlier cases (which
+    # Python keeps) cannot hide growth; warmed up by one small round of the
+    # same streams, so that first-use allocations do not look like growth.
+    stack.restart(front_name)
     front = stack.front(front_name)
+    emulator.set_script(token_script(0, 50))
+    stack.run_loadgen(front.job("stream", PROMPT, True, streams=case.streams, rate=0.0,
+                                tokens=50, timeout=60, connect_concurrency=64),
+                      watched_pids(stack, front))
+    emulator.set_script(bulk_script(case))
     emulator.reset()
     job = front.job("stream", PROMPT, True, streams=case.streams, rate=case.rate,
                     tokens=case.tokens, hold=case.hold, rcvbuf=65536,

@@ -26,7 +26,7 @@ import ipaddress
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
 import yaml
@@ -259,6 +259,198 @@ class LimitsConfig:
     max_body_bytes: int = setting(
         8 * MiB, between(1024, 1024 * MiB), "largest request body; 413 above"
     )
+    max_prompt_chars: int = setting(
+        96000,
+        between(1, 100 * 1000 * 1000),
+        "most characters of text in one request's prompt (all messages); 400 "
+        "'prompt too long, max N chars' above",
+    )
+    max_header_bytes: int = setting(
+        16384, between(1024, 1024 * 1024), "total size of a request's headers"
+    )
+    header_timeout: float = setting(
+        10.0, positive, "seconds a client may take to send a request's headers"
+    )
+
+
+def cidr(value: Any) -> Optional[str]:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return "must be an IPv4 or IPv6 address or CIDR network, got %r" % (value,)
+    return None
+
+
+def http_origin(value: Any) -> Optional[str]:
+    if value == "*":
+        return "must name origins; '*' would let any web page use the API"
+    wrong = "must be an origin such as https://chat.example.com, got %r" % (value,)
+    try:
+        parts = urlsplit(value)
+        parts.port
+    except ValueError:
+        return wrong
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path
+            or parts.query or parts.fragment or parts.username or parts.password):
+        return wrong
+    return None
+
+
+@dataclass(frozen=True)
+class JWTConfig:
+    """
+    JSON Web Tokens as an alternative to API keys.
+    """
+
+    enabled: bool = setting(False, None, "accept JWT bearer tokens")
+    algorithm: str = setting(
+        "HS256", one_of("HS256", "RS256", "ES256"), "the one algorithm accepted"
+    )
+    secret_file: Optional[str] = setting(None, non_empty, "HS256 shared secret file")
+    public_key_file: Optional[str] = setting(
+        None, non_empty, "PEM public key file for RS256/ES256"
+    )
+    issuer: Optional[str] = setting(None, non_empty, "required 'iss' claim, if set")
+    audience: Optional[str] = setting(None, non_empty, "required 'aud' claim, if set")
+    max_lifetime: float = setting(
+        300.0, positive, "longest accepted exp - iat in seconds (tokens need iat)"
+    )
+    leeway: float = setting(0.0, non_negative, "clock skew allowed on exp/nbf/iat")
+    user_claim: str = setting("sub", non_empty, "claim that names the user")
+
+    def _validate(self, path: str) -> None:
+        if not self.enabled:
+            return
+        if self.algorithm == "HS256" and self.secret_file is None:
+            raise ConfigError(_join(path, "secret_file"), "is required for HS256")
+        if self.algorithm != "HS256" and self.public_key_file is None:
+            raise ConfigError(
+                _join(path, "public_key_file"), "is required for %s" % (self.algorithm,)
+            )
+
+
+@dataclass(frozen=True)
+class MutualTLSConfig:
+    """
+    Client certificates.
+    """
+
+    mode: str = setting(
+        "off", one_of("off", "optional", "require"),
+        "off; optional (verify when sent); require (handshake fails without one)",
+    )
+    client_ca: Optional[str] = setting(None, non_empty, "PEM bundle of client CAs")
+    identity_from_subject: bool = setting(
+        False, None, "a verified client certificate's subject CN is an identity"
+    )
+
+    def _validate(self, path: str) -> None:
+        if self.mode != "off" and self.client_ca is None:
+            raise ConfigError(_join(path, "client_ca"), "is required when mode is not off")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """
+    Who may call the API.
+    """
+
+    required: bool = setting(
+        True, None, "every /v1 request needs an API key, a JWT or a client certificate"
+    )
+    keys_file: Optional[str] = setting(
+        "/etc/qwengate/keys.yaml",
+        non_empty,
+        "YAML file of hashed API keys (qwengate-keys manages it); a missing "
+        "file means no keys; null disables API keys",
+    )
+    jwt: JWTConfig = section(JWTConfig)
+    mtls: MutualTLSConfig = section(MutualTLSConfig)
+
+    def _validate(self, path: str) -> None:
+        if not self.required:
+            return
+        if self.keys_file is None and not self.jwt.enabled and not (
+            self.mtls.mode != "off" and self.mtls.identity_from_subject
+        ):
+            raise ConfigError(
+                _join(path, "keys_file"),
+                "is required when auth.required is true and neither JWT nor "
+                "client-certificate identities are enabled",
+            )
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """
+    Address rules, applied to the TCP peer before any TLS work.
+    """
+
+    allow: Tuple[str, ...] = setting(
+        (), cidr, "CIDRs allowed to connect; empty = every address"
+    )
+    deny: Tuple[str, ...] = setting((), cidr, "CIDRs refused even when allowed")
+    trusted_proxies: Tuple[str, ...] = setting(
+        (), cidr, "proxies whose X-Forwarded-For / X-Real-IP is believed"
+    )
+
+
+@dataclass(frozen=True)
+class ConnectionsConfig:
+    """
+    The per-IP connection filter in front of TLS.
+    """
+
+    max_total: int = setting(200, between(1, 1000000), "concurrent connections in all")
+    max_per_ip: int = setting(50, between(1, 1000000), "concurrent connections per IP")
+    rate: float = setting(10.0, positive, "new connections per second per IP")
+    burst: int = setting(20, between(1, 1000000), "new connections per IP in a burst")
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    """
+    Request and token budgets (429 with Retry-After above them).
+    """
+
+    per_key_requests: int = setting(
+        30, between(0, 10000000), "requests per key per window; 0 = unlimited"
+    )
+    per_key_window: float = setting(60.0, positive, "the per-key window in seconds")
+    per_ip_rate: float = setting(
+        5.0, non_negative, "requests per second per client IP; 0 = unlimited"
+    )
+    per_ip_burst: int = setting(10, between(1, 10000000), "per-IP burst")
+    per_key_tokens_per_minute: int = setting(
+        0, between(0, 10 ** 12), "prompt+completion tokens per key per minute; 0 = off"
+    )
+
+
+@dataclass(frozen=True)
+class BansConfig:
+    """
+    Addresses that keep failing authentication.
+    """
+
+    failures: int = setting(3, between(0, 1000000), "consecutive failures; 0 = never ban")
+    duration: float = setting(600.0, positive, "ban length in seconds")
+
+
+@dataclass(frozen=True)
+class ResponseConfig:
+    """
+    Response hygiene.
+    """
+
+    strip_fields: Tuple[str, ...] = setting(
+        (), non_empty, "dotted JSON fields removed from API responses"
+    )
+    cors_origins: Tuple[str, ...] = setting(
+        (), http_origin, "browser origins allowed by CORS; empty = none"
+    )
+    hsts_max_age: int = setting(
+        31536000, between(0, 10 ** 9), "Strict-Transport-Security max-age; 0 = omit"
+    )
 
 
 @dataclass(frozen=True)
@@ -274,6 +466,12 @@ class Config:
     streaming: StreamingConfig = section(StreamingConfig)
     translation: TranslationConfig = section(TranslationConfig)
     limits: LimitsConfig = section(LimitsConfig)
+    auth: AuthConfig = section(AuthConfig)
+    access: AccessConfig = section(AccessConfig)
+    connections: ConnectionsConfig = section(ConnectionsConfig)
+    rate_limits: RateLimitsConfig = section(RateLimitsConfig)
+    bans: BansConfig = section(BansConfig)
+    response: ResponseConfig = section(ResponseConfig)
 
 
 # The engine ---------------------------------------------------------------
@@ -361,8 +559,24 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         if raw is None and optional:
             values[name] = None
             continue
-        value = _convert_scalar(hint, raw, key_path)
         check = f.metadata.get("check")
+        if typing.get_origin(hint) is tuple:
+            # A list setting: every item has the item type and passes the
+            # check; errors name the item (allow[2]).
+            (item_hint, _) = typing.get_args(hint)
+            if not isinstance(raw, list):
+                raise ConfigError(key_path, "must be a list, got %s" % (_describe(raw),))
+            items = []
+            for i, item in enumerate(raw):
+                item_path = "%s[%d]" % (key_path, i)
+                item = _convert_scalar(item_hint, item, item_path)
+                problem = check(item) if check else None
+                if problem:
+                    raise ConfigError(item_path, problem)
+                items.append(item)
+            values[name] = tuple(items)
+            continue
+        value = _convert_scalar(hint, raw, key_path)
         problem = check(value) if check else None
         if problem:
             raise ConfigError(key_path, problem)

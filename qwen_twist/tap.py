@@ -10,7 +10,9 @@ traceback in a log nobody reads. TLS files are checked there too.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any, List, Optional, Tuple
 
 from twisted.application import internet, service
@@ -19,13 +21,17 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from qwen_twist import __version__, config as configmod, tls
+from qwen_twist import __version__, config as configmod, gate, tls
 from qwen_twist.gateway import Gateway
+from qwen_twist.peerfilter import PeerFilterFactory
 from qwen_twist.upstream import OllamaClient
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
 
 DEFAULT_CONFIG = "/etc/qwengate/qwengate.yaml"
+
+#: Seconds between sweeps of idle buckets and expired bans.
+PRUNE_INTERVAL = 60.0
 
 
 class Options(usage.Options):
@@ -53,7 +59,9 @@ class Options(usage.Options):
                 self.config.tls,
                 self.config.state_dir,
                 lambda fmt, **kw: notices.append((fmt, kw)),
+                self.config.auth.mtls,
             )
+            self.identities = gate.load_identities(self.config)
         except configmod.ConfigError as e:
             if not e.filename:
                 e.filename = filename
@@ -74,22 +82,66 @@ class GatewayService(service.MultiService):
     log = Logger()
 
     def __init__(self, config: configmod.Config, certificate_options: Any, reactor: Any,
-                 notices: Optional[list] = None) -> None:
+                 notices: Optional[list] = None, identities: Optional[tuple] = None,
+                 config_path: Optional[str] = None) -> None:
         super().__init__()
         self.config = config
+        self.config_path = config_path
         self.reactor = reactor
         self._notices = notices or []
         self.upstream = OllamaClient(reactor, config.upstream)
-        self.gateway = Gateway(config, reactor, self.upstream)
+        self.gate = gate.Gate(config, reactor, identities)
+        self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks)
         self.site = GatewaySite(
-            build_root(self.gateway), config.limits.max_body_bytes, reactor=reactor
+            build_root(self.gateway), config, reactor=reactor
         )
         self.factory = build_listener_factory(certificate_options, self.site)
+        self.peer_filter = PeerFilterFactory(
+            self.factory, self.gate.rules, self.gate.bans, config.connections, reactor
+        )
         endpoint = listen_endpoint(reactor, config.listen)
-        self.listener = internet.StreamServerEndpointService(endpoint, self.factory)
+        self.listener = internet.StreamServerEndpointService(endpoint, self.peer_filter)
         self.listener.setServiceParent(self)
+        pruning = internet.TimerService(PRUNE_INTERVAL, self.prune)
+        pruning.clock = reactor
+        pruning.setServiceParent(self)
+
+    def prune(self) -> None:
+        """
+        Forget idle rate-limit buckets and expired bans, so memory does not
+        grow with the number of addresses ever seen. One failing step must
+        not stop the timer.
+        """
+        for step in (self.gate.prune, self.peer_filter.prune):
+            try:
+                step()
+            except Exception:
+                self.log.failure("pruning failed")
+
+    def reload(self) -> bool:
+        """
+        SIGHUP: re-read the configuration file, the keys file and the JWT key
+        and apply keys, address rules and limits to new requests and
+        connections. Nothing in flight is dropped; an invalid new
+        configuration is logged and the old one stays in force.
+        """
+        if self.config_path is None:
+            return False
+        try:
+            config = configmod.load(self.config_path)
+            identities = gate.load_identities(config)
+        except configmod.ConfigError as e:
+            self.log.error("reload refused, keeping the running configuration: {error}",
+                           error=str(e))
+            return False
+        self.gate.reload(config, identities)
+        self.peer_filter.set_rules(self.gate.rules)
+        self.log.info("reloaded {path}: {keys} API keys", path=self.config_path,
+                      keys=len(identities[0]))
+        return True
 
     def startService(self) -> None:
+        install_reload_signal(self.reactor, self.reload)
         for fmt, fields in self._notices:
             self.log.info(fmt, **fields)
         listen = self.config.listen
@@ -106,6 +158,19 @@ class GatewayService(service.MultiService):
         d = super().stopService()
         d.addBoth(lambda _: self.upstream.close())
         return d
+
+
+def install_reload_signal(reactor: Any, reload: Any) -> None:
+    """
+    Run C{reload} in the reactor thread on SIGHUP (where signals exist and
+    this is the main thread, i.e. under twistd, not in tests).
+    """
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+    call_from_thread = getattr(reactor, "callFromThread", None)
+    if call_from_thread is None:
+        return
+    signal.signal(signal.SIGHUP, lambda signum, frame: call_from_thread(reload))
 
 
 def build_listener_factory(certificate_options: Any, site: Any) -> Any:
@@ -139,5 +204,10 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
         reactor = _reactor
     return GatewayService(
-        options.config, options.certificate_options, reactor, getattr(options, "notices", [])
+        options.config,
+        options.certificate_options,
+        reactor,
+        getattr(options, "notices", []),
+        getattr(options, "identities", None),
+        options["config"],
     )

@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from OpenSSL import crypto
 from twisted.internet import ssl
 
-from qwen_twist.config import ConfigError, TLSConfig
+from qwen_twist.config import ConfigError, MutualTLSConfig, TLSConfig
 
 _BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -161,13 +161,20 @@ def ensure_self_signed(state_dir: str, now: Optional[datetime.datetime] = None) 
 
 
 def certificate_options(
-    config: TLSConfig, state_dir: str, log: Optional[Callable[..., None]] = None
+    config: TLSConfig,
+    state_dir: str,
+    log: Optional[Callable[..., None]] = None,
+    mtls: Optional[MutualTLSConfig] = None,
 ) -> ssl.CertificateOptions:
     """
-    Build the server's C{CertificateOptions} from the C{tls} section.
+    Build the server's C{CertificateOptions} from the C{tls} section (and
+    C{auth.mtls} for client certificates).
 
     @param log: called as C{log(format, **fields)} for the self-signed
         certificate notice (its path and fingerprint).
+    @param mtls: with mode C{optional}, a client certificate that is sent
+        must verify against C{client_ca}; with C{require}, a handshake
+        without one fails.
     @raise ConfigError: unreadable or mismatched files, bad cipher string.
     """
     cert_path, key_path = config.certificate, config.private_key
@@ -191,12 +198,20 @@ def certificate_options(
     ciphers = ssl.AcceptableCiphers.fromOpenSSLCipherString(config.ciphers)
     if not getattr(ciphers, "_ciphers", True):
         raise ConfigError("tls.ciphers", "selects no cipher suite: %r" % (config.ciphers,))
+    client: dict = {}
+    if mtls is not None and mtls.mode != "off":
+        client = {
+            "verify": True,
+            "caCerts": load_chain(mtls.client_ca, "auth.mtls.client_ca"),
+            "requireCertificate": mtls.mode == "require",
+        }
     options = ssl.CertificateOptions(
         privateKey=key,
         certificate=leaf,
         extraCertChain=chain[1:],
         raiseMinimumTo=_VERSIONS[config.min_version],
         acceptableCiphers=ciphers,
+        **client,
     )
     options.getContext()
     return options

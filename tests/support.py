@@ -142,17 +142,19 @@ async def start_stack(testcase: Any, config: Optional[dict] = None,
             "state_dir": state_dir,
             "listen": {"address": "127.0.0.1"},
             "tls": {"self_signed": True},
+            "auth": {"required": False},
+            "rate_limits": {"per_ip_rate": 0},
             "upstream": {"url": upstream_url},
         },
         config or {},
     )
     cfg = configmod.build(configmod.Config, raw)
-    options = tls.certificate_options(cfg.tls, cfg.state_dir)
+    options = tls.certificate_options(cfg.tls, cfg.state_dir, mtls=cfg.auth.mtls)
     stack.cafile = os.path.join(state_dir, "tls", "cert.pem")
     stack.service = GatewayService(cfg, options, reactor)
     stack.port = await endpoints.TCP4ServerEndpoint(
         reactor, 0, interface="127.0.0.1"
-    ).listen(stack.service.factory)
+    ).listen(stack.service.peer_filter)
     stack.url = "https://127.0.0.1:%d" % (stack.port.getHost().port,)
     stack._pool = wclient.HTTPConnectionPool(reactor, persistent=True)
     stack.http = treq.client.HTTPClient(

@@ -7,6 +7,7 @@ command line. Nothing here starts a process or measures time.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import __main__ as cli, loadgen, processes, report, requests as reqbench
+from bench import __main__ as cli, loadgen, processes, procfs, report, requests as reqbench
+from bench import stats
 from bench import stream as streambench
 from bench.fronts import OLLAMA, OPENAI, Front, direct_front, qwengate_front
 
@@ -39,10 +41,10 @@ def sse_body(tokens: int) -> bytes:
 def record_at(times, tokens_per_read=1, sent=0.0, status=200, tail=b"data: [DONE]\n\n",
               leading=1, trailing=2):
     """
-    A L{loadgen.StreamRecord} whose token frames arrived at C{times}, with
+    A L{stats.StreamRecord} whose token frames arrived at C{times}, with
     one leading and two trailing frames around them.
     """
-    record = loadgen.StreamRecord()
+    record = stats.StreamRecord()
     record.sent = sent
     record.first_byte = times[0] if times else sent
     record.status = status
@@ -211,27 +213,27 @@ class StatisticsTests(SynchronousTestCase):
         max; nothing gives None.
         """
         values = [1.0, 2.0, 3.0, 4.0, 5.0]
-        self.assertEqual(loadgen.percentile(values, 50), 3.0)
-        self.assertEqual(loadgen.percentile(values, 0), 1.0)
-        self.assertEqual(loadgen.percentile(values, 100), 5.0)
-        self.assertAlmostEqual(loadgen.percentile(values, 90), 4.6)
-        self.assertIsNone(loadgen.percentile([], 50))
+        self.assertEqual(stats.percentile(values, 50), 3.0)
+        self.assertEqual(stats.percentile(values, 0), 1.0)
+        self.assertEqual(stats.percentile(values, 100), 5.0)
+        self.assertAlmostEqual(stats.percentile(values, 90), 4.6)
+        self.assertIsNone(stats.percentile([], 50))
 
     def test_summary_in_ms(self):
         """
         Durations in seconds are summarised in milliseconds.
         """
-        summary = loadgen.summarize_ms([0.001, 0.002, 0.003])
+        summary = stats.summarize_ms([0.001, 0.002, 0.003])
         self.assertEqual(summary["n"], 3)
         self.assertEqual(summary["p50"], 2.0)
         self.assertEqual(summary["max"], 3.0)
-        self.assertEqual(loadgen.summarize_ms([]), {"n": 0})
+        self.assertEqual(stats.summarize_ms([]), {"n": 0})
 
     def test_expand_arrivals(self):
         """
         A read that completed three frames stands for three arrivals.
         """
-        self.assertEqual(loadgen.expand_arrivals([1.0, 2.0], [1, 3]), [1.0, 2.0, 2.0, 2.0])
+        self.assertEqual(stats.expand_arrivals([1.0, 2.0], [1, 3]), [1.0, 2.0, 2.0, 2.0])
 
     def test_on_schedule(self):
         """
@@ -241,7 +243,7 @@ class StatisticsTests(SynchronousTestCase):
         rate, tokens = 10.0, 21
         records = [record_at([s * 0.1 + 1.0 + i / rate for i in range(tokens)], sent=s * 0.1)
                    for s in range(4)]
-        result = loadgen.analyze_streams(records, rate, tokens, 1, 2, b"[DONE]", 4)
+        result = stats.analyze_streams(records, rate, tokens, 1, 2, b"[DONE]", 4)
         self.assertEqual(result["streams_ok"], 4)
         self.assertEqual(result["token_frames"], 4 * tokens)
         self.assertEqual(result["tokens_per_stream_min"], tokens)
@@ -259,7 +261,7 @@ class StatisticsTests(SynchronousTestCase):
         rate = 10.0
         times = [i / rate for i in range(10)]
         times[5] += 0.05
-        result = loadgen.analyze_streams([record_at(times)], rate, 10, 1, 2, b"[DONE]", 1)
+        result = stats.analyze_streams([record_at(times)], rate, 10, 1, 2, b"[DONE]", 1)
         self.assertAlmostEqual(result["lag_ms"]["max"], 50.0, places=3)
         self.assertAlmostEqual(result["lag_ms"]["p50"], 0.0, places=3)
 
@@ -269,7 +271,7 @@ class StatisticsTests(SynchronousTestCase):
         """
         rate = 10.0
         records = [record_at([i / 5.0 for i in range(20)]) for _ in range(3)]
-        result = loadgen.analyze_streams(records, rate, 20, 1, 2, b"[DONE]", 3)
+        result = stats.analyze_streams(records, rate, 20, 1, 2, b"[DONE]", 3)
         self.assertAlmostEqual(result["relayed_ratio"], 0.5, places=2)
         self.assertAlmostEqual(result["pace"]["p50"], 0.5, places=3)
 
@@ -282,7 +284,7 @@ class StatisticsTests(SynchronousTestCase):
         refused = record_at([0.1], status=503)
         refused.head = b'{"error":{"message":"busy"}}'
         truncated = record_at([0.1, 0.2], tail=b'data: {"error":{"message":"x"}}\n\n')
-        result = loadgen.analyze_streams([good, refused, truncated], 10.0, 3, 1, 2,
+        result = stats.analyze_streams([good, refused, truncated], 10.0, 3, 1, 2,
                                          b"data: [DONE]", 3)
         self.assertEqual(result["streams_ok"], 1)
         reasons = " ".join(result["problems"])
@@ -294,22 +296,22 @@ class StatisticsTests(SynchronousTestCase):
         The role chunk before and the finish chunk and [DONE] after the
         tokens are not token frames.
         """
-        record = loadgen.StreamRecord()
+        record = stats.StreamRecord()
         for t in (1.0, 2.0, 3.0, 4.0, 5.0):
             record.times.append(t)
             record.counts.append(1)
-        self.assertEqual(loadgen.token_times(record, 1, 2), [2.0, 3.0])
-        self.assertEqual(loadgen.token_times(record, 0, 1), [1.0, 2.0, 3.0, 4.0])
+        self.assertEqual(stats.token_times(record, 1, 2), [2.0, 3.0])
+        self.assertEqual(stats.token_times(record, 0, 1), [1.0, 2.0, 3.0, 4.0])
 
     def test_timeline(self):
         """
         The timeline counts frames per bucket, and frames between two
         instants prorate the edge buckets.
         """
-        timeline = loadgen.token_timeline([[0.1, 0.2, 0.6], [0.7]], 0.0, 0.5)
+        timeline = stats.token_timeline([[0.1, 0.2, 0.6], [0.7]], 0.0, 0.5)
         self.assertEqual(timeline["counts"], [2, 2])
-        self.assertEqual(loadgen.frames_between(timeline, 0.0, 1.0), 4.0)
-        self.assertEqual(loadgen.frames_between(timeline, 0.25, 0.5), 1.0)
+        self.assertEqual(stats.frames_between(timeline, 0.0, 1.0), 4.0)
+        self.assertEqual(stats.frames_between(timeline, 0.25, 0.5), 1.0)
 
 
 class ProcTests(SynchronousTestCase):
@@ -325,14 +327,14 @@ class ProcTests(SynchronousTestCase):
         CPU seconds are utime plus stime, counted after the command name,
         which may contain spaces and parentheses.
         """
-        self.assertEqual(processes.parse_proc_stat(self.STAT, ticks=100), 3.0)
+        self.assertEqual(procfs.parse_proc_stat(self.STAT, ticks=100), 3.0)
 
     def test_status(self):
         """
         VmRSS and VmHWM are read in bytes.
         """
         text = "Name:\ttwistd\nVmHWM:\t  65000 kB\nVmRSS:\t  60000 kB\nThreads:\t3\n"
-        self.assertEqual(processes.parse_proc_status(text),
+        self.assertEqual(procfs.parse_proc_status(text),
                          {"rss": 60000 * 1024, "hwm": 65000 * 1024})
 
     def test_machine(self):
@@ -340,31 +342,73 @@ class ProcTests(SynchronousTestCase):
         The machine is busy for everything but idle and iowait.
         """
         text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n"
-        self.assertEqual(processes.parse_machine_stat(text, ticks=100), (1.5, 10.0))
+        self.assertEqual(procfs.parse_machine_stat(text, ticks=100), (1.5, 10.0))
 
     def test_interpolate(self):
         """
         Values between samples are interpolated, outside clamped.
         """
         points = [(0.0, 0.0), (1.0, 10.0), (3.0, 10.0)]
-        self.assertEqual(processes.interpolate(points, 0.5), 5.0)
-        self.assertEqual(processes.interpolate(points, -1.0), 0.0)
-        self.assertEqual(processes.interpolate(points, 9.0), 10.0)
-        self.assertIsNone(processes.interpolate([], 1.0))
+        self.assertEqual(procfs.interpolate(points, 0.5), 5.0)
+        self.assertEqual(procfs.interpolate(points, -1.0), 0.0)
+        self.assertEqual(procfs.interpolate(points, 9.0), 10.0)
+        self.assertIsNone(procfs.interpolate([], 1.0))
 
     def test_sampler_windows(self):
         """
         CPU between two instants and the RSS peak within a window come from
         the samples.
         """
-        sampler = processes.Sampler({"front0": 1})
+        sampler = procfs.Sampler({"front0": 1})
         for t, cpu, rss in ((0.0, 0.0, 10), (1.0, 0.5, 30), (2.0, 1.5, 20)):
-            sampler.samples["front0"].append(processes.ProcSample(t, cpu, rss, 30))
+            sampler.samples["front0"].append(procfs.ProcSample(t, cpu, rss, 30))
         self.assertEqual(sampler.cpu_between("front0"), 1.5)
         self.assertEqual(sampler.cpu_between("front0", 1.0, 1.5), 0.5)
         self.assertEqual(sampler.rss("front0", 1.5, None)["peak"], 20)
         self.assertEqual(sampler.rss("front0")["peak"], 30)
         self.assertIsNone(sampler.cpu_between("missing"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    a: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    x: int = 0
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+class GatewayConfigTests(SynchronousTestCase):
+    """
+    The benchmark's gateway configuration.
+    """
+
+    def test_unknown_settings_dropped(self):
+        """
+        Overrides the config schema does not have (yet) are left out, in
+        sections too, so the gateway still starts.
+        """
+        data = {"x": 5, "y": 6, "inner": {"a": 2, "b": 3}, "gone": {"a": 1}}
+        self.assertEqual(processes.known_settings(data, _Outer), {"x": 5, "inner": {"a": 2}})
+
+    def test_real_schema_accepts_overrides(self):
+        """
+        What survives the filter is a valid configuration for this checkout.
+        """
+        from qwen_twist import config
+
+        data = processes.merge({"tls": {"self_signed": True}}, processes.bench_overrides())
+        text = json.dumps(data)
+        config.parse(text, "bench.yaml")
+
+    def test_merge(self):
+        """
+        Nested sections merge key by key.
+        """
+        self.assertEqual(processes.merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}, "d": 4}),
+                         {"a": {"b": 1, "c": 3}, "d": 4})
 
 
 class FrontTests(SynchronousTestCase):

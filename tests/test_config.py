@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import os
 from typing import Any, Dict
 
@@ -31,7 +32,11 @@ WITH_FILES = {"tls": {"certificate": "/etc/qwengate/cert.pem", "private_key": "/
 
 # Per key: "valid" are accepted non-default values (value in the YAML ->
 # value in the Config), "wrong_type" are values of another YAML type, "bad"
-# are values of the right type that the key's check refuses.
+# are values of the right type that the key's check refuses. List settings
+# (a tuple default) have "wrong_item_type" and "bad_item" instead of "bad":
+# (list, index) pairs whose error names the item, C{access.allow[2]}.
+# "context" is merged into the document first, for keys whose valid values
+# need a companion key (jwt.enabled needs a secret file).
 SAMPLES: Dict[str, Dict[str, Any]] = {
     "state_dir": {
         "valid": [("/srv/qwengate", "/srv/qwengate"), ("./state", "./state")],
@@ -150,6 +155,213 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["8MiB", 8e6, True],
         "bad": [1023, 1024 * MiB + 1, 0],
     },
+    "limits.max_prompt_chars": {
+        # 32768 is the seed article's limit: one config line away.
+        "valid": [(32768, 32768), (1, 1), (100 * 1000 * 1000, 100 * 1000 * 1000)],
+        "wrong_type": ["96000", 9.6e4, True, None],
+        "bad": [0, -1, 100 * 1000 * 1000 + 1],
+    },
+    "limits.max_header_bytes": {
+        "valid": [(1024, 1024), (MiB, MiB)],
+        "wrong_type": ["16KiB", 16384.0, [16384]],
+        "bad": [1023, MiB + 1, 0],
+    },
+    "limits.header_timeout": {
+        "valid": [(2.5, 2.5), (30, 30.0)],
+        "wrong_type": ["10", None, False],
+        "bad": [0, -1, float("inf")],
+    },
+    "auth.required": {
+        "valid": [(False, False)],
+        "wrong_type": ["true", "false", 1, None],
+        "bad": [],
+    },
+    "auth.keys_file": {
+        # null is allowed (API keys off) when another identity exists: see
+        # AuthCrossCheckTests.
+        "valid": [("./state/keys.yaml", "./state/keys.yaml"), ("/srv/keys.yaml", "/srv/keys.yaml")],
+        "wrong_type": [5, True, ["/etc/qwengate/keys.yaml"]],
+        "bad": ["", "  "],
+    },
+    "auth.jwt.enabled": {
+        "context": {"auth": {"jwt": {"secret_file": "/etc/qwengate/jwt.secret"}}},
+        "valid": [(True, True)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
+    "auth.jwt.algorithm": {
+        "valid": [("RS256", "RS256"), ("ES256", "ES256")],
+        "wrong_type": [256, None, ["HS256"]],
+        # "none" is the unsigned-token algorithm: never accepted.
+        "bad": ["none", "None", "hs256", "HS512", "PS256", ""],
+    },
+    "auth.jwt.secret_file": {
+        "valid": [("/etc/qwengate/jwt.secret", "/etc/qwengate/jwt.secret")],
+        "wrong_type": [5, True, ["a"]],
+        "bad": ["", " "],
+    },
+    "auth.jwt.public_key_file": {
+        "valid": [("/etc/qwengate/jwt.pub.pem", "/etc/qwengate/jwt.pub.pem")],
+        "wrong_type": [5, {"file": "k.pem"}],
+        "bad": ["", "\t"],
+    },
+    "auth.jwt.issuer": {
+        "valid": [("https://sso.example.com/", "https://sso.example.com/")],
+        "wrong_type": [5, ["https://sso.example.com/"]],
+        "bad": ["", " "],
+    },
+    "auth.jwt.audience": {
+        "valid": [("qwengate", "qwengate")],
+        "wrong_type": [1, {"aud": "x"}],
+        "bad": ["", "  "],
+    },
+    "auth.jwt.max_lifetime": {
+        "valid": [(60, 60.0), (3600.5, 3600.5)],
+        "wrong_type": ["300", True, None],
+        "bad": [0, -1, float("inf")],
+    },
+    "auth.jwt.leeway": {
+        "valid": [(30, 30.0), (0.5, 0.5)],
+        "wrong_type": ["0", None],
+        "bad": [-1, -0.001],
+    },
+    "auth.jwt.user_claim": {
+        "valid": [("email", "email"), ("preferred_username", "preferred_username")],
+        "wrong_type": [1, None, ["sub"]],
+        "bad": ["", " "],
+    },
+    "auth.mtls.mode": {
+        "context": {"auth": {"mtls": {"client_ca": "/etc/qwengate/client-ca.pem"}}},
+        "valid": [("optional", "optional"), ("require", "require")],
+        # Unquoted off/on are YAML 1.1 booleans.
+        "wrong_type": [False, True, 1, None],
+        "bad": ["Off", "required", "on", ""],
+    },
+    "auth.mtls.client_ca": {
+        "valid": [("/etc/qwengate/client-ca.pem", "/etc/qwengate/client-ca.pem")],
+        "wrong_type": [5, ["ca.pem"]],
+        "bad": ["", " "],
+    },
+    "auth.mtls.identity_from_subject": {
+        "valid": [(True, True)],
+        "wrong_type": ["true", 1, None],
+        "bad": [],
+    },
+    # List settings: "wrong_type" are values that are not lists,
+    # "wrong_item_type" and "bad_item" are (list, index of the bad item).
+    "access.allow": {
+        "valid": [
+            (["10.0.0.0/8", "192.168.1.5"], ("10.0.0.0/8", "192.168.1.5")),
+            (["::1/128", "2001:db8::/32"], ("::1/128", "2001:db8::/32")),
+        ],
+        "wrong_type": ["10.0.0.0/8", {"cidr": "10.0.0.0/8"}, 10, None],
+        "wrong_item_type": [(["10.0.0.0/8", 10], 1), ([None], 0), ([["10.0.0.0/8"]], 0)],
+        "bad_item": [
+            (["127.0.0.1", "::1", "10.0.0.256/8"], 2),
+            (["localhost"], 0),
+            (["10.0.0.0/8", "10.0.0.0/33"], 1),
+            ([""], 0),
+        ],
+    },
+    "access.deny": {
+        "valid": [(["203.0.113.0/24"], ("203.0.113.0/24",))],
+        "wrong_type": ["203.0.113.0/24", 1],
+        "wrong_item_type": [([True], 0), (["203.0.113.7", 1.5], 1)],
+        "bad_item": [(["203.0.113.0/24", "*"], 1), (["example.com"], 0)],
+    },
+    "access.trusted_proxies": {
+        "valid": [(["127.0.0.1", "::1"], ("127.0.0.1", "::1")), (["10.1.0.0/16"], ("10.1.0.0/16",))],
+        "wrong_type": ["127.0.0.1", {"nginx": "127.0.0.1"}],
+        "wrong_item_type": [([127], 0), (["127.0.0.1", {"ip": "::1"}], 1)],
+        "bad_item": [(["127.0.0.1", "nginx.internal"], 1), (["0.0.0.0/-1"], 0)],
+    },
+    "connections.max_total": {
+        "valid": [(1, 1), (1000000, 1000000)],
+        "wrong_type": ["200", 200.0, True],
+        "bad": [0, -1, 1000001],
+    },
+    "connections.max_per_ip": {
+        "valid": [(1, 1), (8, 8)],
+        "wrong_type": ["50", 50.5, None],
+        "bad": [0, 1000001],
+    },
+    "connections.rate": {
+        "valid": [(0.5, 0.5), (100, 100.0)],
+        "wrong_type": ["10", None, [10]],
+        "bad": [0, -1, float("inf")],
+    },
+    "connections.burst": {
+        "valid": [(1, 1), (200, 200)],
+        "wrong_type": [20.0, "20"],
+        "bad": [0, 1000001],
+    },
+    "rate_limits.per_key_requests": {
+        "valid": [(0, 0), (1000, 1000)],
+        "wrong_type": [30.0, "30", None],
+        "bad": [-1, 10000001],
+    },
+    "rate_limits.per_key_window": {
+        "valid": [(1, 1.0), (3600.0, 3600.0)],
+        "wrong_type": ["60s", True],
+        "bad": [0, -60],
+    },
+    "rate_limits.per_ip_rate": {
+        "valid": [(0, 0.0), (0.5, 0.5), (100, 100.0)],
+        "wrong_type": ["5", None],
+        "bad": [-0.5, float("inf")],
+    },
+    "rate_limits.per_ip_burst": {
+        "valid": [(1, 1), (100, 100)],
+        "wrong_type": [10.0, "10"],
+        "bad": [0, 10000001],
+    },
+    "rate_limits.per_key_tokens_per_minute": {
+        "valid": [(100000, 100000), (10 ** 12, 10 ** 12)],
+        "wrong_type": [1.5, "0", False],
+        "bad": [-1, 10 ** 12 + 1],
+    },
+    "bans.failures": {
+        "valid": [(0, 0), (10, 10)],
+        "wrong_type": ["3", 3.0, None],
+        "bad": [-1, 1000001],
+    },
+    "bans.duration": {
+        "valid": [(60, 60.0), (86400.5, 86400.5)],
+        "wrong_type": ["600", None, "10m"],
+        "bad": [0, -1],
+    },
+    "response.strip_fields": {
+        "valid": [
+            (["system_fingerprint", "usage.prompt_tokens_details"],
+             ("system_fingerprint", "usage.prompt_tokens_details")),
+        ],
+        "wrong_type": ["system_fingerprint", {"field": "x"}, 1],
+        "wrong_item_type": [([1], 0), (["model", True], 1)],
+        "bad_item": [(["model", ""], 1), ([" "], 0)],
+    },
+    "response.cors_origins": {
+        "valid": [
+            (["https://chat.example.com", "http://localhost:3000"],
+             ("https://chat.example.com", "http://localhost:3000")),
+            (["http://[::1]:8080"], ("http://[::1]:8080",)),
+        ],
+        "wrong_type": ["https://chat.example.com", 1, None],
+        "wrong_item_type": [([443], 0), (["https://chat.example.com", None], 1)],
+        "bad_item": [
+            (["*"], 0),
+            (["https://chat.example.com", "*"], 1),
+            (["chat.example.com"], 0),
+            (["https://chat.example.com/app"], 0),
+            (["ftp://files.example.com"], 0),
+            (["https://"], 0),
+            ([""], 0),
+        ],
+    },
+    "response.hsts_max_age": {
+        "valid": [(0, 0), (63072000, 63072000)],
+        "wrong_type": ["1y", 1.5, None],
+        "bad": [-1, 10 ** 9 + 1],
+    },
 }
 
 
@@ -190,12 +402,21 @@ def lookup(conf: Any, path: str) -> Any:
     return functools.reduce(getattr, path.split("."), conf)
 
 
+def is_list_key(path: str) -> bool:
+    """
+    Whether C{path} is a list setting (declared with a tuple default).
+    """
+    return any(isinstance(default, tuple) for key, default, _ in config.describe_keys() if key == path)
+
+
 def document(path: str, value: Any) -> str:
     """
     A YAML document setting C{path} to C{value}, with a tls section that
-    validates on its own (unless the key under test is in it).
+    validates on its own (unless the key under test is in it) and the key's
+    sample context.
     """
     base = WITH_FILES if path == "tls.self_signed" else SELF_SIGNED
+    base = merge(base, SAMPLES.get(path, {}).get("context", {}))
     return yaml.safe_dump(merge(base, nested(path, value)))
 
 
@@ -229,6 +450,17 @@ class KeyTableTests(SynchronousTestCase):
         for path, samples in SAMPLES.items():
             self.assertTrue(samples["valid"], path)
             self.assertTrue(samples["wrong_type"], path)
+            if is_list_key(path):
+                self.assertTrue(samples["wrong_item_type"], path)
+                self.assertTrue(samples["bad_item"], path)
+                self.assertNotIn("bad", samples, path)
+                for raw, expected in samples["valid"]:
+                    self.assertIsInstance(raw, list, path)
+                    self.assertIsInstance(expected, tuple, path)
+            else:
+                self.assertIn("bad", samples, path)
+                self.assertNotIn("wrong_item_type", samples, path)
+                self.assertNotIn("bad_item", samples, path)
 
     def test_defaults_when_absent(self):
         """
@@ -276,6 +508,40 @@ class KeyTableTests(SynchronousTestCase):
                 "translation.reasoning_field": "reasoning_content",
                 "translation.think_max": True,
                 "limits.max_body_bytes": 8 * MiB,
+                "limits.max_prompt_chars": 96000,
+                "limits.max_header_bytes": 16384,
+                "limits.header_timeout": 10.0,
+                "auth.required": True,
+                "auth.keys_file": "/etc/qwengate/keys.yaml",
+                "auth.jwt.enabled": False,
+                "auth.jwt.algorithm": "HS256",
+                "auth.jwt.secret_file": None,
+                "auth.jwt.public_key_file": None,
+                "auth.jwt.issuer": None,
+                "auth.jwt.audience": None,
+                "auth.jwt.max_lifetime": 300.0,
+                "auth.jwt.leeway": 0.0,
+                "auth.jwt.user_claim": "sub",
+                "auth.mtls.mode": "off",
+                "auth.mtls.client_ca": None,
+                "auth.mtls.identity_from_subject": False,
+                "access.allow": (),
+                "access.deny": (),
+                "access.trusted_proxies": (),
+                "connections.max_total": 200,
+                "connections.max_per_ip": 50,
+                "connections.rate": 10.0,
+                "connections.burst": 20,
+                "rate_limits.per_key_requests": 30,
+                "rate_limits.per_key_window": 60.0,
+                "rate_limits.per_ip_rate": 5.0,
+                "rate_limits.per_ip_burst": 10,
+                "rate_limits.per_key_tokens_per_minute": 0,
+                "bans.failures": 3,
+                "bans.duration": 600.0,
+                "response.strip_fields": (),
+                "response.cors_origins": (),
+                "response.hsts_max_age": 31536000,
             },
         )
 
@@ -309,8 +575,34 @@ class KeyTableTests(SynchronousTestCase):
         naming the file and the dotted key.
         """
         for path, samples in SAMPLES.items():
-            for raw in samples["bad"]:
+            for raw in samples.get("bad", []):
                 self.assertRejected(document(path, raw), path)
+
+    def test_list_item_wrong_type(self):
+        """
+        In a list setting, an item of the wrong YAML type is refused naming
+        the item by its index (C{access.allow[1]}), not just the list.
+        """
+        checked = 0
+        for path, samples in SAMPLES.items():
+            for raw, index in samples.get("wrong_item_type", []):
+                item_path = "%s[%d]" % (path, index)
+                error = self.assertRejected(document(path, raw), item_path)
+                self.assertTrue(error.problem.startswith("must be a string, got "), (path, raw))
+                checked += 1
+        self.assertTrue(checked)
+
+    def test_list_item_bad_value(self):
+        """
+        In a list setting, an item that fails the key's check is refused
+        naming the item by its index; the items before it were fine.
+        """
+        checked = 0
+        for path, samples in SAMPLES.items():
+            for raw, index in samples.get("bad_item", []):
+                self.assertRejected(document(path, raw), "%s[%d]" % (path, index))
+                checked += 1
+        self.assertTrue(checked)
 
     def test_messages(self):
         """
@@ -331,12 +623,342 @@ class KeyTableTests(SynchronousTestCase):
             ("listen:\n  address: localhost\n",
              "listen.address: must be an IPv4 or IPv6 address, got 'localhost'"),
             ("state_dir: [a]\n", "state_dir: must be a string, got a list"),
+            (
+                "access:\n  allow: [127.0.0.1, '::1', 10.0.0.256/8]\n",
+                "access.allow[2]: must be an IPv4 or IPv6 address or CIDR network, "
+                "got '10.0.0.256/8'",
+            ),
+            ("access:\n  allow: 10.0.0.0/8\n",
+             "access.allow: must be a list, got a string '10.0.0.0/8'"),
+            ("access:\n  deny:\n", "access.deny: must be a list, got nothing (null)"),
+            ("access:\n  trusted_proxies: [127.0.0.1, 8]\n",
+             "access.trusted_proxies[1]: must be a string, got an integer 8"),
+            ("response:\n  cors_origins: ['*']\n",
+             "response.cors_origins[0]: must name origins; '*' would let any web page use "
+             "the API"),
+            ("auth:\n  mtls:\n    mode: off\n",
+             "auth.mtls.mode: must be a string, got a boolean False"),
+            ("auth:\n  jwt:\n    algorithm: none\n",
+             "auth.jwt.algorithm: must be one of 'HS256', 'RS256', 'ES256', got 'none'"),
         ]
         for text, expected in cases:
             error = self.assertRaises(
                 config.ConfigError, config.parse, "tls: {self_signed: true}\n" + text, FILE
             )
             self.assertEqual(str(error), "%s: %s" % (FILE, expected))
+
+
+def parse_with(raw: dict) -> config.Config:
+    """
+    Parse C{raw} (a mapping in YAML form) on top of the self-signed base.
+    """
+    return config.parse(yaml.safe_dump(merge(SELF_SIGNED, raw)), FILE)
+
+
+class AuthCrossCheckTests(SynchronousTestCase):
+    """
+    The C{_validate} checks that tie auth keys together: each failure names
+    the key the operator has to add.
+    """
+
+    def assertRefused(self, raw: dict, path: str, problem: str) -> None:
+        """
+        Parsing C{raw} fails naming C{path} with C{problem}.
+        """
+        error = self.assertRaises(config.ConfigError, parse_with, raw)
+        self.assertEqual(error.path, path)
+        self.assertEqual(str(error), "%s: %s: %s" % (FILE, path, problem))
+
+    def test_required_without_any_identity(self):
+        """
+        C{auth.required} with API keys switched off (C{keys_file: null}) and
+        neither JWT nor client-certificate identities would admit nobody:
+        refused, naming C{auth.keys_file}.
+        """
+        for raw in [
+            {"auth": {"keys_file": None}},
+            {"auth": {"required": True, "keys_file": None}},
+            # A client certificate is verified but names nobody.
+            {"auth": {"keys_file": None,
+                      "mtls": {"mode": "require", "client_ca": "/ca.pem"}}},
+            # The subject would name someone, but client certificates are off.
+            {"auth": {"keys_file": None, "mtls": {"identity_from_subject": True}}},
+        ]:
+            self.assertRefused(
+                raw,
+                "auth.keys_file",
+                "is required when auth.required is true and neither JWT nor "
+                "client-certificate identities are enabled",
+            )
+
+    def test_other_identities_replace_keys(self):
+        """
+        Without API keys, JWTs or client-certificate subjects are enough.
+        """
+        conf = parse_with(
+            {"auth": {"keys_file": None, "jwt": {"enabled": True, "secret_file": "/s"}}}
+        )
+        self.assertIsNone(conf.auth.keys_file)
+        self.assertTrue(conf.auth.jwt.enabled)
+        for mode in ("optional", "require"):
+            conf = parse_with({"auth": {"keys_file": None, "mtls": {
+                "mode": mode, "client_ca": "/ca.pem", "identity_from_subject": True}}})
+            self.assertEqual(conf.auth.mtls.mode, mode)
+
+    def test_not_required(self):
+        """
+        With C{auth.required: false} no identity source is needed.
+        """
+        conf = parse_with({"auth": {"required": False, "keys_file": None}})
+        self.assertIs(conf.auth.required, False)
+        self.assertIsNone(conf.auth.keys_file)
+
+    def test_jwt_hs256_needs_secret(self):
+        """
+        JWT enabled with HS256 (the default algorithm) needs
+        C{auth.jwt.secret_file}; a public key does not replace it.
+        """
+        for jwt in [{"enabled": True}, {"enabled": True, "algorithm": "HS256",
+                                         "public_key_file": "/k.pem"}]:
+            self.assertRefused(
+                {"auth": {"jwt": jwt}}, "auth.jwt.secret_file", "is required for HS256"
+            )
+
+    def test_jwt_asymmetric_needs_public_key(self):
+        """
+        JWT enabled with RS256 or ES256 needs C{auth.jwt.public_key_file}; a
+        shared secret does not replace it.
+        """
+        for algorithm in ("RS256", "ES256"):
+            for extra in ({}, {"secret_file": "/s"}):
+                self.assertRefused(
+                    {"auth": {"jwt": dict(enabled=True, algorithm=algorithm, **extra)}},
+                    "auth.jwt.public_key_file",
+                    "is required for %s" % (algorithm,),
+                )
+            conf = parse_with({"auth": {"jwt": {
+                "enabled": True, "algorithm": algorithm, "public_key_file": "/k.pem"}}})
+            self.assertEqual(conf.auth.jwt.public_key_file, "/k.pem")
+
+    def test_jwt_disabled_needs_nothing(self):
+        """
+        A disabled JWT section may name an algorithm without its key file.
+        """
+        conf = parse_with({"auth": {"jwt": {"algorithm": "RS256"}}})
+        self.assertIs(conf.auth.jwt.enabled, False)
+
+    def test_mtls_needs_client_ca(self):
+        """
+        Client-certificate mode C{optional} or C{require} needs
+        C{auth.mtls.client_ca} (nothing to verify against otherwise); C{off}
+        does not.
+        """
+        for mode in ("optional", "require"):
+            self.assertRefused(
+                {"auth": {"mtls": {"mode": mode}}},
+                "auth.mtls.client_ca",
+                "is required when mode is not off",
+            )
+        conf = parse_with({"auth": {"mtls": {"mode": "off"}}})
+        self.assertEqual(conf.auth.mtls.mode, "off")
+
+    def test_mode_off_unquoted(self):
+        """
+        C{mode: off} unquoted is a YAML 1.1 boolean: refused as a type
+        error rather than read as a mode.
+        """
+        error = self.assertRaises(
+            config.ConfigError, config.parse,
+            "tls: {self_signed: true}\nauth:\n  mtls:\n    mode: off\n", FILE,
+        )
+        self.assertEqual(error.path, "auth.mtls.mode")
+        conf = config.parse(
+            "tls: {self_signed: true}\nauth:\n  mtls:\n    mode: \"off\"\n", FILE
+        )
+        self.assertEqual(conf.auth.mtls.mode, "off")
+
+
+class ListSettingTests(SynchronousTestCase):
+    """
+    List-valued settings (YAML sequences, frozen into tuples).
+    """
+
+    def test_tuple(self):
+        """
+        A YAML list becomes a tuple in the order given; an empty list is
+        the empty default.
+        """
+        conf = parse_with({"access": {"allow": ["10.0.0.0/8", "::1"], "deny": []}})
+        self.assertEqual(conf.access.allow, ("10.0.0.0/8", "::1"))
+        self.assertEqual(conf.access.deny, ())
+
+    def test_first_bad_item_named(self):
+        """
+        With several bad items the first is named by its index.
+        """
+        error = self.assertRaises(
+            config.ConfigError, parse_with,
+            {"access": {"deny": ["192.0.2.1", "bad", "worse"]}},
+        )
+        self.assertEqual(error.path, "access.deny[1]")
+        self.assertIn("'bad'", error.problem)
+
+    def test_index_in_flow_and_block_lists(self):
+        """
+        The index counts from 0 in both YAML list styles.
+        """
+        for text in [
+            "access:\n  trusted_proxies: [127.0.0.1, '::1', nginx]\n",
+            "access:\n  trusted_proxies:\n    - 127.0.0.1\n    - '::1'\n    - nginx\n",
+        ]:
+            error = self.assertRaises(
+                config.ConfigError, config.parse, "tls: {self_signed: true}\n" + text, FILE
+            )
+            self.assertEqual(error.path, "access.trusted_proxies[2]")
+            self.assertTrue(str(error).startswith(FILE + ": access.trusted_proxies[2]: "))
+
+
+class AddressCheckTests(SynchronousTestCase):
+    """
+    L{config.cidr} and L{config.http_origin}, the item checks of the access
+    and CORS lists.
+    """
+
+    def test_cidr_accepts(self):
+        """
+        Single addresses and networks of both families are accepted,
+        including host bits set under the mask (C{10.0.0.1/8} is read as
+        C{10.0.0.0/8}).
+        """
+        for value in ("127.0.0.1", "10.0.0.0/8", "10.0.0.1/8", "::1", "2001:db8::/32",
+                      "0.0.0.0/0", "::/0"):
+            self.assertIsNone(config.cidr(value), value)
+
+    def test_cidr_refuses(self):
+        """
+        Host names, wildcards, bad masks and bad octets are refused with
+        the value in the message.
+        """
+        for value in ("localhost", "*", "10.0.0.0/33", "10.0.0.256", "2001:db8::/129",
+                      "10.0.0.0/8 ", "", "10.0.0.0/255.0.0.1"):
+            problem = config.cidr(value)
+            self.assertIsNotNone(problem, value)
+            self.assertIn(repr(value), problem)
+
+    def test_origin_accepts(self):
+        """
+        A scheme, a host and an optional port: an origin as browsers send it.
+        """
+        for value in ("https://chat.example.com", "http://localhost:3000",
+                      "http://[::1]:8080", "https://127.0.0.1"):
+            self.assertIsNone(config.http_origin(value), value)
+
+    def test_origin_star_refused(self):
+        """
+        C{'*'} is refused as a CORS origin, saying why (any web page could
+        use the API with a visitor's credentials).
+        """
+        self.assertEqual(
+            config.http_origin("*"), "must name origins; '*' would let any web page use the API"
+        )
+        error = self.assertRaises(
+            config.ConfigError, parse_with, {"response": {"cors_origins": ["*"]}}
+        )
+        self.assertEqual(error.path, "response.cors_origins[0]")
+
+    def test_origin_refuses(self):
+        """
+        Values that are not origins (no scheme, a path, another scheme, no
+        host) are refused.
+        """
+        for value in ("chat.example.com", "https://chat.example.com/", "https://a.example/app",
+                      "ftp://a.example", "https://", "", "null"):
+            self.assertIsNotNone(config.http_origin(value), value)
+
+
+class SafeDefaultsTests(SynchronousTestCase):
+    """
+    A file that says nothing about the gate gets a closed, rate-limited
+    gateway with the seed articles' numbers.
+    """
+
+    def setUp(self) -> None:
+        self.conf = config.parse("tls: {self_signed: true}\n", FILE)
+
+    def test_auth_required(self):
+        """
+        Authentication is required, with API keys from the packaged keys
+        file; JWT and client certificates are off; the JWT algorithm is a
+        signed one.
+        """
+        auth = self.conf.auth
+        self.assertIs(auth.required, True)
+        self.assertEqual(auth.keys_file, "/etc/qwengate/keys.yaml")
+        self.assertIs(auth.jwt.enabled, False)
+        self.assertEqual(auth.jwt.algorithm, "HS256")
+        self.assertEqual(auth.mtls.mode, "off")
+        self.assertIs(auth.mtls.identity_from_subject, False)
+
+    def test_no_trust_by_default(self):
+        """
+        No forwarded-for header is believed, no browser origin is allowed,
+        no address list filters, nothing is stripped, HSTS is on for a
+        year.
+        """
+        self.assertEqual(self.conf.access, config.AccessConfig((), (), ()))
+        self.assertEqual(self.conf.response.cors_origins, ())
+        self.assertEqual(self.conf.response.strip_fields, ())
+        self.assertEqual(self.conf.response.hsts_max_age, 365 * 24 * 3600)
+
+    def test_connections(self):
+        """
+        At most 200 concurrent connections.
+        """
+        self.assertEqual(self.conf.connections.max_total, 200)
+
+    def test_rate_limits(self):
+        """
+        30 requests per 60 s per key; 5 requests per second per IP with a
+        burst of 10.
+        """
+        limits = self.conf.rate_limits
+        self.assertEqual((limits.per_key_requests, limits.per_key_window), (30, 60.0))
+        self.assertEqual((limits.per_ip_rate, limits.per_ip_burst), (5.0, 10))
+
+    def test_bans(self):
+        """
+        3 failed authentications ban the address for 10 minutes.
+        """
+        self.assertEqual((self.conf.bans.failures, self.conf.bans.duration), (3, 600.0))
+
+    def test_prompt_limit(self):
+        """
+        The default prompt limit (96000 characters) refuses the seed's
+        100,000-character prompt but admits an agent conversation with a
+        40,000-character system prompt (which the seed's 32768 would
+        refuse), counted the way the chat translation counts.
+        """
+        from qwen_twist.translate.chat import chat_request
+
+        limit = self.conf.limits.max_prompt_chars
+        self.assertEqual(limit, 96000)
+        huge = chat_request({"model": "qwen3", "messages": [{"role": "user", "content": "x" * 100000}]})
+        self.assertGreater(huge.prompt_chars, limit)
+        agent = chat_request({"model": "qwen3", "messages": [
+            {"role": "system", "content": "s" * 40000},
+            {"role": "user", "content": "Refactor the parser."},
+            {"role": "assistant", "content": "Done: " + "d" * 2000},
+            {"role": "user", "content": "Now add tests."},
+        ]})
+        self.assertGreater(agent.prompt_chars, 32768)
+        self.assertLessEqual(agent.prompt_chars, limit)
+
+    def test_header_limits(self):
+        """
+        Request headers: at most 16 KiB, sent within 10 s.
+        """
+        self.assertEqual(self.conf.limits.max_header_bytes, 16384)
+        self.assertEqual(self.conf.limits.header_timeout, 10.0)
 
 
 class UnknownKeyTests(SynchronousTestCase):
@@ -354,8 +976,9 @@ class UnknownKeyTests(SynchronousTestCase):
         self.assertEqual(error.path, "listen_port")
         self.assertEqual(
             str(error),
-            "qwengate.yaml: listen_port: unknown key (expected one of: limits, listen, "
-            "state_dir, streaming, tls, translation, upstream)",
+            "qwengate.yaml: listen_port: unknown key (expected one of: access, auth, bans, "
+            "connections, limits, listen, rate_limits, response, state_dir, streaming, tls, "
+            "translation, upstream)",
         )
 
     def test_nested(self):
@@ -725,8 +1348,19 @@ class FrozenTests(SynchronousTestCase):
             (conf.listen, "port", 1),
             (conf.tls, "self_signed", False),
             (conf.upstream.timeouts, "connect", 1.0),
+            (conf.auth.jwt, "enabled", True),
+            (conf.access, "allow", ()),
         ]:
             self.assertRaises(dataclasses.FrozenInstanceError, setattr, obj, name, value)
+
+    def test_lists_are_tuples(self):
+        """
+        List settings are frozen into tuples: their items cannot be changed
+        either.
+        """
+        conf = config.parse("tls: {self_signed: true}\naccess: {deny: [192.0.2.1]}\n", FILE)
+        self.assertIsInstance(conf.access.deny, tuple)
+        self.assertRaises(TypeError, operator.setitem, conf.access.deny, 0, "0.0.0.0/0")
 
     def test_no_mutable_defaults(self):
         """

@@ -262,9 +262,12 @@ class InstalledPluginTests(SynchronousTestCase):
         os.mkdir(config_dir)
         cls.config_path = os.path.join(config_dir, "qwengate.yaml")
         with open(cls.config_path, "w") as f:
+            # The keys file is in the temporary directory (and absent: no
+            # key works), so the host's /etc/qwengate/keys.yaml is not read.
             f.write(
                 "state_dir: %s\nlisten:\n  address: 127.0.0.1\ntls:\n  self_signed: true\n"
-                % (os.path.join(cls.tmp, "state"),)
+                "auth:\n  keys_file: %s\n"
+                % (os.path.join(cls.tmp, "state"), os.path.join(config_dir, "keys.yaml"))
             )
 
     def setUp(self) -> None:

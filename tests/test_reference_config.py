@@ -7,6 +7,7 @@ configuration section.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Dict
 
@@ -75,6 +76,18 @@ class ReferenceConfigTests(SynchronousTestCase):
         conf = config.parse(self.text, REFERENCE)
         self.assertFalse(conf.tls.self_signed)
 
+    def test_parses_to_defaults(self):
+        """
+        Read by the daemon, the reference is the default configuration apart
+        from its example TLS files: copying it changes nothing by accident
+        (a quoting slip such as C{mode: off} would fail here or above).
+        """
+        conf = config.parse(self.text, REFERENCE)
+        tls = dataclasses.replace(
+            config.TLSConfig(), certificate=conf.tls.certificate, private_key=conf.tls.private_key
+        )
+        self.assertEqual(conf, config.Config(tls=tls))
+
     def test_every_key_present(self):
         """
         Every declared key appears at its nesting, and nothing else does.
@@ -84,14 +97,21 @@ class ReferenceConfigTests(SynchronousTestCase):
     def test_defaults(self):
         """
         Each key has exactly the code's default, with the same YAML type
-        (C{3.0}, not C{3}; C{"1.2"}, not C{1.2}). Keys without a default
-        (the production TLS files) show an example path instead.
+        (C{3.0}, not C{3}; C{"1.2"}, not C{1.2}; C{"off"}, not C{off}; a
+        list where the code has a tuple). Keys without a default are
+        C{null}, except the production TLS files, which show an example
+        absolute path (the file must validate without C{self_signed}).
         """
         for path, default, _ in config.describe_keys():
             value = self.leaves[path]
             if default is None:
-                self.assertIsInstance(value, str, path)
-                self.assertTrue(value.startswith("/"), path)
+                if value is not None:
+                    self.assertIsInstance(value, str, path)
+                    self.assertTrue(value.startswith("/"), path)
+                continue
+            if isinstance(default, tuple):
+                self.assertIsInstance(value, list, path)
+                self.assertEqual(tuple(value), default, path)
                 continue
             self.assertEqual(value, default, path)
             self.assertIs(type(value), type(default), path)
@@ -131,3 +151,14 @@ class DemoConfigTests(SynchronousTestCase):
         self.assertEqual(conf.listen.address, "127.0.0.1")
         self.assertIs(conf.tls.self_signed, True)
         self.assertEqual(conf.upstream.url, "http://127.0.0.1:11434")
+
+    def test_keys_in_state(self):
+        """
+        The demo requires authentication with the keys file in C{./state},
+        where C{./qwengate-dev demo} mints its key (the packaged
+        C{/etc/qwengate/keys.yaml} is not writable from a checkout).
+        """
+        conf = config.parse(read(DEMO), DEMO)
+        self.assertIs(conf.auth.required, True)
+        self.assertEqual(conf.auth.keys_file, "./state/keys.yaml")
+        self.assertEqual(os.path.dirname(conf.auth.keys_file), conf.state_dir)

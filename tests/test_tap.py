@@ -19,6 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config as configmod, tap
+from qwen_twist.peerfilter import PeerFilterFactory
 from qwen_twist.web.request import GatewaySite
 
 
@@ -41,14 +42,18 @@ class ConfigFileMixin:
 
     def valid_config(self, extra: str = "") -> str:
         """
-        A valid config file (self-signed TLS, state in the test directory).
+        A valid config file (self-signed TLS, state in the test directory,
+        authentication required with a keys file in the test directory that
+        does not exist, so the host's C{/etc/qwengate/keys.yaml} is never
+        read).
         """
         path = self.write_config()
-        state = os.path.join(os.path.dirname(path), "state")
+        directory = os.path.dirname(path)
         with open(path, "w") as f:
             f.write(
                 "state_dir: %s\nlisten:\n  address: 127.0.0.1\n  port: 18790\n"
-                "  backlog: 77\ntls:\n  self_signed: true\n%s" % (state, extra)
+                "  backlog: 77\ntls:\n  self_signed: true\nauth:\n  keys_file: %s\n%s"
+                % (os.path.join(directory, "state"), os.path.join(directory, "keys.yaml"), extra)
             )
         return path
 
@@ -132,6 +137,17 @@ class OptionsTests(ConfigFileMixin, SynchronousTestCase):
             )
         self.assertEqual(self.stdout.getvalue(), "")
 
+    def test_auth_without_identities(self):
+        """
+        Requiring authentication while switching API keys off, with no JWT
+        or client-certificate identity, stops the daemon naming
+        C{auth.keys_file} on one line.
+        """
+        path = self.write_config("tls: {self_signed: true}\nauth:\n  keys_file: null\n")
+        error = self.assertRaises(SystemExit, tap.Options().parseOptions, ["--config", path])
+        self.assertTrue(error.code.startswith("%s: auth.keys_file: is required" % (path,)), error.code)
+        self.assertNotIn("\n", error.code)
+
     def test_unknown_key(self):
         """
         A typo stops the daemon naming the dotted path.
@@ -206,30 +222,36 @@ class MakeServiceTests(ConfigFileMixin, SynchronousTestCase):
 
     def test_service(self):
         """
-        The service is a C{MultiService} whose one listener serves a
-        C{TLSMemoryBIOFactory} wrapping the gateway's site.
+        The service is a C{MultiService} whose one listener serves the
+        connection filter (configured by the C{connections} section), which
+        wraps a C{TLSMemoryBIOFactory} wrapping the gateway's site: peers
+        are refused before any TLS work.
         """
         svc = self.make()
         self.assertIsInstance(svc, service.MultiService)
         listener = self.listener(svc)
         self.assertIsInstance(listener.endpoint, endpoints.TCP4ServerEndpoint)
-        self.assertIsInstance(listener.factory, TLSMemoryBIOFactory)
-        self.assertIsInstance(listener.factory.wrappedFactory, GatewaySite)
-        self.assertIs(listener.factory, svc.factory)
-        self.assertIs(listener.factory.wrappedFactory, svc.site)
+        self.assertIsInstance(listener.factory, PeerFilterFactory)
+        self.assertIs(listener.factory, svc.peer_filter)
+        self.assertEqual(listener.factory.connections, configmod.ConnectionsConfig())
+        self.assertIsInstance(svc.factory, TLSMemoryBIOFactory)
+        self.assertIs(listener.factory.wrappedFactory, svc.factory)
+        self.assertIsInstance(svc.factory.wrappedFactory, GatewaySite)
+        self.assertIs(svc.factory.wrappedFactory, svc.site)
         self.assertEqual(svc.site.max_body_bytes, configmod.LimitsConfig().max_body_bytes)
 
     def test_listens_on_configured_port(self):
         """
         Starting the service listens on the configured port, interface and
-        backlog with the TLS factory; stopping it stops listening.
+        backlog with the connection filter in front of TLS; stopping it
+        stops listening.
         """
         svc = self.make()
         svc.startService()
         self.assertEqual(len(self.reactor.tcpServers), 1)
         port, factory, backlog, interface = self.reactor.tcpServers[0]
         self.assertEqual((port, backlog, interface), (18790, 77, "127.0.0.1"))
-        self.assertIs(factory, svc.factory)
+        self.assertIs(factory, svc.peer_filter)
         self.successResultOf(svc.stopService())
         self.assertFalse(svc.running)
         self.assertFalse(self.listener(svc).running)

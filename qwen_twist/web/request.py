@@ -1,25 +1,51 @@
 # -*- test-case-name: tests.web.test_request -*-
 """
-The gateway's C{Request} and C{Site}: body limits while reading, JSON errors
-for anything twisted.web would otherwise answer with HTML.
+The gateway's C{Request}, C{HTTPChannel} and C{Site}: body and header
+limits while reading, JSON errors for anything twisted.web would otherwise
+answer with HTML or a bare status line.
 
 Why a Request subclass: twisted.web buffers the whole body before any
 Resource runs, so a size limit checked in a Resource comes too late. Here
 the declared C{Content-Length} is checked as soon as the headers are parsed
 and the body is discarded (not buffered) once it passes the limit; the
 Resource then answers 413.
+
+Why a channel subclass: the request head is read before any Request or
+Resource exists. Twisted caps it (C{totalHeadersSize}, set here from
+C{limits.max_header_bytes}) but answers a bare C{400} with no body, and its
+idle timeout restarts with every line, so a client that sends one header
+line every few seconds holds a connection forever. L{GatewayChannel}
+answers an oversized head with 431 and gives the whole head
+C{limits.header_timeout} seconds from its first byte (408, then close).
+Both are in the OpenAI envelope with the security headers. The idle
+timeout (L{KEEPALIVE_TIMEOUT}) still closes silent kept-alive connections;
+Twisted switches it off while a request is answered, and the head deadline
+is not running then either, so a long stream is never cut by either.
 """
 
 from __future__ import annotations
 
 import io
 import uuid
+from typing import Any, Optional
 
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.python.failure import Failure
+from twisted.web import http, server
 
 from qwen_twist import errors
-from qwen_twist.web import respond
+from qwen_twist.web import hygiene, respond
+from qwen_twist.web.cors import CorsPolicy
+
+#: Seconds a kept-alive connection may stay silent between requests (and
+#: between reads of a request body) before it is closed.
+KEEPALIVE_TIMEOUT = 60.0
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 
 
 class _Discard:
@@ -85,6 +111,25 @@ class GatewayRequest(server.Request):
             return
         self.content.write(data)
 
+    def process(self) -> None:
+        """
+        Serve the request; C{OPTIONS *} and other C{*} requests are answered
+        here (twisted.web would answer them without our headers).
+        """
+        if self.path != b"*":
+            super().process()
+            return
+        self.site = self.channel.site
+        self.setHeader(b"date", http.datetimeToString())
+        try:
+            if self.method == b"OPTIONS":
+                respond.empty(self, 204, ((b"Allow", b"GET, POST, OPTIONS"),))
+            else:
+                method = self.method.decode("ascii", "replace")
+                respond.error(self, errors.method_not_allowed(method, "*", ("OPTIONS",)))
+        except Exception:
+            self.processingFailed(Failure())
+
     def processingFailed(self, reason: object) -> None:
         """
         A Resource raised: log the traceback, tell the client nothing but
@@ -100,24 +145,206 @@ class GatewayRequest(server.Request):
                 respond.error(self, errors.internal_error())
 
 
+def head_too_large(limit: int) -> errors.ApiError:
+    """
+    431: the request line and headers together exceed C{limit} bytes.
+    """
+    return errors.ApiError(
+        431,
+        "request headers too large, max %d bytes" % (limit,),
+        "invalid_request_error",
+        code="request_headers_too_large",
+    )
+
+
+def head_too_slow(timeout: float) -> errors.ApiError:
+    """
+    408: the request head did not arrive within C{timeout} seconds.
+    """
+    return errors.ApiError(
+        408,
+        "request headers not received within %g seconds" % (timeout,),
+        "invalid_request_error",
+        code="request_timeout",
+    )
+
+
+def malformed_request() -> errors.ApiError:
+    """
+    400 for a request Twisted's parser refuses (bad request line, bad
+    header, bad C{Content-Length}, broken chunked framing).
+    """
+    return errors.ApiError(
+        400, "malformed HTTP request", "invalid_request_error", code="bad_request"
+    )
+
+
+class GatewayChannel(http.HTTPChannel):
+    """
+    HTTP/1.1 with a head size limit answered by 431, a deadline for the
+    whole head answered by 408, and JSON instead of Twisted's bare 400.
+
+    @ivar header_timeout: seconds from the first byte of a request to the
+        end of its headers (set by L{GatewaySite.buildProtocol}).
+    """
+
+    header_timeout = 10.0
+    _awaiting_head = True
+    _head_bytes = 0
+    _head_timer: Optional[Any] = None
+    _dispatched = 0
+    _refused = False
+
+    # The request head ----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_head and self._head_timer is None and data and not self._refused:
+            self._head_timer = self.callLater(self.header_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> Any:
+        # The same count as Twisted's own (line lengths without CRLF, reset
+        # when a request is dispatched), checked first to answer 431.
+        self._head_bytes += len(line)
+        if self._head_bytes > self.totalHeadersSize:
+            self._refuse(head_too_large(self.totalHeadersSize), self._dispatched == 0)
+            return None
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One line longer than the whole head may be (MAX_LENGTH is set to
+        # the head limit); only reachable while reading a head.
+        self._refuse(head_too_large(self.totalHeadersSize), self._dispatched == 0)
+
+    def allHeadersReceived(self) -> None:
+        self._awaiting_head = False
+        self._stop_head_timer()
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._head_bytes = 0
+        self._dispatched += 1
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self._dispatched -= 1
+        self._awaiting_head = True
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_head_timer()
+        super().connectionLost(reason)
+
+    def _stop_head_timer(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._refused or self.transport is None or self.transport.disconnecting:
+            return
+        self._refused = True
+        if self._dispatched == 0:
+            self.transport.write(self._raw_error(head_too_slow(self.header_timeout)))
+        # Twisted's idle timeout path: close, and abort if the client does
+        # not let go (a client that does not read cannot hold us).
+        self.timeoutConnection()
+
+    # Refusals --------------------------------------------------------------
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted calls this (a private method in 22.4 and 26.10 alike) for
+        # every request it cannot parse; it would write a bare 400.
+        answer = len(self.requests) <= 1 and not any(
+            request.startedWriting for request in self.requests
+        )
+        self._refuse(malformed_request(), answer)
+
+    def _refuse(self, err: errors.ApiError, answer: bool) -> None:
+        """
+        Answer C{err} (when no other response is on its way on this
+        connection) and close.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_head_timer()
+        transport = self.transport
+        if transport is None or transport.disconnecting:
+            return
+        if answer:
+            transport.write(self._raw_error(err))
+        self.loseConnection()
+
+    def _raw_error(self, err: errors.ApiError) -> bytes:
+        """
+        A complete response for C{err}, written straight to the transport
+        because no Request exists (or can be trusted) at this point.
+        """
+        payload = err.body()
+        site = getattr(self, "site", None)
+        lines = [
+            b"HTTP/1.1 %d %s" % (err.status, _REASONS.get(err.status, b"Error")),
+            b"Server: " + respond.SERVER,
+            b"Date: " + http.datetimeToString(),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % (len(payload),),
+            b"Connection: close",
+        ]
+        for name, value in getattr(site, "response_headers", respond.DEFAULT_HEADERS):
+            lines.append(name + b": " + value)
+        return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+
+
 class GatewaySite(server.Site):
     """
-    The HTTP factory: gateway requests, no tracebacks, no Twisted access log
-    (which would record query strings; the call observers log instead).
+    The HTTP factory: gateway requests and channels, no tracebacks, no
+    Twisted access log (which would record query strings; the call
+    observers log instead). Everything the web layer needs from the
+    configuration is computed here once.
 
     @ivar max_body_bytes: request body limit, read by L{GatewayRequest}.
+    @ivar max_header_bytes: request head limit, given to each channel.
+    @ivar header_timeout: request head deadline, given to each channel.
+    @ivar response_headers: the security headers of every response.
+    @ivar cors: the L{CorsPolicy} of C{response.cors_origins}.
+    @ivar strip_tree: the compiled C{response.strip_fields}.
     """
 
+    protocol = GatewayChannel
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, root: object, max_body_bytes: int, reactor: object = None,
-                 timeout: float = 60) -> None:
+    def __init__(self, root: object, config: Any, reactor: object = None) -> None:
         kwargs = {}
         if reactor is not None:
             kwargs["reactor"] = reactor
-        super().__init__(root, requestFactory=GatewayRequest, timeout=timeout, **kwargs)
-        self.max_body_bytes = max_body_bytes
+        super().__init__(
+            root, requestFactory=GatewayRequest, timeout=KEEPALIVE_TIMEOUT, **kwargs
+        )
+        limits = config.limits
+        self.max_body_bytes = limits.max_body_bytes
+        self.max_header_bytes = limits.max_header_bytes
+        self.header_timeout = limits.header_timeout
+        response = config.response
+        self.response_headers = hygiene.security_headers(response.hsts_max_age)
+        self.cors = CorsPolicy(response.cors_origins)
+        self.strip_tree = hygiene.compile_strip(response.strip_fields)
+
+    def buildProtocol(self, addr: object) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_bytes
+        channel.MAX_LENGTH = self.max_header_bytes
+        channel.header_timeout = self.header_timeout
+        return channel
+
+    def acceptableProtocols(self) -> list:
+        """
+        HTTP/1.1 only: the channel above is an HTTP/1.1 channel, so ALPN
+        must never settle on h2, even where the h2 package is installed.
+        """
+        return [b"http/1.1"]
 
     def log(self, request: object) -> None:
         pass

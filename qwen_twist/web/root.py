@@ -8,8 +8,15 @@ The Resource tree: which URL is served by which endpoint.
     /v1/completions          CompletionsResource
     /v1/embeddings           EmbeddingsResource
     /v1/models[/{id}]        ModelsResource
+    OPTIONS /v1/... with an Origin   PreflightResource (CORS)
 
 Everything else is a JSON 404 in the OpenAI envelope, never Twisted's HTML.
+
+Why preflights are routed at C{/v1} rather than in each endpoint: a
+browser's preflight carries no credentials, so it must be answered before
+anything that asks for them, and it must never reach an API resource or
+the admission hooks (which would charge rate limits or call Ollama). The
+API resources stay unaware of CORS.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from qwen_twist import errors
 from qwen_twist.gateway import Gateway
 from qwen_twist.web import respond
 from qwen_twist.web.completions import ChatCompletionsResource, CompletionsResource
+from qwen_twist.web.cors import PreflightResource, is_preflight
 from qwen_twist.web.embeddings import EmbeddingsResource
 from qwen_twist.web.health import HealthResource, ReadyResource
 from qwen_twist.web.models import ModelsResource
@@ -54,6 +62,24 @@ class Branch(resource.Resource):
         return UnknownURL().render(request)
 
 
+class ApiBranch(Branch):
+    """
+    The C{/v1} node: CORS preflights for any URL below it are answered by
+    L{PreflightResource}; everything else is routed as usual.
+    """
+
+    preflight = PreflightResource()
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> resource.Resource:
+        if is_preflight(request):
+            return self.preflight
+        return super().getChildWithDefault(path, request)
+
+    def render(self, request: Any) -> Any:
+        if is_preflight(request):
+            return self.preflight.render(request)
+        return super().render(request)
+
 
 def build_root(gateway: Gateway) -> resource.Resource:
     """
@@ -62,7 +88,7 @@ def build_root(gateway: Gateway) -> resource.Resource:
     root = Branch()
     root.putChild(b"health", HealthResource(gateway))
     root.putChild(b"ready", ReadyResource(gateway))
-    v1 = Branch()
+    v1 = ApiBranch()
     root.putChild(b"v1", v1)
     chat = Branch()
     v1.putChild(b"chat", chat)

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web import client as wclient
 
 from qwen_twist import config as configmod
+from qwen_twist.gate import Gate
 from qwen_twist.gateway import Gateway
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
@@ -170,15 +171,22 @@ class GatewayHarness:
     """
 
     def __init__(self, config: Optional[dict] = None) -> None:
-        raw = {"tls": {"self_signed": True}}
+        raw = {
+            "tls": {"self_signed": True},
+            "auth": {"required": False, "keys_file": None},
+            "rate_limits": {"per_ip_rate": 0},
+        }
         raw.update(config or {})
         self.config = configmod.build(configmod.Config, raw)
         self.clock = Clock()
         self.upstream = FakeUpstream()
         self.finished: list = []
-        self.gateway = Gateway(self.config, self.clock, self.upstream, observers=[self])
+        self.gate = Gate(self.config, self.clock)
+        self.gateway = Gateway(
+            self.config, self.clock, self.upstream, hooks=self.gate.hooks, observers=[self]
+        )
         self.site = GatewaySite(
-            build_root(self.gateway), self.config.limits.max_body_bytes, reactor=self.clock
+            build_root(self.gateway), self.config, reactor=self.clock
         )
 
     def call_finished(self, ctx: Any) -> None:
