@@ -308,8 +308,8 @@ class RateLimitHook:
     def prune(self) -> None:
         now = self.clock.seconds()
         self.per_ip.prune(now)
-        for buckets in self._per_key.values():
-            buckets.prune(now)
+        for table in list(self._per_key.values()) + list(self._budgets.values()):
+            table.prune(now)
 
 
 def _rate_headers(request: Any, decision: Decision, kind: str) -> None:

@@ -210,7 +210,6 @@ class PeerFilterFactory(WrappingFactory):
         Admit or refuse a new connection from C{addr}; L{None} refuses (the
         port closes the socket without reading from it).
         """
-        self.wrappedFactory.buildProtocol(addr)
         now = self.clock.seconds()
         host = getattr(addr, "host", None)
         address = parse_address(host) if isinstance(host, str) else None

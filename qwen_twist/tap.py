@@ -10,6 +10,7 @@ traceback in a log nobody reads. TLS files are checked there too.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -62,6 +63,13 @@ class Options(usage.Options):
                 self.config.auth.mtls,
             )
             self.identities = gate.load_identities(self.config)
+            keys_file = self.config.auth.keys_file
+            if keys_file and not os.path.exists(keys_file):
+                notices.append((
+                    "API keys file {path} does not exist: no API key is accepted "
+                    "(create one with qwengate-keys add --file {path} --id NAME)",
+                    {"path": keys_file},
+                ))
         except configmod.ConfigError as e:
             if not e.filename:
                 e.filename = filename

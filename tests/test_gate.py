@@ -287,3 +287,64 @@ class RateLimitTests(GateTestsMixin, SynchronousTestCase):
         self.assertEqual(third.status, 429)
         self.assertIn("token", third.json()["error"]["message"])
         self.assertEqual(len(self.harness.upstream.calls), 2)
+
+
+class JwtTests(SynchronousTestCase):
+    """
+    JWT bearer tokens as identities, expiry driven by the clock.
+    """
+
+    def setUp(self) -> None:
+        import jwt as pyjwt
+
+        self.pyjwt = pyjwt
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.secret = "s" * 48
+        secret_file = os.path.join(directory, "secret")
+        with open(secret_file, "w") as f:
+            f.write(self.secret)
+        self.harness = GatewayHarness({
+            "auth": {"required": True, "keys_file": None,
+                     "jwt": {"enabled": True, "secret_file": secret_file}},
+            "rate_limits": {"per_ip_rate": 0},
+        })
+        self.harness.clock.advance(1_800_000_000)
+
+    def token(self, **claims) -> str:
+        now = int(self.harness.clock.seconds())
+        payload = {"sub": "carol", "iat": now, "exp": now + 300}
+        payload.update(claims)
+        return self.pyjwt.encode(payload, self.secret, algorithm="HS256")
+
+    def chat(self, token: str) -> object:
+        _, transport = self.harness.request(
+            "POST", "/v1/chat/completions", CHAT, {"Authorization": "Bearer " + token})
+        calls = self.harness.upstream.calls
+        if calls and not calls[-1].deferred.called:
+            calls[-1].respond(200, NATIVE_OK)
+        return self.harness.response(transport)
+
+    def test_valid_then_expired(self) -> None:
+        """
+        A valid token identifies its subject; five minutes later the same
+        token is refused.
+        """
+        token = self.token()
+        self.assertEqual(self.chat(token).status, 200)
+        self.assertEqual(self.harness.finished[-1].identity, "jwt:carol")
+        self.harness.clock.advance(301)
+        self.assertEqual(self.chat(token).status, 401)
+
+    def test_refused_tokens(self) -> None:
+        """
+        A wrong signature, C{alg: none} and an over-long lifetime are 401s.
+        """
+        now = int(self.harness.clock.seconds())
+        forged = self.pyjwt.encode({"sub": "x", "iat": now, "exp": now + 60}, "t" * 48,
+                                   algorithm="HS256")
+        unsigned = self.pyjwt.encode({"sub": "x", "iat": now, "exp": now + 60}, None,
+                                     algorithm="none")
+        for token in (forged, unsigned, self.token(exp=now + 3600)):
+            self.assertEqual(self.chat(token).status, 401)
+        self.assertEqual(self.harness.upstream.calls, [])

@@ -25,10 +25,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.config import ConfigError, JWTConfig
+from qwen_twist.keys import presented_key
 from qwen_twist.jwtauth import JwtError, JwtIdentity, JwtVerifier
 
 START = 1_800_000_000
-SECRET = b"s3cret-" + b"x" * 40
+SECRET = b"s3cret-" + b"x" * 60
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,7 +248,8 @@ class HS256Tests(VerifierMixin, SynchronousTestCase):
         )
         self.refused(verifier, self.hs256(iss="https://evil.example"), "issuer")
         self.refused(verifier, self.hs256(), "issuer")
-        self.refused(verifier, self.hs256(iss=["https://idp.example"]), "issuer")
+        listed = hs256_with(SECRET, self.claims(iss=["https://idp.example"]))
+        self.refused(verifier, listed, "issuer")
 
     def test_audience(self) -> None:
         """
@@ -402,9 +404,19 @@ class RS256Tests(VerifierMixin, SynchronousTestCase):
         """
         A token signed with the private key verifies with the public key.
         """
-        token = jwt.encode(self.claims(), rsa_key(), algorithm="RS256")
+        claims = self.claims(
+            iss="https://login.example.com/realms/staff",
+            aud="qwengate",
+            email="alice@example.com",
+            name="Alice Example",
+        )
+        token = jwt.encode(claims, rsa_key(), algorithm="RS256")
+        verifier = self.verifier("RS256", audience="qwengate")
+        self.assertEqual(verifier.verify(token, self.clock.seconds()).user, "alice")
+        # A typical RS256 token is longer than 512 characters and still
+        # comes through the credential headers.
         self.assertGreater(len(token), 512)
-        self.assertEqual(self.verifier("RS256").verify(token, self.clock.seconds()).user, "alice")
+        self.assertEqual(presented_key(b"Bearer " + token.encode(), None), token)
 
     def test_certificate(self) -> None:
         """
@@ -483,7 +495,9 @@ class ES256Tests(VerifierMixin, SynchronousTestCase):
         verifier = self.verifier("ES256")
         self.refused(verifier, jwt.encode(self.claims(), other, algorithm="ES256"), "signature")
         token = jwt.encode(self.claims(), ec_key(), algorithm="ES256")
-        self.refused(verifier, token[:-4], "signature")
+        head, _, signature = token.rpartition(".")
+        flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
+        self.refused(verifier, head + "." + flipped, "signature")
 
     def test_algorithm_confusion(self) -> None:
         """

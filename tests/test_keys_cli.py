@@ -9,7 +9,7 @@ import io
 import os
 import subprocess
 import sys
-from typing import List, Tuple
+from typing import Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -138,8 +138,6 @@ class FilterFixture:
         return p
 
     def lines(self) -> List[str]:
-        from twisted.logger import formatEvent
-
         return [formatEvent(e) for e in self.events]
 
 
@@ -651,8 +649,6 @@ class BeforeHandshakeTests(TestCase):
         return port.getHost().port
 
     def filter_lines(self) -> List[str]:
-        from twisted.logger import formatEvent
-
         return [
             formatEvent(e) for e in self.events
             if e.get("log_namespace", "").startswith("qwen_twist.peerfilter")
@@ -737,8 +733,7 @@ class BeforeHandshakeTests(TestCase):
         port = yield self.listen(max_per_ip=1)
         go = threading.Event()
         held = threads.deferToThread(tls_exchange, port, b"still here\n", go)
-        while self.app.handshakes < 1:
-            yield deferLater(0.01)
+        yield wait_for(lambda: self.app.handshakes >= 1)
         second = yield threads.deferToThread(tls_exchange, port)
         go.set()
         first = yield held
@@ -759,8 +754,7 @@ class BeforeHandshakeTests(TestCase):
         port = yield self.listen()
         go = threading.Event()
         good = threads.deferToThread(tls_exchange, port, b"ping\n", go)
-        while self.app.handshakes < 1:
-            yield deferLater(0.01)
+        yield wait_for(lambda: self.app.handshakes >= 1)
         http = yield threads.deferToThread(raw_exchange, port, HTTP_REQUEST)
         http2 = yield threads.deferToThread(raw_exchange, port, HTTP_REQUEST)
         ws = yield threads.deferToThread(raw_exchange, port, WEBSOCKET_UPGRADE)
@@ -796,7 +790,17 @@ class BeforeHandshakeTests(TestCase):
         self.assert_quiet()
 
 
-def deferLater(seconds: float) -> defer.Deferred:
+@defer.inlineCallbacks
+def wait_for(condition: Any, limit: float = 10.0) -> Any:
+    """
+    Poll C{condition} on the real reactor every 10 ms until it holds, for
+    at most C{limit} seconds (something a thread does, so no event to wait
+    on).
+    """
     from twisted.internet import task
 
-    return task.deferLater(_reactor(), seconds, lambda: None)
+    for _ in range(int(limit / 0.01)):
+        if condition():
+            return
+        yield task.deferLater(_reactor(), 0.01, lambda: None)
+    raise AssertionError("condition not met within %s s" % (limit,))

@@ -172,6 +172,8 @@ class TokenBucketsTests(SynchronousTestCase):
         self.assertTrue(self.take().allowed)
         self.assertFalse(self.take().allowed)
         self.buckets.refund("a", self.clock.seconds(), 1000)
+        # Full again: nothing left to remember.
+        self.assertEqual(len(self.buckets), 0)
         self.assertEqual(sum(self.take().allowed for _ in range(20)), 10)
         self.buckets.refund("never-seen", self.clock.seconds(), 5)
         self.assertEqual(sum(self.take("never-seen").allowed for _ in range(20)), 10)

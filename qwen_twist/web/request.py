@@ -25,6 +25,7 @@ is not running then either, so a long stream is never cut by either.
 
 from __future__ import annotations
 
+import inspect
 import io
 import uuid
 from typing import Any, Optional
@@ -40,6 +41,11 @@ from qwen_twist.web.cors import CorsPolicy
 #: Seconds a kept-alive connection may stay silent between requests (and
 #: between reads of a request body) before it is closed.
 KEEPALIVE_TIMEOUT = 60.0
+
+#: Twisted 24.10+ can be told not to parse form bodies (22.4 cannot). The
+#: gateway takes JSON only, and 26.10's form parsing raises out of
+#: C{dataReceived} for a C{Content-Type} containing a byte such as 0x85.
+_FORM_SWITCH = "parsePOSTFormSubmission" in inspect.signature(server.Site.__init__).parameters
 
 _REASONS = {
     400: b"Bad Request",
@@ -317,9 +323,11 @@ class GatewaySite(server.Site):
     noisy = False
 
     def __init__(self, root: object, config: Any, reactor: object = None) -> None:
-        kwargs = {}
+        kwargs: dict = {}
         if reactor is not None:
             kwargs["reactor"] = reactor
+        if _FORM_SWITCH:
+            kwargs["parsePOSTFormSubmission"] = False
         super().__init__(
             root, requestFactory=GatewayRequest, timeout=KEEPALIVE_TIMEOUT, **kwargs
         )
