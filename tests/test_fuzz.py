@@ -261,13 +261,16 @@ targets = st.one_of(
                                "/v1/models/hf.co%2Fuser%2Frepo:Q4"])),
     st.tuples(st.just("POST"),
               st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])),
+    st.tuples(st.just("OPTIONS"),
+              st.sampled_from(["/v1/chat/completions", "/v1/models", "/v1", "*"])),
     st.tuples(methods, paths),
 )
 
 _CONTENT_TYPES = ["application/json", "application/json; charset=utf-8",
                   "application/json; charset=latin-1", "text/plain", "",
                   "application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz",
-                  "multipart/form-data", "*/*", "application/json;;;"]
+                  "multipart/form-data", "*/*", "application/json;;;",
+                  "application/json; x=\x85", "multipart/form-data; boundary=\x1c"]
 header_values = st.text(alphabet=_VCHAR + " \t", max_size=40).map(str.strip) | st.text(
     alphabet="".join(chr(c) for c in range(0x20, 0x100) if c != 0x7F), max_size=20
 ).map(str.strip)
@@ -295,9 +298,10 @@ headers = st.lists(
 )
 
 #: What the fake upstream does with each call: answer properly, fail
-#: (an Ollama error status or a refused connection), or never answer while
-#: the client hangs up.
-plans = st.sampled_from(["ok", "ok", "ok", "error", "refused", "disconnect"])
+#: (an Ollama error status or a refused connection), never answer while
+#: the client hangs up; for streams also: the client hangs up half-way
+#: (C{leave}) or Ollama's connection drops half-way (C{cut}).
+plans = st.sampled_from(["ok", "ok", "ok", "error", "refused", "disconnect", "leave", "cut"])
 
 
 def build_request(method: str, path: str, header_list: List[Tuple[str, str]],
@@ -348,12 +352,13 @@ class PipelineFuzzTests(SynchronousTestCase):
         calls = upstream.calls[seen:]
         self.assertLessEqual(len(calls), 1)
         told_to_fail = False
+        gone = False
         for call in calls:
             if plan == "disconnect":
                 channel.connectionLost(Failure(ierror.ConnectionDone()))
                 self.assertTrue(call.cancelled)
-                break
-            if plan == "refused":
+                gone = True
+            elif plan == "refused":
                 told_to_fail = True
                 call.deferred.errback(Failure(ierror.ConnectionRefusedError()))
             elif plan == "error":
@@ -361,19 +366,31 @@ class PipelineFuzzTests(SynchronousTestCase):
                 call.respond(500, {"error": "model runner has unexpectedly stopped"})
             else:
                 reply, stream = canned(call)
-                if stream:
-                    response = call.respond_streaming(200)
-                    response.send(reply)
-                    response.finish()
-                else:
+                if not stream:
                     call.respond(200, reply)
-        if plan != "disconnect" or not calls:
-            self.check_response(transport.value(), method, told_to_fail)
+                    continue
+                response = call.respond_streaming(200)
+                half = len(reply) // 2
+                response.send(reply[:half])
+                if plan == "leave":
+                    # The client hangs up mid-stream: Ollama must be stopped.
+                    channel.connectionLost(Failure(ierror.ConnectionLost()))
+                    self.assertEqual(response.transport.state, "stopped")
+                    gone = True
+                elif plan == "cut":
+                    # Ollama dies mid-stream: an error event, no [DONE].
+                    response.finish(ierror.ConnectionLost())
+                else:
+                    response.send(reply[half:])
+                    response.finish()
+        if not gone:
+            self.check_response(transport.value(), method, told_to_fail, path)
             channel.connectionLost(Failure(ierror.ConnectionDone()))
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(harness.clock.getDelayedCalls(), [])
 
-    def check_response(self, raw: bytes, method: str, told_to_fail: bool) -> None:
+    def check_response(self, raw: bytes, method: str, told_to_fail: bool,
+                       path: str = "") -> None:
         response = final_response(raw)
         self.assertIsNotNone(response, raw[:500])
         if response.status >= 500:
@@ -383,6 +400,10 @@ class PipelineFuzzTests(SynchronousTestCase):
         if response.status >= 400 and method != "HEAD":
             self.assertTrue(response.complete, raw[:500])
             self.assertEqual(response.headers.get("content-type"), "application/json")
+            if response.status == 503 and path.startswith("/ready"):
+                # Readiness answers with its own document, not an API error.
+                self.assertEqual(response.json()["status"], "unavailable")
+                return
             error = response.json()["error"]
             self.assertEqual(set(error), {"message", "type", "param", "code"})
             self.assertIsInstance(error["message"], str)
@@ -400,6 +421,20 @@ class PipelineFuzzTests(SynchronousTestCase):
         only when Ollama failed.
         """
         self.exercise(self.harness, "POST", path, header_list, body, plan)
+
+    @FUZZ
+    @given(body=st.one_of(_schema(_CHAT_FIELDS, ("model", "messages")),
+                          _schema(_COMPLETION_FIELDS, ("model", "prompt"))),
+           plan=plans, header_list=headers)
+    def test_streams(self, body, plan, header_list) -> None:
+        """
+        Streaming requests (well-formed or edited) under every upstream
+        behaviour: complete streams, failures before the first byte,
+        clients that leave and upstreams that die half-way.
+        """
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        body["stream"] = True
+        self.exercise(self.harness, "POST", path, header_list, _encode(body), plan)
 
     @FUZZ
     @given(target=targets, header_list=headers, body=bodies, plan=plans,

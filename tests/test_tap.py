@@ -43,12 +43,13 @@ class ConfigFileMixin:
     def valid_config(self, extra: str = "") -> str:
         """
         A valid config file (self-signed TLS, state in the test directory,
-        authentication required with a keys file in the test directory that
-        does not exist, so the host's C{/etc/qwengate/keys.yaml} is never
-        read).
+        authentication required with an (empty) keys file in the test
+        directory, so the host's C{/etc/qwengate/keys.yaml} is never read).
         """
         path = self.write_config()
         directory = os.path.dirname(path)
+        with open(os.path.join(directory, "keys.yaml"), "w") as f:
+            f.write("keys: []\n")
         with open(path, "w") as f:
             f.write(
                 "state_dir: %s\nlisten:\n  address: 127.0.0.1\n  port: 18790\n"
@@ -111,6 +112,18 @@ class OptionsTests(ConfigFileMixin, SynchronousTestCase):
             os.path.join(os.path.dirname(path), "state", "tls", "cert.pem"),
         )
         self.assertEqual(len(fields["fingerprint"].split(":")), 32)
+
+    def test_missing_keys_file_notice(self):
+        """
+        A keys file that does not exist is not an error (a fresh install has
+        no keys yet) but is announced: no API key will be accepted.
+        """
+        path = self.valid_config()
+        os.remove(os.path.join(os.path.dirname(path), "keys.yaml"))
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(len(options.notices), 2)
+        self.assertIn("does not exist", options.notices[1][0])
 
     def test_check_config(self):
         """

@@ -157,6 +157,45 @@ class MalformedRequestTests(RawErrorMixin, SynchronousTestCase):
         self.assertEqual(transport.value(), value)
 
 
+class FormBodyTests(SynchronousTestCase):
+    """
+    Bodies are JSON whatever the C{Content-Type} says; twisted.web's form
+    parsing is off where it can be switched off.
+    """
+
+    def test_odd_content_type(self) -> None:
+        """
+        A C{Content-Type} holding a byte that Python's e-mail parser takes
+        for a line break (0x85) does not blow up the connection (it raises
+        out of Twisted 26.10's form parsing): the body is read as JSON.
+        """
+        harness = GatewayHarness()
+        channel, transport = harness.connect()
+        body = b'{"model": 1}'
+        channel.dataReceived(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+            b"Content-Type: multipart/form-data; boundary=\x85\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 400)
+        self.assertEqual(response.json()["error"]["param"], "model")
+
+    def test_form_content_type(self) -> None:
+        """
+        A JSON body sent as C{application/x-www-form-urlencoded} (what
+        C{curl -d} says) is served as JSON.
+        """
+        harness = GatewayHarness()
+        channel, transport = harness.connect()
+        body = b'{"model": "qwen3:8b", "messages": [{"role": "user", "content": "a=b&c"}]}'
+        channel.dataReceived(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        [call] = harness.upstream.calls
+        self.assertEqual(call.payload["messages"], [{"role": "user", "content": "a=b&c"}])
+
+
 class StarRequestTests(SynchronousTestCase):
     """
     Requests for C{*} get the gateway's answers, not Twisted's.
