@@ -54,6 +54,19 @@ _UNREACHABLE = (
 )
 
 
+class _QuietClientFactory(wclient._HTTP11ClientFactory):
+    """
+    Twisted logs "Starting factory" for every new upstream connection; a
+    busy gateway opens many, and the access log already says what matters.
+    """
+
+    noisy = False
+
+
+class _QuietPool(wclient.HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
 class UpstreamTimeout(Exception):
     """
     A deadline on an upstream request expired; C{args[0]} says which.
@@ -82,7 +95,7 @@ class OllamaClient:
         self.where = parts.netloc
         self._pool: Optional[wclient.HTTPConnectionPool] = None
         if agent is None:
-            self._pool = wclient.HTTPConnectionPool(reactor, persistent=True)
+            self._pool = _QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = config.pool_size
             # Ollama's keep-alive is long; drop idle sockets well before a
             # NAT or firewall would silently.

@@ -92,6 +92,7 @@ class GatewayRequest(server.Request):
         self.request_id = uuid.uuid4().hex
         self.body_too_large = False
         self._body_received = 0
+        self._hidden_content_type: Optional[list] = None
 
     def _max_body(self) -> int:
         return getattr(self.channel.site, "max_body_bytes", 8 * 1024 * 1024)
@@ -117,11 +118,27 @@ class GatewayRequest(server.Request):
             return
         self.content.write(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not _FORM_SWITCH and command == b"POST":
+            # Twisted 22.4 cannot be told not to parse form bodies: it would
+            # run parse_qs over a JSON body that curl labels urlencoded, or
+            # the multipart parser over one labelled multipart (a 400, or an
+            # exception out of dataReceived). Hide the Content-Type from it;
+            # process() puts it back before any Resource looks.
+            content_type = self.requestHeaders.getRawHeaders(b"content-type")
+            if content_type is not None:
+                self._hidden_content_type = content_type
+                self.requestHeaders.removeHeader(b"content-type")
+        super().requestReceived(command, path, version)
+
     def process(self) -> None:
         """
         Serve the request; C{OPTIONS *} and other C{*} requests are answered
         here (twisted.web would answer them without our headers).
         """
+        if self._hidden_content_type is not None:
+            self.requestHeaders.setRawHeaders(b"content-type", self._hidden_content_type)
+            self._hidden_content_type = None
         if self.path != b"*":
             super().process()
             return

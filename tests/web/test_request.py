@@ -183,7 +183,8 @@ class FormBodyTests(SynchronousTestCase):
     def test_form_content_type(self) -> None:
         """
         A JSON body sent as C{application/x-www-form-urlencoded} (what
-        C{curl -d} says) is served as JSON.
+        C{curl -d} says) is served as JSON, without being parsed as a form
+        first, and the resource still sees the header.
         """
         harness = GatewayHarness()
         channel, transport = harness.connect()
@@ -194,6 +195,10 @@ class FormBodyTests(SynchronousTestCase):
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         [call] = harness.upstream.calls
         self.assertEqual(call.payload["messages"], [{"role": "user", "content": "a=b&c"}])
+        [request] = channel.requests
+        self.assertEqual(request.args, {})
+        self.assertEqual(request.getHeader(b"content-type"),
+                         b"application/x-www-form-urlencoded")
 
 
 class StarRequestTests(SynchronousTestCase):
