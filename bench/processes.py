@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bench.fronts import Front, direct_front, qwengate_front
 from bench.procfs import Sampler
+from qwen_twist.config import merge_settings as merge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -261,17 +262,6 @@ def bench_overrides() -> Dict[str, Any]:
     return known_settings(BENCH_OVERRIDES, Config)
 
 
-def merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """
-    Deep-merge two config dicts (C{overrides} win).
-    """
-    result = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def twistd_command(python: str) -> List[str]:

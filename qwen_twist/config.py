@@ -626,6 +626,20 @@ def load(filename: str) -> Config:
     return parse(text, filename)
 
 
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """
+    Deep-merge two raw (parsed YAML) settings mappings, C{overrides}
+    winning; for layering a test's or a benchmark's changes over a base.
+    """
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge_settings(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
 def describe_keys(cls: type = Config, path: str = "") -> list:
     """
     Every key as C{(dotted path, default, description)}, for the docs test

@@ -18,6 +18,7 @@ import treq.client
 from qwen_twist import config as configmod, tls
 from qwen_twist.emulator import server as emulator_server
 from qwen_twist.tap import GatewayService
+from qwen_twist.config import merge_settings as merge
 
 
 def async_test(f: Any) -> Any:
@@ -34,17 +35,6 @@ def async_test(f: Any) -> Any:
     return wrapper
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    """
-    Deep-merge two config dicts (overrides win).
-    """
-    result = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 class Stack:

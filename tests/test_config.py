@@ -20,6 +20,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config
+from qwen_twist.config import merge_settings as merge
 
 FILE = "qwengate.yaml"
 MiB = 1024 * 1024
@@ -382,17 +383,6 @@ def nested(path: str, value: Any) -> dict:
     return result
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    """
-    Deep-merge two dicts, C{overrides} winning.
-    """
-    result = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def lookup(conf: Any, path: str) -> Any:
