@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web import client as wclient
 
 from qwen_twist.translate import sse
-from qwen_twist.web import respond
+from qwen_twist.web import hygiene, respond
 
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -65,6 +65,9 @@ class SseResponse:
         self.committed = False
         self.closed = False
         self._activity = True
+        #: C{response.strip_fields}, applied to events only when configured
+        #: (it costs a JSON round trip per event).
+        self._strip = getattr(respond.site_of(request), "strip_tree", None) or None
         self._timer: Optional[Any] = None
         self.on_commit: Optional[Any] = None
 
@@ -100,6 +103,8 @@ class SseResponse:
     def write(self, data: bytes) -> None:
         if data and not self.closed:
             self._activity = True
+            if self._strip is not None:
+                data = hygiene.strip_sse(data, self._strip)
             self.request.write(data)
 
     def close(self, finish: bool = True) -> None:

@@ -70,7 +70,8 @@ def canned(call: Any) -> Tuple[bytes, bool]:
         if stream:
             first = dict(_CHAT, done=False, message={"role": "assistant", "content": "Hel"})
             del first["done_reason"]
-            return _ndjson([first, dict(_CHAT, message={"role": "assistant", "content": "lo"})]), True
+            last = dict(_CHAT, message={"role": "assistant", "content": "lo"})
+            return _ndjson([first, last]), True
         return _ndjson([_CHAT]), False
     if call.path == "/api/generate":
         if stream:
@@ -348,7 +349,8 @@ class PipelineFuzzTests(SynchronousTestCase):
             "rate_limits": {"per_key_requests": 0, "per_ip_rate": 0},
             "bans": {"failures": 0},
             "response": {"cors_origins": [ORIGIN],
-                         "strip_fields": ["system_fingerprint", "choices.message.reasoning_content"]},
+                         "strip_fields": ["system_fingerprint",
+                                          "choices.message.reasoning_content"]},
         })
 
     def exercise(self, harness: GatewayHarness, method: str, path: str,

@@ -240,3 +240,29 @@ class StreamTests(SynchronousTestCase):
         self.channel.connectionLost(Failure(ierror.ConnectionDone()))
         self.assertTrue(self.call.cancelled)
         self.assertEqual(stream_timers(self.harness.clock), [])
+
+
+class StripStreamTests(SynchronousTestCase):
+    """
+    C{response.strip_fields} also applies to stream events.
+    """
+
+    def test_reasoning_stripped(self) -> None:
+        """
+        An operator who strips C{choices.delta.reasoning_content} gets
+        streams without it, content intact.
+        """
+        harness = GatewayHarness(
+            {"response": {"strip_fields": ["choices.delta.reasoning_content"]}})
+        _, transport = harness.request("POST", "/v1/chat/completions", STREAM)
+        upstream = harness.upstream.calls[-1].respond_streaming()
+        upstream.send(line({"model": "qwen3:8b", "created_at": "2025-01-01T00:00:00Z",
+                            "message": {"role": "assistant", "content": "",
+                                        "thinking": "secret plan"}, "done": False}))
+        upstream.send(content("Hi") + DONE)
+        body = harness.response(transport).body
+        self.assertNotIn(b"secret plan", body)
+        got = events(body)
+        self.assertEqual(got[-1], "[DONE]")
+        self.assertIn("Hi", [e["choices"][0]["delta"].get("content") for e in got[:-1]
+                             if e["choices"]])

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_root -*-
+# -*- test-case-name: tests.web.test_endpoint -*-
 """
 The Resource tree: which URL is served by which endpoint.
 
