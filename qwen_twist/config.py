@@ -437,6 +437,20 @@ class BansConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    """
+    Stopping and reloading.
+    """
+
+    drain_timeout: float = setting(
+        30.0,
+        non_negative,
+        "on SIGTERM, seconds in-flight requests and streams may take to finish "
+        "after the listener closed; then streams end with an error event",
+    )
+
+
+@dataclass(frozen=True)
 class ResponseConfig:
     """
     Response hygiene.
@@ -472,6 +486,7 @@ class Config:
     rate_limits: RateLimitsConfig = section(RateLimitsConfig)
     bans: BansConfig = section(BansConfig)
     response: ResponseConfig = section(ResponseConfig)
+    lifecycle: LifecycleConfig = section(LifecycleConfig)
 
 
 # The engine ---------------------------------------------------------------

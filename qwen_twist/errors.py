@@ -141,6 +141,17 @@ def upstream_protocol_error(message: str = "upstream sent an invalid response") 
     return ApiError(502, message, "server_error", code="upstream_invalid_response")
 
 
+def shutting_down() -> ApiError:
+    """
+    503 while the gateway drains for shutdown; another instance (or this one
+    after a restart) can take the retry.
+    """
+    return ApiError(
+        503, "gateway is shutting down", "server_error", code="shutting_down",
+        headers=(("Retry-After", "1"),),
+    )
+
+
 def internal_error() -> ApiError:
     """
     500 for a bug in the gateway. The details go to the log, never to the

@@ -19,7 +19,7 @@ the access log now, Prometheus metrics and the audit log later.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -81,9 +81,49 @@ class Gateway:
             reasoning_field=config.translation.reasoning_field,
             max_think_level=config.translation.think_max,
         )
+        #: Calls in flight: request id -> the call's context.
+        self.active: Dict[str, CallContext] = {}
+        self.draining = False
+        self._drained: List[defer.Deferred] = []
 
     def now(self) -> float:
         return self.clock.seconds()
+
+    def call_started(self, ctx: CallContext) -> None:
+        """
+        Track a call until L{call_finished}, so shutdown can wait for it.
+        """
+        self.active[ctx.request_id] = ctx
+
+    def drain(self, timeout: float) -> "defer.Deferred[None]":
+        """
+        Shutdown: refuse new calls (503) and fire once every call in flight
+        has finished, or after C{timeout} seconds, when what is left is
+        aborted: a stream ends with an error event (never C{[DONE]}), a
+        pending request gets a 503.
+        """
+        self.draining = True
+        d: defer.Deferred = defer.Deferred()
+        if not self.active:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+        timer = self.clock.callLater(timeout, self._abort_all)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
+
+    def _abort_all(self) -> None:
+        for ctx in list(self.active.values()):
+            abort = ctx.extra.get("abort")
+            if abort is not None:
+                self.log.info("shutting down: aborting {route} call {request_id}",
+                              route=getattr(ctx, "route", "?"), request_id=ctx.request_id)
+                abort("gateway shutting down")
+        # The deadline is the deadline: stop waiting even for a call that
+        # could not be aborted.
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
 
     async def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         """
@@ -119,9 +159,14 @@ class Gateway:
         The response is over: release admission, tell the observers.
         """
         ctx.finished_at = self.now()
+        self.active.pop(ctx.request_id, None)
         self.release(ctx)
         for observer in self.observers:
             try:
                 observer.call_finished(ctx)
             except Exception:
                 self.log.failure("observer {observer} failed", observer=observer)
+        if self.draining and not self.active:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)

@@ -206,12 +206,19 @@ class UpstreamRelay(Protocol):
             return
         self._expire("upstream timeout: no data for %g s" % (self.idle_timeout,))
 
-    def _expire(self, message: str) -> None:
+    def _expire(self, message: str, code: str = "upstream_timeout") -> None:
         if self.translator.finished:
             return
-        self.response.write(self.translator.fail(message, code="upstream_timeout"))
+        self.response.write(self.translator.fail(message, code=code))
         self._stop_upstream()
         self._end()
+
+    def abort(self, message: str) -> None:
+        """
+        End the stream now with an error event (shutdown ran out of time):
+        the client must not mistake the cut answer for a complete one.
+        """
+        self._expire(message, code="shutting_down")
 
     def _cancelled(self, d: defer.Deferred) -> None:
         # The client went away: stop Ollama generating, write nothing.

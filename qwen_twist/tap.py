@@ -17,7 +17,7 @@ import threading
 from typing import Any, List, Optional, Tuple
 
 from twisted.application import internet, service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -163,9 +163,26 @@ class GatewayService(service.MultiService):
         super().startService()
 
     def stopService(self) -> Any:
-        d = super().stopService()
+        """
+        SIGTERM / C{systemctl stop}: close the listener first, let calls in
+        flight finish for up to C{lifecycle.drain_timeout} seconds (then
+        streams end with an error event), then stop the rest and close the
+        upstream pool.
+        """
+        service.Service.stopService(self)
+        d = defer.maybeDeferred(self.listener.stopService)
+        d.addCallback(lambda _: self.gateway.drain(self.config.lifecycle.drain_timeout))
+        d.addBoth(lambda _: self._stop_others())
         d.addBoth(lambda _: self.upstream.close())
         return d
+
+    def _stop_others(self) -> Any:
+        # Like MultiService.stopService, minus the listener already stopped
+        # (stopping it twice would chain its Deferred onto itself).
+        return defer.DeferredList([
+            defer.maybeDeferred(child.stopService)
+            for child in reversed(list(self)) if child is not self.listener
+        ])
 
 
 def install_reload_signal(reactor: Any, reload: Any) -> None:

@@ -363,6 +363,11 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["1y", 1.5, None],
         "bad": [-1, 10 ** 9 + 1],
     },
+    "lifecycle.drain_timeout": {
+        "valid": [(0, 0.0), (120, 120.0), (2.5, 2.5)],
+        "wrong_type": ["30s", True, None],
+        "bad": [-1],
+    },
 }
 
 
@@ -532,6 +537,7 @@ class KeyTableTests(SynchronousTestCase):
                 "response.strip_fields": (),
                 "response.cors_origins": (),
                 "response.hsts_max_age": 31536000,
+                "lifecycle.drain_timeout": 30.0,
             },
         )
 
@@ -967,7 +973,7 @@ class UnknownKeyTests(SynchronousTestCase):
         self.assertEqual(
             str(error),
             "qwengate.yaml: listen_port: unknown key (expected one of: access, auth, bans, "
-            "connections, limits, listen, rate_limits, response, state_dir, streaming, tls, "
+            "connections, lifecycle, limits, listen, rate_limits, response, state_dir, streaming, tls, "
             "translation, upstream)",
         )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from qwen_twist import errors
@@ -71,14 +70,18 @@ class GenerationResource(ApiResource):
             ctx.upstream_status = upstream.code
             if upstream.code != 200:
                 raise errors.from_upstream(upstream.code, await read_body(upstream))
-        except defer.CancelledError:
-            response.close(finish=False)
-            raise
         except Exception as e:
             if ctx.client_gone:
                 response.close(finish=False)
                 raise
-            err = e if isinstance(e, errors.ApiError) else self.api_error(Failure())
+            if ctx.extra.get("shutting_down"):
+                # Cancelled by the shutdown drain (whatever the cancellation
+                # surfaced as: CancelledError, ResponseNeverReceived, ...).
+                err = errors.shutting_down()
+            elif isinstance(e, errors.ApiError):
+                err = e
+            else:
+                err = self.api_error(Failure())
             if not response.committed:
                 response.close(finish=False)
                 raise err
@@ -98,6 +101,7 @@ class GenerationResource(ApiResource):
             total_timeout=config.upstream.timeouts.total,
         )
         upstream.deliverBody(relay)
+        ctx.extra["abort"] = relay.abort
         try:
             await relay.done
         finally:

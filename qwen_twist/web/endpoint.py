@@ -104,7 +104,10 @@ class ApiResource(resource.Resource):
         if method == "HEAD" and "GET" in self.methods:
             method = "GET"
         refusal = None
-        if not self.accepts_subpaths and request.postpath not in ([], [b""]):
+        if self.gateway.draining:
+            refusal = errors.shutting_down()
+            request.setHeader(b"connection", b"close")
+        elif not self.accepts_subpaths and request.postpath not in ([], [b""]):
             refusal = errors.not_found("Unknown request URL: %s %s" % (ctx.method, ctx.path))
         elif method not in self.methods:
             refusal = errors.method_not_allowed(ctx.method, ctx.path, self.methods)
@@ -112,7 +115,16 @@ class ApiResource(resource.Resource):
             self._fail(request, ctx, refusal)
             self.gateway.call_finished(ctx)
             return NOT_DONE_YET
+        self.gateway.call_started(ctx)
         call = defer.Deferred.fromCoroutine(self._run(request, ctx))
+
+        def abort(message: str) -> None:
+            # Shutdown ran out of time: the streaming code replaces this with
+            # an error event once a stream has begun.
+            ctx.extra["shutting_down"] = True
+            call.cancel()
+
+        ctx.extra["abort"] = abort
 
         def client_gone(reason: Failure) -> None:
             if not ctx.finished_at:
@@ -132,6 +144,8 @@ class ApiResource(resource.Resource):
         except BaseException as e:
             if ctx.client_gone:
                 pass
+            elif ctx.extra.get("shutting_down") and not request.startedWriting:
+                self._fail(request, ctx, errors.shutting_down())
             elif isinstance(e, errors.ApiError):
                 self._fail(request, ctx, e)
             elif request.startedWriting:
