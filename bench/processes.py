@@ -226,6 +226,9 @@ BENCH_OVERRIDES: Dict[str, Any] = {
                     "burst": 1000000},
     "rate_limits": {"per_key_requests": 0, "per_ip_rate": 0.0},
     "bans": {"failures": 0},
+    # The relay is measured, not the GPU queue (a real deployment sets
+    # admission.slots to Ollama's parallelism).
+    "admission": {"slots": 0},
 }
 
 

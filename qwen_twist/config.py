@@ -203,6 +203,22 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class BreakerConfig:
+    """
+    The circuit breaker in front of Ollama.
+    """
+
+    threshold: int = setting(
+        5, between(0, 1000000),
+        "consecutive failures (refused, reset, timeout, 5xx) that open it; 0 = never",
+    )
+    cooldown: float = setting(
+        30.0, positive,
+        "seconds it stays open (fast 503s) before one probe request is let through",
+    )
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     """
     The Ollama server behind the gateway.
@@ -213,6 +229,7 @@ class UpstreamConfig:
         64, between(1, 10000), "persistent connections kept open to Ollama"
     )
     timeouts: TimeoutsConfig = section(TimeoutsConfig)
+    breaker: BreakerConfig = section(BreakerConfig)
 
 
 @dataclass(frozen=True)
@@ -437,6 +454,20 @@ class BansConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """
+    The gateway's own queue in front of the GPU's parallel slots.
+    """
+
+    slots: int = setting(
+        4, between(0, 100000),
+        "generations sent to Ollama at once; match OLLAMA_NUM_PARALLEL; 0 = no queue",
+    )
+    max_depth: int = setting(256, between(0, 10000000), "requests waiting at most")
+    max_wait: float = setting(120.0, positive, "seconds a request may wait for a slot")
+
+
+@dataclass(frozen=True)
 class LifecycleConfig:
     """
     Stopping and reloading.
@@ -486,6 +517,7 @@ class Config:
     rate_limits: RateLimitsConfig = section(RateLimitsConfig)
     bans: BansConfig = section(BansConfig)
     response: ResponseConfig = section(ResponseConfig)
+    admission: AdmissionConfig = section(AdmissionConfig)
     lifecycle: LifecycleConfig = section(LifecycleConfig)
 
 

@@ -363,6 +363,31 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["1y", 1.5, None],
         "bad": [-1, 10 ** 9 + 1],
     },
+    "upstream.breaker.threshold": {
+        "valid": [(0, 0), (3, 3)],
+        "wrong_type": ["5", 2.5, True, None],
+        "bad": [-1],
+    },
+    "upstream.breaker.cooldown": {
+        "valid": [(1, 1.0), (0.5, 0.5)],
+        "wrong_type": ["30s", None],
+        "bad": [0, -3],
+    },
+    "admission.slots": {
+        "valid": [(0, 0), (1, 1), (8, 8)],
+        "wrong_type": ["4", 1.5, None],
+        "bad": [-1],
+    },
+    "admission.max_depth": {
+        "valid": [(0, 0), (1000, 1000)],
+        "wrong_type": ["many", None],
+        "bad": [-5],
+    },
+    "admission.max_wait": {
+        "valid": [(1, 1.0), (600, 600.0)],
+        "wrong_type": ["2m", None],
+        "bad": [0, -1],
+    },
     "lifecycle.drain_timeout": {
         "valid": [(0, 0.0), (120, 120.0), (2.5, 2.5)],
         "wrong_type": ["30s", True, None],
@@ -537,6 +562,11 @@ class KeyTableTests(SynchronousTestCase):
                 "response.strip_fields": (),
                 "response.cors_origins": (),
                 "response.hsts_max_age": 31536000,
+                "upstream.breaker.threshold": 5,
+                "upstream.breaker.cooldown": 30.0,
+                "admission.slots": 4,
+                "admission.max_depth": 256,
+                "admission.max_wait": 120.0,
                 "lifecycle.drain_timeout": 30.0,
             },
         )
@@ -972,8 +1002,8 @@ class UnknownKeyTests(SynchronousTestCase):
         self.assertEqual(error.path, "listen_port")
         self.assertEqual(
             str(error),
-            "qwengate.yaml: listen_port: unknown key (expected one of: access, auth, bans, "
-            "connections, lifecycle, limits, listen, rate_limits, response, state_dir, streaming, tls, "
+            "qwengate.yaml: listen_port: unknown key (expected one of: access, admission, auth, "
+            "bans, connections, lifecycle, limits, listen, rate_limits, response, state_dir, streaming, tls, "
             "translation, upstream)",
         )
 

@@ -175,6 +175,7 @@ class GatewayHarness:
             "tls": {"self_signed": True},
             "auth": {"required": False, "keys_file": None},
             "rate_limits": {"per_ip_rate": 0},
+            "admission": {"slots": 0},
         }
         raw.update(config or {})
         self.config = configmod.build(configmod.Config, raw)
