@@ -40,7 +40,7 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Deque, Dict, Mapping, Optional, Tuple
+from typing import Any, Deque, Mapping, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -86,7 +86,13 @@ class QueueFull(QueueRefused):
 class QueueTimeout(QueueRefused):
     """
     The call waited C{max_wait} seconds without being granted a slot.
+
+    @ivar waited: how long it waited (seconds).
     """
+
+    def __init__(self, retry_after: float, waited: float = 0.0) -> None:
+        super().__init__(retry_after)
+        self.waited = waited
 
 
 @dataclass
@@ -158,7 +164,7 @@ class _Backlog:
     __slots__ = ("waiters", "deficit", "weight")
 
     def __init__(self, weight: float) -> None:
-        self.waiters: Dict[_Waiter, None] = OrderedDict()
+        self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
         self.deficit = 0.0
         self.weight = weight
 
@@ -201,7 +207,7 @@ class SlotQueue:
         self.waiting = 0
         self.stats = QueueStats()
         # The round-robin ring: owners with waiters, the next one first.
-        self._ring: Dict[str, _Backlog] = OrderedDict()
+        self._ring: OrderedDict[str, _Backlog] = OrderedDict()
         self._dispatching = False
         # (released_at, service seconds) of recent calls, and their sum.
         self._samples: Deque[Tuple[float, float]] = deque()
@@ -363,7 +369,8 @@ class SlotQueue:
         if self._remove(waiter):
             self.stats.rejected_timeout += 1
             assert waiter.deferred is not None
-            waiter.deferred.errback(QueueTimeout(self.retry_after()))
+            waited = self.clock.seconds() - waiter.queued_at
+            waiter.deferred.errback(QueueTimeout(self.retry_after(), waited))
 
     def _dispatch(self) -> None:
         """
@@ -403,15 +410,15 @@ class SlotQueue:
             if backlog.deficit < 1.0 - _EPSILON:
                 backlog.deficit += backlog.weight
                 if backlog.deficit < 1.0 - _EPSILON:
-                    ring.move_to_end(owner)  # type: ignore[attr-defined]
+                    ring.move_to_end(owner)
                     continue
             backlog.deficit -= 1.0
-            waiter = backlog.waiters.popitem(last=False)[0]  # type: ignore[call-arg]
+            waiter = backlog.waiters.popitem(last=False)[0]
             self.waiting -= 1
             if not backlog.waiters:
                 del ring[owner]
             elif backlog.deficit < 1.0 - _EPSILON:
-                ring.move_to_end(owner)  # type: ignore[attr-defined]
+                ring.move_to_end(owner)
             return waiter
 
 
@@ -492,7 +499,7 @@ class AdmissionHook:
         refusal = failure.value
         waited_ms = 0.0
         if isinstance(refusal, QueueTimeout):
-            waited_ms = (self.queue.max_wait or 0.0) * 1000.0
+            waited_ms = refusal.waited * 1000.0
             error = queue_timeout(refusal.retry_after)
         else:
             error = queue_full(refusal.retry_after)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer, error as ierror
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as wclient
 from twisted.web.http_headers import Headers
@@ -33,6 +34,7 @@ from twisted.web.iweb import IResponse
 import treq.client
 
 from qwen_twist import errors
+from qwen_twist.breaker import BreakerOpen, CircuitBreaker, counts_as_failure
 from qwen_twist.config import UpstreamConfig
 
 #: Largest non-streaming upstream body we read (embeddings of big batches
@@ -65,6 +67,17 @@ class _QuietClientFactory(wclient._HTTP11ClientFactory):
 
 class _QuietPool(wclient.HTTPConnectionPool):
     _factory = _QuietClientFactory
+
+
+class _ServerError(Exception):
+    """
+    An upstream 5xx, carried through the breaker as a failure and handed
+    back to the caller as the response it was (its body has the message).
+    """
+
+    def __init__(self, response: IResponse) -> None:
+        super().__init__(response.code)
+        self.response = response
 
 
 class UpstreamTimeout(Exception):
@@ -104,6 +117,16 @@ class OllamaClient:
                 reactor, connectTimeout=config.timeouts.connect, pool=self._pool
             )
         self._http = treq.client.HTTPClient(agent)
+        self.breaker: Optional[CircuitBreaker] = None
+        if config.breaker.threshold > 0:
+            self.breaker = CircuitBreaker(
+                self.where, config.breaker.threshold, config.breaker.cooldown, reactor,
+                on_transition=self._breaker_moved,
+            )
+
+    def _breaker_moved(self, name: str, old: str, new: str) -> None:
+        log = self.log.warn if new == "open" else self.log.info
+        log("circuit breaker for Ollama at {name}: {old} -> {new}", name=name, old=old, new=new)
 
     def send(
         self, method: str, path: str, payload: Optional[dict] = None,
@@ -120,6 +143,23 @@ class OllamaClient:
         @return: a cancellable Deferred; its failures are mapped by
             L{map_failure}.
         """
+        if self.breaker is None:
+            return self._send(method, path, payload, headers_timeout)
+
+        def start() -> defer.Deferred:
+            d = self._send(method, path, payload, headers_timeout)
+            return d.addCallback(_raise_server_error)
+
+        def is_failure(failure: Failure) -> bool:
+            return bool(failure.check(_ServerError)) or counts_as_failure(failure)
+
+        d = self.breaker.call(start, is_failure)
+        d.addErrback(_unwrap_server_error)
+        return d
+
+    def _send(
+        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float]
+    ) -> "defer.Deferred[IResponse]":
         body = None
         if payload is not None:
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(
@@ -143,6 +183,8 @@ class OllamaClient:
         d.addTimeout(headers_timeout, self._reactor, onTimeoutCancel=on_timeout)
         return d
 
+    log = Logger()
+
     def close(self) -> "defer.Deferred[None]":
         """
         Close pooled connections (service shutdown).
@@ -150,6 +192,20 @@ class OllamaClient:
         if self._pool is None:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
+
+
+def _raise_server_error(response: IResponse) -> IResponse:
+    # 503 is Ollama's "queue full": alive and answering, not a breaker
+    # failure (see qwen_twist.breaker.counts_as_failure).
+    if response.code >= 500 and response.code != 503:
+        raise _ServerError(response)
+    return response
+
+
+def _unwrap_server_error(failure: Failure) -> Any:
+    if failure.check(_ServerError):
+        return failure.value.response
+    return failure
 
 
 class _Collector(Protocol):
@@ -215,6 +271,8 @@ def map_failure(failure: Failure, where: str) -> errors.ApiError:
     """
     if failure.check(errors.ApiError):
         return failure.value
+    if failure.check(BreakerOpen):
+        return failure.value.api_error()
     if failure.check(UpstreamTimeout):
         return errors.upstream_timeout(str(failure.value.args[0]))
     if failure.check(BodyTooLarge):
