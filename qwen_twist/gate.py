@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from qwen_twist import errors
 from qwen_twist.addresses import AddressRules
+from qwen_twist.admission import AdmissionHook, SlotQueue
 from qwen_twist.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
@@ -350,7 +351,10 @@ class Gate:
     reload, so counters and bans survive a SIGHUP.
 
     @ivar hooks: admission hooks for L{qwen_twist.gateway.Gateway}.
+    @ivar queue: the GPU slot queue, or L{None} when C{admission.slots} is 0.
     """
+
+    log = Logger()
 
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
         keys, jwt = identities if identities is not None else load_identities(config)
@@ -362,6 +366,15 @@ class Gate:
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock)
         self.hooks = [self.address, self.identity, self.prompt, self.rates]
+        self.queue: Optional[SlotQueue] = None
+        admission = config.admission
+        if admission.slots > 0:
+            # Last: only callers that passed every other check wait for the
+            # GPU, and a queued caller who leaves is never dispatched.
+            self.queue = SlotQueue(
+                admission.slots, admission.max_depth, admission.max_wait, clock
+            )
+            self.hooks.append(AdmissionHook(self.queue))
 
     def reload(self, config: Config, identities: tuple) -> None:
         """
@@ -374,6 +387,12 @@ class Gate:
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)
+        admission = config.admission
+        if self.queue is not None and admission.slots > 0:
+            self.queue.configure(admission.slots, admission.max_depth, admission.max_wait)
+        elif (self.queue is not None) != (admission.slots > 0):
+            self.log.warn("admission.slots switched between 0 and a number: "
+                          "takes effect at the next restart")
 
     def prune(self) -> None:
         """

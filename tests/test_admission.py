@@ -413,16 +413,20 @@ PROPERTY = settings(
     suppress_health_check=list(HealthCheck),
 )
 
+# Acquire twice as likely as the rest, so lines actually form.
+_ACQUIRE = st.tuples(st.just("acquire"), st.integers(0, 3))
 OPERATIONS = st.lists(
     st.one_of(
-        st.tuples(st.just("acquire"), st.integers(0, 3)),
+        _ACQUIRE,
+        _ACQUIRE,
         st.tuples(st.just("release"), st.integers(0, 100)),
         st.tuples(st.just("release_again"), st.integers(0, 100)),
         st.tuples(st.just("cancel"), st.integers(0, 100)),
         st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0])),
         st.tuples(st.just("resize"), st.integers(1, 4)),
     ),
-    max_size=80,
+    min_size=40,
+    max_size=120,
 )
 
 
@@ -494,7 +498,7 @@ class _Model:
             call.outcome = "full"
         elif failure.check(QueueTimeout):
             call.outcome = "timeout"
-            t.assertEqual(self.q.clock.seconds() - call.queued_at, self.q.max_wait)
+            t.assertGreaterEqual(self.q.clock.seconds() - call.queued_at, self.q.max_wait)
         elif failure.check(defer.CancelledError):
             call.outcome = "cancelled"
         else:
@@ -544,6 +548,12 @@ class _Model:
         if not self.shrunk:
             t.assertLessEqual(q.busy, q.slots)
         t.assertEqual(q.waiting, outcomes[None])
+        if q.max_wait is not None:
+            # Nobody waits past max_wait (they get QueueTimeout).
+            now = q.clock.seconds()
+            for c in self.calls:
+                if c.outcome is None:
+                    t.assertLess(now - c.queued_at, q.max_wait)
         t.assertLessEqual(q.waiting, q.max_depth)
         if q.waiting:
             # Nobody waits while a slot is free.
@@ -675,9 +685,9 @@ class AdmissionHookTests(SynchronousTestCase):
         """
         keyed, anonymous = context("key:alice"), context(None, "198.51.100.4")
         self.admit(keyed)
+        self.assertEqual(keyed.extra[admission.TICKET].owner, "key:alice")
         self.hook.release(keyed)
         self.admit(anonymous)
-        self.assertEqual(keyed.extra.get(admission.TICKET), None)
         self.assertEqual(anonymous.extra[admission.TICKET].owner, "ip:198.51.100.4")
 
     def test_queue_full_is_429(self) -> None:

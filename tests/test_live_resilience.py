@@ -52,3 +52,58 @@ class HungUpstreamTests(TestCase):
         self.assertEqual(response.code, 200)
         await treq.content(response)
         self.assertEqual(stack.service.upstream.breaker.state, "closed")
+
+
+class FairnessTests(TestCase):
+    """
+    The GPU queue is fair across API keys.
+    """
+
+    @async_test
+    async def test_flood_does_not_starve(self) -> None:
+        """
+        With one slot, key A queues 12 slow requests; key B's single request
+        sent afterwards completes after at most two of A's, not after all of
+        them. Every response says how long it waited in x-queue-wait-ms.
+        """
+        import os
+
+        from qwen_twist.keys import add_key
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "keys.yaml")
+        key_a = add_key(path, "a", now=time.time())
+        key_b = add_key(path, "b", now=time.time())
+        stack = await start_stack(self, {
+            "auth": {"required": True, "keys_file": path},
+            "rate_limits": {"per_key_requests": 0},
+            "admission": {"slots": 1, "max_wait": 30.0},
+        })
+        stack.script.set_model_behaviour("qwen3:8b", {"ttft": 0.05})
+        finished = []
+
+        async def call(name, key):
+            response = await stack.post("/v1/chat/completions", json=CHAT,
+                                        headers={"Authorization": "Bearer " + key})
+            await treq.content(response)
+            self.assertEqual(response.code, 200)
+            self.assertTrue(response.headers.getRawHeaders(b"x-queue-wait-ms"))
+            finished.append(name)
+
+        from twisted.internet import defer
+
+        flood = [defer.Deferred.fromCoroutine(call("a", key_a)) for _ in range(12)]
+        await wait_until(lambda: stack.service.gate.queue.waiting >= 10)
+        await call("b", key_b)
+        await defer.gatherResults(flood)
+        self.assertLessEqual(finished.index("b"), 3)
+        self.assertEqual(len(finished), 13)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        await task.deferLater(reactor, 0.005, lambda: None)
