@@ -198,6 +198,11 @@ class TimeoutsConfig:
         "until Ollama's response headers; a non-streaming answer only gets "
         "headers once generation ends, so this is also the non-stream cap",
     )
+    first_token: float = setting(
+        600.0,
+        positive,
+        "streams: until Ollama's first chunk (a 32B model can take minutes to load)",
+    )
     idle: float = setting(300.0, positive, "longest silence between stream chunks")
     total: float = setting(0.0, non_negative, "absolute cap per request; 0 = none")
 

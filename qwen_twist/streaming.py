@@ -141,11 +141,16 @@ class UpstreamRelay(Protocol):
     log = Logger()
 
     def __init__(self, response: SseResponse, translator: Any, clock: Any,
-                 idle_timeout: float, total_timeout: float = 0.0) -> None:
+                 idle_timeout: float, total_timeout: float = 0.0,
+                 first_token_timeout: float = 0.0) -> None:
         self.response = response
         self.translator = translator
         self.clock = clock
         self.idle_timeout = idle_timeout
+        #: Until the first body byte (when headers came early) the deadline
+        #: is the first-token one; after, the idle gap.
+        self.first_token_timeout = first_token_timeout or idle_timeout
+        self._got_data = False
         self.total_timeout = total_timeout
         self.done: defer.Deferred = defer.Deferred(self._cancelled)
         self._registered = False
@@ -164,7 +169,7 @@ class UpstreamRelay(Protocol):
             self._registered = True
         self._last_data = self.clock.seconds()
         if self.idle_timeout > 0:
-            self._idle_call = self.clock.callLater(self.idle_timeout, self._check_idle)
+            self._idle_call = self.clock.callLater(self.first_token_timeout, self._check_idle)
         if self.total_timeout > 0:
             self._total_call = self.clock.callLater(
                 self.total_timeout, self._expire, "upstream exceeded the total time limit"
@@ -175,6 +180,11 @@ class UpstreamRelay(Protocol):
         if translator.finished:
             return
         self._last_data = self.clock.seconds()
+        if not self._got_data:
+            self._got_data = True
+            if self._idle_call is not None and self._idle_call.active():
+                # From now on the (shorter) idle deadline applies.
+                self._idle_call.reset(self.idle_timeout)
         out = translator.feed(data)
         if out:
             self.response.write(out)
@@ -200,11 +210,13 @@ class UpstreamRelay(Protocol):
         self._idle_call = None
         if self.translator.finished:
             return
-        remaining = self._last_data + self.idle_timeout - self.clock.seconds()
+        limit = self.idle_timeout if self._got_data else self.first_token_timeout
+        remaining = self._last_data + limit - self.clock.seconds()
         if remaining > 0:
             self._idle_call = self.clock.callLater(remaining, self._check_idle)
             return
-        self._expire("upstream timeout: no data for %g s" % (self.idle_timeout,))
+        what = "no data for" if self._got_data else "no first token within"
+        self._expire("upstream timeout: %s %g s" % (what, limit))
 
     def _expire(self, message: str, code: str = "upstream_timeout") -> None:
         if self.translator.finished:

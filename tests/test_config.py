@@ -121,6 +121,11 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["900", False, [900]],
         "bad": [0.0, -5, float("-inf")],
     },
+    "upstream.timeouts.first_token": {
+        "valid": [(60, 60.0), (1.5, 1.5)],
+        "wrong_type": ["10m", True, None],
+        "bad": [0, -1],
+    },
     "upstream.timeouts.idle": {
         "valid": [(30.0, 30.0)],
         "wrong_type": [None, "300"],
@@ -521,6 +526,7 @@ class KeyTableTests(SynchronousTestCase):
                 "upstream.pool_size": 64,
                 "upstream.timeouts.connect": 3.0,
                 "upstream.timeouts.headers": 900.0,
+                "upstream.timeouts.first_token": 600.0,
                 "upstream.timeouts.idle": 300.0,
                 "upstream.timeouts.total": 0.0,
                 "streaming.keepalive_interval": 15.0,

@@ -187,6 +187,26 @@ class StreamTests(SynchronousTestCase):
         self.assertTrue(self.response().complete)
         self.assertEqual(stream_timers(self.harness.clock), [])
 
+    def test_first_token_timeout(self) -> None:
+        """
+        Before the first chunk the (long) first-token deadline applies, not
+        the idle one: a model loading for longer than the idle gap is fine,
+        one that never produces a token is ended with an error event.
+        """
+        harness = GatewayHarness({"streaming": {"keepalive_interval": 15.0},
+                                  "upstream": {"timeouts": {"idle": 60.0, "first_token": 600.0}}})
+        _, transport = harness.request("POST", "/v1/chat/completions", STREAM)
+        call = harness.upstream.calls[-1]
+        self.assertEqual(call.headers_timeout, 600.0)
+        upstream = call.respond_streaming()
+        harness.clock.advance(300)
+        self.assertEqual(upstream.transport.state, "producing")
+        harness.clock.advance(301)
+        self.assertEqual(upstream.transport.state, "stopped")
+        got = events(harness.response(transport).body)
+        self.assertEqual(got[-1]["error"]["code"], "upstream_timeout")
+        self.assertIn("first token", got[-1]["error"]["message"])
+
     def test_upstream_cut(self) -> None:
         """
         An upstream connection that dies mid-stream is reported as an error

@@ -66,7 +66,12 @@ class GenerationResource(ApiResource):
         response.on_commit = committed
         response.start_keepalive()
         try:
-            upstream = await gateway.upstream.send("POST", plan.path, plan.payload)
+            # Ollama sends a stream's headers with its first chunk, so the
+            # deadline for them is the first-token one (model loads).
+            upstream = await gateway.upstream.send(
+                "POST", plan.path, plan.payload,
+                headers_timeout=config.upstream.timeouts.first_token,
+            )
             ctx.upstream_status = upstream.code
             if upstream.code != 200:
                 raise errors.from_upstream(upstream.code, await read_body(upstream))
@@ -99,6 +104,7 @@ class GenerationResource(ApiResource):
             gateway.clock,
             idle_timeout=config.upstream.timeouts.idle,
             total_timeout=config.upstream.timeouts.total,
+            first_token_timeout=config.upstream.timeouts.first_token,
         )
         upstream.deliverBody(relay)
         ctx.extra["abort"] = relay.abort
