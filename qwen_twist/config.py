@@ -230,6 +230,14 @@ class UpstreamConfig:
     """
 
     url: str = setting("http://127.0.0.1:11434", http_url, "Ollama base URL")
+    urls: Tuple[str, ...] = setting(
+        (), http_url,
+        "several Ollama base URLs (routing, health checks, retry once); "
+        "empty = just url",
+    )
+    health_interval: float = setting(
+        10.0, positive, "seconds between health checks of several upstreams"
+    )
     pool_size: int = setting(
         64, between(1, 10000), "persistent connections kept open to Ollama"
     )

@@ -10,6 +10,7 @@ traceback in a log nobody reads. TLS files are checked there too.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from qwen_twist import __version__, config as configmod, gate, tls
 from qwen_twist.gateway import Gateway
 from qwen_twist.peerfilter import PeerFilterFactory
 from qwen_twist.upstream import OllamaClient
+from qwen_twist.upstreams import UpstreamPool
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
 
@@ -97,7 +99,7 @@ class GatewayService(service.MultiService):
         self.config_path = config_path
         self.reactor = reactor
         self._notices = notices or []
-        self.upstream = OllamaClient(reactor, config.upstream)
+        self.upstream = build_upstream(reactor, config.upstream)
         self.gate = gate.Gate(config, reactor, identities)
         self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks)
         self.site = GatewaySite(
@@ -150,6 +152,8 @@ class GatewayService(service.MultiService):
 
     def startService(self) -> None:
         install_reload_signal(self.reactor, self.reload)
+        if isinstance(self.upstream, UpstreamPool):
+            self.upstream.start()
         for fmt, fields in self._notices:
             self.log.info(fmt, **fields)
         listen = self.config.listen
@@ -183,6 +187,17 @@ class GatewayService(service.MultiService):
             defer.maybeDeferred(child.stopService)
             for child in reversed(list(self)) if child is not self.listener
         ])
+
+
+def build_upstream(reactor: Any, config: configmod.UpstreamConfig) -> Any:
+    """
+    One L{OllamaClient} for C{upstream.url}, or an L{UpstreamPool} over one
+    client per C{upstream.urls} entry (routing, health checks, retry once).
+    """
+    if not config.urls:
+        return OllamaClient(reactor, config)
+    clients = [OllamaClient(reactor, dataclasses.replace(config, url=url)) for url in config.urls]
+    return UpstreamPool(reactor, clients, config.health_interval)
 
 
 def install_reload_signal(reactor: Any, reload: Any) -> None:

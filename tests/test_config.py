@@ -104,6 +104,18 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
             "http://[::1",
         ],
     },
+    "upstream.urls": {
+        "valid": [(["http://10.0.0.2:11434", "http://gpu2:11434"],
+                   ("http://10.0.0.2:11434", "http://gpu2:11434"))],
+        "wrong_type": ["http://a:1", {"a": 1}, None],
+        "wrong_item_type": [([1], 0), (["http://a:1", None], 1)],
+        "bad_item": [(["ftp://x"], 0), (["http://a:1", "nope"], 1)],
+    },
+    "upstream.health_interval": {
+        "valid": [(5, 5.0), (0.5, 0.5)],
+        "wrong_type": ["10s", None],
+        "bad": [0, -1],
+    },
     "upstream.pool_size": {
         "valid": [(1, 1), (10000, 10000)],
         "wrong_type": [64.0, "64"],
@@ -523,6 +535,8 @@ class KeyTableTests(SynchronousTestCase):
                 "tls.min_version": "1.2",
                 "tls.ciphers": "ECDHE+AESGCM:ECDHE+CHACHA20",
                 "upstream.url": "http://127.0.0.1:11434",
+                "upstream.urls": (),
+                "upstream.health_interval": 10.0,
                 "upstream.pool_size": 64,
                 "upstream.timeouts.connect": 3.0,
                 "upstream.timeouts.headers": 900.0,

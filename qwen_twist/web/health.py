@@ -48,6 +48,15 @@ class ReadyResource(ApiResource):
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         upstream = self.gateway.upstream
+        if hasattr(upstream, "state"):
+            # Several upstreams: the pool's health checks know each one.
+            states = upstream.state()
+            ready = any(s["healthy"] and s.get("breaker") != "open" for s in states)
+            status = 200 if ready else 503
+            ctx.status = status
+            respond.json_body(request, status, {
+                "status": "ready" if ready else "unavailable", "upstreams": states})
+            return
         state: dict = {"url": upstream.base_url, "ready": False}
         try:
             response = await upstream.send(
