@@ -474,7 +474,8 @@ class AdmissionConfig:
 
     slots: int = setting(
         4, between(0, 100000),
-        "generations sent to Ollama at once; match OLLAMA_NUM_PARALLEL; 0 = no queue",
+        "generations sent to each Ollama server at once; match its "
+        "OLLAMA_NUM_PARALLEL; 0 = no queue",
     )
     max_depth: int = setting(256, between(0, 10000000), "requests waiting at most")
     max_wait: float = setting(120.0, positive, "seconds a request may wait for a slot")

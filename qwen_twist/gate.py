@@ -325,6 +325,15 @@ def _rate_headers(request: Any, decision: Decision, kind: str) -> None:
     )
 
 
+def total_slots(config: Config) -> int:
+    """
+    C{admission.slots} is per Ollama server (its C{OLLAMA_NUM_PARALLEL});
+    with several servers the queue admits that many per server, and the
+    pool's least-busy routing spreads them.
+    """
+    return config.admission.slots * max(1, len(config.upstream.urls))
+
+
 def load_identities(config: Config) -> tuple:
     """
     Read the key store and the JWT verification key named by the config.
@@ -372,7 +381,7 @@ class Gate:
             # Last: only callers that passed every other check wait for the
             # GPU, and a queued caller who leaves is never dispatched.
             self.queue = SlotQueue(
-                admission.slots, admission.max_depth, admission.max_wait, clock
+                total_slots(config), admission.max_depth, admission.max_wait, clock
             )
             self.hooks.append(AdmissionHook(self.queue))
 
@@ -389,7 +398,7 @@ class Gate:
         self.rates.configure(config)
         admission = config.admission
         if self.queue is not None and admission.slots > 0:
-            self.queue.configure(admission.slots, admission.max_depth, admission.max_wait)
+            self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait)
         elif (self.queue is not None) != (admission.slots > 0):
             self.log.warn("admission.slots switched between 0 and a number: "
                           "takes effect at the next restart")

@@ -105,7 +105,8 @@ class GatewayService(service.MultiService):
         self.site = GatewaySite(
             build_root(self.gateway), config, reactor=reactor
         )
-        self.factory = build_listener_factory(certificate_options, self.site)
+        self.server_tls = tls.ReloadableServerTLS(certificate_options)
+        self.factory = build_listener_factory(self.server_tls, self.site)
         self.peer_filter = PeerFilterFactory(
             self.factory, self.gate.rules, self.gate.bans, config.connections, reactor
         )
@@ -140,15 +141,34 @@ class GatewayService(service.MultiService):
         try:
             config = configmod.load(self.config_path)
             identities = gate.load_identities(config)
+            certificate_options = tls.certificate_options(
+                config.tls, config.state_dir, mtls=config.auth.mtls
+            )
         except configmod.ConfigError as e:
             self.log.error("reload refused, keeping the running configuration: {error}",
                            error=str(e))
             return False
         self.gate.reload(config, identities)
         self.peer_filter.set_rules(self.gate.rules)
+        # New connections get the new certificate; open ones keep theirs.
+        self.server_tls.options = certificate_options
+        if config.upstream != self.config.upstream:
+            self._replace_upstream(build_upstream(self.reactor, config.upstream))
+        self.config = config
         self.log.info("reloaded {path}: {keys} API keys", path=self.config_path,
                       keys=len(identities[0]))
         return True
+
+    def _replace_upstream(self, upstream: Any) -> None:
+        """
+        New calls go to the new upstream(s); calls in flight finish on the
+        old client, whose idle pooled connections are closed now.
+        """
+        old, self.upstream = self.upstream, upstream
+        self.gateway.upstream = upstream
+        if isinstance(upstream, UpstreamPool) and self.running:
+            upstream.start()
+        old.close()
 
     def startService(self) -> None:
         install_reload_signal(self.reactor, self.reload)
@@ -174,7 +194,8 @@ class GatewayService(service.MultiService):
         upstream pool.
         """
         service.Service.stopService(self)
-        d = defer.maybeDeferred(self.listener.stopService)
+        d = defer.maybeDeferred(self.listener.stopService) if self.listener.running \
+            else defer.succeed(None)
         d.addCallback(lambda _: self.gateway.drain(self.config.lifecycle.drain_timeout))
         d.addBoth(lambda _: self._stop_others())
         d.addBoth(lambda _: self.upstream.close())

@@ -21,8 +21,10 @@ import ipaddress
 import os
 from typing import Any, Callable, List, Optional, Tuple
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from qwen_twist.config import ConfigError, MutualTLSConfig, TLSConfig
 
@@ -215,3 +217,20 @@ def certificate_options(
     )
     options.getContext()
     return options
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """
+    The server's TLS settings, swappable at run time: SIGHUP replaces the
+    certificate (a renewed one from certbot, say) for new connections while
+    connections already open keep theirs.
+
+    @ivar options: the C{CertificateOptions} in force.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.options.getContext(), None)

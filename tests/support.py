@@ -156,7 +156,7 @@ async def start_stack(testcase: Any, config: Optional[dict] = None,
         for client in stack._sdk_clients:
             await in_thread(client.close)
         await stack._pool.closeCachedConnections()
-        await stack.port.stopListening()
+        await defer.maybeDeferred(stack.port.stopListening)
         await stack.service.upstream.close()
         await settle()
 

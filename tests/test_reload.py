@@ -111,3 +111,78 @@ class ReloadTests(SynchronousTestCase):
         install_reload_signal(Reactor(), self.service.reload)
         os.kill(os.getpid(), signal.SIGHUP)
         self.assertEqual(calls, [self.service.reload])
+
+
+class ReloadMoreTests(SynchronousTestCase):
+    """
+    Reloading the certificate and the upstreams.
+    """
+
+    def setUp(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.directory = directory
+        self.keys = os.path.join(directory, "keys.yaml")
+        add_key(self.keys, "alice", now=time.time())
+        self.path = os.path.join(directory, "qwengate.yaml")
+        self.cert, self.key, _ = tls.ensure_self_signed(os.path.join(directory, "one"))
+        self.write(self.cert, self.key, "http://127.0.0.1:11434")
+        config = configmod.load(self.path)
+        options = tls.certificate_options(config.tls, config.state_dir)
+        self.service = GatewayService(config, options, MemoryReactorClock(),
+                                      config_path=self.path)
+
+    def write(self, cert: str, key: str, url: str, extra: str = "") -> None:
+        with open(self.path, "w") as f:
+            f.write(
+                "state_dir: %s\ntls: {certificate: %s, private_key: %s}\n"
+                "auth: {keys_file: %s}\nupstream: {url: '%s'}\n%s"
+                % (self.directory, cert, key, self.keys, url, extra))
+
+    def served_fingerprint(self) -> str:
+        connection = self.service.server_tls.serverConnectionForTLS(None)
+        return connection.get_certificate().digest("sha256").decode()
+
+    def test_certificate(self) -> None:
+        """
+        A renewed certificate is served to new connections after a reload.
+        """
+        before = self.served_fingerprint()
+        cert, key, _ = tls.ensure_self_signed(os.path.join(self.directory, "two"))
+        self.write(cert, key, "http://127.0.0.1:11434")
+        self.assertTrue(self.service.reload())
+        after = self.served_fingerprint()
+        self.assertNotEqual(before, after)
+        self.assertEqual(after, tls.fingerprint(tls.load_chain(cert)[0]))
+
+    def test_bad_certificate_refused(self) -> None:
+        """
+        A reload whose certificate does not load keeps the old one.
+        """
+        before = self.served_fingerprint()
+        self.write("/nonexistent.pem", self.key, "http://127.0.0.1:11434")
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.served_fingerprint(), before)
+
+    def test_upstreams(self) -> None:
+        """
+        New upstream settings apply to new calls; several URLs make a pool
+        and the GPU queue admits the slots of every server.
+        """
+        from qwen_twist.upstreams import UpstreamPool
+
+        old = self.service.gateway.upstream
+        with open(self.path, "w") as f:
+            f.write(
+                "state_dir: %s\ntls: {certificate: %s, private_key: %s}\n"
+                "auth: {keys_file: %s}\n"
+                "upstream: {urls: ['http://127.0.0.1:11500', 'http://127.0.0.1:11501']}\n"
+                % (self.directory, self.cert, self.key, self.keys))
+        self.assertTrue(self.service.reload())
+        new = self.service.gateway.upstream
+        self.assertIsNot(new, old)
+        self.assertIsInstance(new, UpstreamPool)
+        self.assertEqual([m.url for m in new.members],
+                         ["http://127.0.0.1:11500", "http://127.0.0.1:11501"])
+        self.assertIs(self.service.upstream, new)
+        self.assertEqual(self.service.gate.queue.free, 8)
