@@ -19,7 +19,7 @@ from typing import Any, List
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist import keys
+from qwen_twist import keyfile, keys
 from qwen_twist.config import ConfigError
 
 NOW = 1_800_000_000.0
@@ -499,7 +499,7 @@ class AddKeyTests(SynchronousTestCase):
         def fsync(fd: int) -> None:
             raise OSError(28, "No space left on device")
 
-        self.patch(keys.os, "fsync", fsync)
+        self.patch(keyfile.os, "fsync", fsync)
         self.assertRaises(OSError, keys.add_key, self.path, "b", now=NOW)
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), before)
@@ -512,7 +512,7 @@ class AddKeyTests(SynchronousTestCase):
         def fsync(fd: int) -> None:
             raise OSError(28, "No space left on device")
 
-        self.patch(keys.os, "fsync", fsync)
+        self.patch(keyfile.os, "fsync", fsync)
         self.assertRaises(OSError, keys.add_key, self.path, "a", now=NOW)
         self.assertFalse(os.path.exists(self.path))
         self.assertEqual(self.leftovers(), [])
@@ -546,7 +546,7 @@ class AddKeyTests(SynchronousTestCase):
                 keys.add_key(self.path, "other", now=NOW)
             real_flock(fd, operation)
 
-        self.patch(keys.fcntl, "flock", flock)
+        self.patch(keyfile.fcntl, "flock", flock)
         keys.add_key(self.path, "mine", now=NOW)
         self.assertTrue(state["raced"])
         self.assertEqual(
