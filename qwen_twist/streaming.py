@@ -56,12 +56,10 @@ class SseResponse:
     @ivar written: count of writes since the last keep-alive tick.
     """
 
-    def __init__(self, request: Any, clock: Any, keepalive_interval: float,
-                 extra_headers: tuple = ()) -> None:
+    def __init__(self, request: Any, clock: Any, keepalive_interval: float) -> None:
         self.request = request
         self.clock = clock
         self.interval = keepalive_interval
-        self.extra_headers = extra_headers
         self.committed = False
         self.closed = False
         self._activity = True
@@ -96,7 +94,7 @@ class SseResponse:
         if self.committed:
             return
         self.committed = True
-        respond.start(self.request, 200, SSE_HEADERS + tuple(self.extra_headers))
+        respond.start(self.request, 200, SSE_HEADERS)
         if self.on_commit is not None:
             self.on_commit()
 

@@ -286,15 +286,3 @@ def map_failure(failure: Failure, where: str) -> errors.ApiError:
     if failure.check(ierror.DNSLookupError):
         return errors.upstream_unavailable(where)
     return errors.internal_error()
-
-
-def decode_json(body: bytes) -> Any:
-    """
-    Parse an upstream JSON body.
-
-    @raise errors.ApiError: 502 when it is not JSON.
-    """
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise errors.upstream_protocol_error()

@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 import treq
 
 from tests.support import async_test, start_stack
+from tests.test_live import wait_for
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -94,19 +95,11 @@ class FairnessTests(TestCase):
         from twisted.internet import defer
 
         flood = [defer.Deferred.fromCoroutine(call("a", key_a)) for _ in range(12)]
-        await wait_until(lambda: stack.service.gate.queue.waiting >= 10)
+        await wait_for(lambda: stack.service.gate.queue.waiting >= 10)
         await call("b", key_b)
         await defer.gatherResults(flood)
         self.assertLessEqual(finished.index("b"), 3)
         self.assertEqual(len(finished), 13)
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await task.deferLater(reactor, 0.005, lambda: None)
 
 
 class ReloadAndDrainUnderLoadTests(TestCase):
