@@ -46,7 +46,7 @@ setup(
     entry_points={
         "console_scripts": [
             "qwengate-emulator = qwen_twist.emulator.__main__:main",
-            "qwengate-keys = qwen_twist.keys_cli:main",
+            "qwengate-keys = qwen_twist.cli.keys:main",
         ],
     },
 )

@@ -23,11 +23,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from qwen_twist import __version__, config as configmod, gate, tls
-from qwen_twist.gateway import Gateway
-from qwen_twist.peerfilter import PeerFilterFactory
-from qwen_twist.upstream import OllamaClient
-from qwen_twist.upstreams import UpstreamPool
+from qwen_twist import __version__, config as configmod
+from qwen_twist.gate import hooks as gate, tls
+from qwen_twist.pipeline import Gateway
+from qwen_twist.gate.peerfilter import PeerFilterFactory
+from qwen_twist.upstream.client import OllamaClient
+from qwen_twist.upstream.pool import UpstreamPool
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
 

@@ -15,7 +15,8 @@ from twisted.web import client as wclient
 
 import treq.client
 
-from qwen_twist import config as configmod, tls
+from qwen_twist import config as configmod
+from qwen_twist.gate import tls
 from qwen_twist.emulator import server as emulator_server
 from qwen_twist.tap import GatewayService
 from qwen_twist.config import merge_settings as merge

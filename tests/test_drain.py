@@ -1,5 +1,5 @@
 """
-Tests for the shutdown drain (L{qwen_twist.gateway.Gateway.drain} and its
+Tests for the shutdown drain (L{qwen_twist.pipeline.Gateway.drain} and its
 use by the service): nothing in flight is cut in a way that looks complete.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_streaming import DONE, STREAM, content, events
+from tests.web.test_relay import DONE, STREAM, content, events
 from tests.web.helpers import GatewayHarness
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
@@ -118,7 +118,8 @@ class ServiceStopTests(SynchronousTestCase):
 
         from twisted.internet.testing import MemoryReactorClock
 
-        from qwen_twist import config as configmod, tls
+        from qwen_twist import config as configmod
+        from qwen_twist.gate import tls
         from qwen_twist.tap import GatewayService
 
         state = os.path.abspath(self.mktemp())

@@ -69,7 +69,7 @@ class FairnessTests(TestCase):
         """
         import os
 
-        from qwen_twist.keys import add_key
+        from qwen_twist.gate.keys import add_key
 
         directory = self.mktemp()
         os.makedirs(directory)
@@ -121,8 +121,8 @@ class ReloadAndDrainUnderLoadTests(TestCase):
 
         from twisted.internet import defer
 
-        from qwen_twist.keys import add_key
-        from tests.test_streaming import events
+        from qwen_twist.gate.keys import add_key
+        from tests.web.test_relay import events
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)

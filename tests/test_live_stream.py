@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import async_test, in_thread, start_stack
 from tests.test_live import wait_for
-from tests.test_streaming import events
+from tests.web.test_relay import events
 from tests.web.helpers import parse_response
 
 TOOLS = [
@@ -232,7 +232,7 @@ class SlowReaderTests(TestCase):
     reading from Ollama, and the gateway's buffers stay bounded.
     """
 
-    #: The bound stated in qwen_twist/streaming.py is "well under 1 MiB"
+    #: The bound stated in qwen_twist/web/relay.py is "well under 1 MiB"
     #: per stream.
     BOUND = 1024 * 1024
 

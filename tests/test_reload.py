@@ -12,8 +12,9 @@ import time
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist import config as configmod, tls
-from qwen_twist.keys import add_key
+from qwen_twist import config as configmod
+from qwen_twist.gate import tls
+from qwen_twist.gate.keys import add_key
 from qwen_twist.tap import GatewayService, install_reload_signal
 
 CONFIG = """
@@ -69,7 +70,7 @@ class ReloadTests(SynchronousTestCase):
         """
         A revoked key stops working at the next reload.
         """
-        from qwen_twist.keys import revoke_key
+        from qwen_twist.gate.keys import revoke_key
 
         revoke_key(self.keys, "alice")
         self.assertTrue(self.authenticates(self.alice))
@@ -169,7 +170,7 @@ class ReloadMoreTests(SynchronousTestCase):
         New upstream settings apply to new calls; several URLs make a pool
         and the GPU queue admits the slots of every server.
         """
-        from qwen_twist.upstreams import UpstreamPool
+        from qwen_twist.upstream.pool import UpstreamPool
 
         old = self.service.gateway.upstream
         with open(self.path, "w") as f:

@@ -19,7 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config as configmod, tap
-from qwen_twist.peerfilter import PeerFilterFactory
+from qwen_twist.gate.peerfilter import PeerFilterFactory
 from qwen_twist.web.request import GatewaySite
 
 

@@ -24,7 +24,7 @@ concatenation. The output is byte-identical to C{json.dumps(chunk,
 separators=(",", ":"))} of the full chunk object (the tests check this).
 
 Nothing here does I/O or imports Twisted; the I/O layer
-(L{qwen_twist.streaming}) feeds it bytes and writes what it returns.
+(L{qwen_twist.web.relay}) feeds it bytes and writes what it returns.
 """
 
 from __future__ import annotations

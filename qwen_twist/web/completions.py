@@ -15,11 +15,11 @@ from twisted.python.failure import Failure
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
-from qwen_twist.streaming import SseResponse, UpstreamRelay
+from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse
 from qwen_twist.translate.common import chat_completion_id, completion_id
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
-from qwen_twist.upstream import read_body
+from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource, parse_json_body
 

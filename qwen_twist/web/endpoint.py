@@ -23,8 +23,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
-from qwen_twist.gateway import Gateway
-from qwen_twist.upstream import map_failure, read_body
+from qwen_twist.pipeline import Gateway
+from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
 
 

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from qwen_twist import __version__, errors
 from qwen_twist.context import CallContext
-from qwen_twist.upstream import map_failure, read_body
+from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource
 

@@ -34,7 +34,7 @@ def security_headers(hsts_max_age: int) -> Tuple[Header, ...]:
 
     C{Cache-Control: no-store} is the default for every response because
     every API answer is private to the caller; an event stream replaces it
-    with C{no-cache} (see L{qwen_twist.streaming.SSE_HEADERS}).
+    with C{no-cache} (see L{qwen_twist.web.relay.SSE_HEADERS}).
 
     @param hsts_max_age: C{Strict-Transport-Security} max-age in seconds;
         0 leaves the header out (for a gateway behind a plain-HTTP test

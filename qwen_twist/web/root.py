@@ -27,7 +27,7 @@ from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
-from qwen_twist.gateway import Gateway
+from qwen_twist.pipeline import Gateway
 from qwen_twist.web import respond
 from qwen_twist.web.completions import ChatCompletionsResource, CompletionsResource
 from qwen_twist.web.cors import PreflightResource, is_preflight

@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from twisted.web import client as wclient
 
 from qwen_twist import config as configmod
-from qwen_twist.gate import Gate
-from qwen_twist.gateway import Gateway
+from qwen_twist.gate.hooks import Gate
+from qwen_twist.pipeline import Gateway
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
 

@@ -1,6 +1,6 @@
 """
 Tests for L{qwen_twist.web.endpoint}, L{qwen_twist.web.request},
-L{qwen_twist.web.root} and L{qwen_twist.gateway}: the pipeline every
+L{qwen_twist.web.root} and L{qwen_twist.pipeline}: the pipeline every
 endpoint shares, driven over an in-memory transport.
 """
 
@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import errors
-from qwen_twist.upstream import UpstreamTimeout
+from qwen_twist.upstream.client import UpstreamTimeout
 
 from tests.web.helpers import GatewayHarness
 

@@ -1,0 +1,3 @@
+"""
+The command-line tools installed beside the daemon (C{qwengate-keys}, ...).
+"""

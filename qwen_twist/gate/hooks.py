@@ -1,0 +1,411 @@
+# -*- test-case-name: tests.gate.test_hooks -*-
+"""
+The request-level gate: who is calling, from where, and whether they may
+call now. These are the admission hooks of L{qwen_twist.pipeline.Gateway},
+run in this order before any upstream work:
+
+  1. L{AddressHook}: the client address (the TCP peer, or the rightmost
+     untrusted X-Forwarded-For hop when the peer is a trusted proxy), which
+     must be allowed and not banned. The TCP peer itself was already checked
+     at accept time by L{qwen_twist.gate.peerfilter}.
+  2. L{IdentityHook}: a client certificate subject, an API key
+     (C{Authorization: Bearer} or C{X-Api-Key}) or a JWT. Failures are 401
+     C{invalid api key} and count toward the address's ban; a known identity
+     that may not use the model is 403.
+  3. L{PromptLimitHook}: the prompt's total characters.
+  4. L{RateLimitHook}: per-IP and per-key request buckets and the per-key
+     token budget (reserved from C{max_tokens} up front, settled with
+     Ollama's own counts when the call ends), with OpenAI-style
+     C{x-ratelimit-*} headers on every response.
+
+Why hooks and not code in the Resources: the endpoints do not change when a
+rule is added, and an unauthenticated call provably costs the upstream
+nothing (the hooks run before the first upstream byte).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+from twisted.logger import Logger
+
+from qwen_twist import errors
+from qwen_twist.gate.addresses import AddressRules
+from qwen_twist.gate.queue import AdmissionHook, SlotQueue
+from qwen_twist.gate.bans import BanList
+from qwen_twist.config import Config
+from qwen_twist.context import CallContext
+from qwen_twist.gate.keys import presented_key
+from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
+
+#: Rough characters per token, to reserve a prompt's share of a token
+#: budget before Ollama has counted it (settled on the real count later).
+CHARS_PER_TOKEN = 4
+
+
+def unauthorized() -> errors.ApiError:
+    """
+    The seed's 401, in the OpenAI envelope (what the SDK raises as
+    C{AuthenticationError}).
+    """
+    return errors.ApiError(
+        401, "invalid api key", "invalid_request_error", code="invalid_api_key",
+        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
+    )
+
+
+def forbidden(message: str, code: str) -> errors.ApiError:
+    return errors.ApiError(403, message, "invalid_request_error", code=code)
+
+
+def too_many(message: str, decision: Decision) -> errors.ApiError:
+    """
+    429 with C{Retry-After} computed from the bucket (whole seconds, at
+    least 1: the OpenAI SDK honours it when at most 60 s).
+    """
+    retry = max(1, int(math.ceil(decision.retry_after)))
+    return errors.ApiError(
+        429, message, "rate_limit_error", code="rate_limit_exceeded",
+        headers=(("Retry-After", str(retry)),),
+    )
+
+
+def _header(request: Any, name: bytes) -> Optional[bytes]:
+    values = request.requestHeaders.getRawHeaders(name)
+    if not values:
+        return None
+    return b",".join(values)
+
+
+def _text(value: Optional[bytes]) -> Optional[str]:
+    if value is None:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+class AddressHook:
+    """
+    Resolves and checks the client address of each request.
+    """
+
+    def __init__(self, rules: AddressRules, bans: BanList, clock: Any) -> None:
+        self.rules = rules
+        self.bans = bans
+        self.clock = clock
+
+    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        peer = ctx.client_ip
+        ctx.client_ip = self.rules.client_ip(
+            peer,
+            _text(_header(request, b"x-forwarded-for")),
+            _text(_header(request, b"x-real-ip")),
+        )
+        if ctx.client_ip != peer:
+            # A forwarded client: the accept-time checks saw only the proxy.
+            if not self.rules.permits(ctx.client_ip):
+                raise forbidden("address not allowed", "address_not_allowed")
+        if self.bans.banned_for(ctx.client_ip, self.clock.seconds()) > 0:
+            raise forbidden("address temporarily banned", "address_banned")
+
+
+class IdentityHook:
+    """
+    Authenticates each request; see the module docstring for the order.
+
+    @ivar keys: the L{qwen_twist.gate.keys.KeyStore} in force (replaced on
+        reload).
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, keys: Any, jwt: Any, bans: BanList, clock: Any) -> None:
+        self.bans = bans
+        self.clock = clock
+        self.configure(config, keys, jwt)
+
+    def configure(self, config: Config, keys: Any, jwt: Any) -> None:
+        """
+        Take (new) settings, key store and JWT verifier.
+        """
+        self.required = config.auth.required
+        self.use_keys = config.auth.keys_file is not None
+        self.cert_identity = (
+            config.auth.mtls.mode != "off" and config.auth.mtls.identity_from_subject
+        )
+        self.keys = keys
+        self.jwt = jwt
+
+    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        now = self.clock.seconds()
+        identity = None
+        record = None
+        presented = presented_key(
+            _header(request, b"authorization"), _header(request, b"x-api-key")
+        )
+        if presented is not None:
+            if self.jwt is not None and self.jwt.looks_like_jwt(presented):
+                identity = self._verify_jwt(presented, now)
+            elif self.use_keys:
+                record = self.keys.authenticate(presented, now)
+                if record is not None:
+                    identity = "key:" + record.id
+        if identity is None and self.cert_identity:
+            identity = _certificate_identity(request)
+        if identity is None:
+            if not self.required:
+                # Anonymous access is allowed; SDKs always send some key,
+                # so an unknown one is simply not an identity.
+                return
+            self._failed(ctx, now)
+            raise unauthorized()
+        self.bans.success(ctx.client_ip, now)
+        ctx.identity = identity
+        ctx.extra["key_record"] = record
+        model = getattr(plan, "model", None) or ctx.model
+        if record is not None and model and not record.allows_model(model):
+            raise forbidden(
+                "this API key may not use model %r" % (model,), "model_not_allowed"
+            )
+
+    def _verify_jwt(self, token: str, now: float) -> Optional[str]:
+        from qwen_twist.gate.jwtauth import JwtError
+
+        try:
+            return "jwt:" + self.jwt.verify(token, now).user
+        except JwtError as e:
+            self.log.info("JWT refused: {why}", why=str(e))
+            return None
+
+    def _failed(self, ctx: CallContext, now: float) -> None:
+        if self.bans.failure(ctx.client_ip, now):
+            self.log.warn(
+                "banning {ip} after repeated authentication failures", ip=ctx.client_ip
+            )
+
+
+def _certificate_identity(request: Any) -> Optional[str]:
+    """
+    C{cert:<CN>} of a client certificate that OpenSSL verified during the
+    handshake (with C{auth.mtls.mode} optional or require, an unverifiable
+    certificate fails the handshake, so any certificate here is verified).
+    """
+    transport = getattr(request.channel, "transport", None)
+    get = getattr(transport, "getPeerCertificate", None)
+    if get is None:
+        return None
+    cert = get()
+    if cert is None:
+        return None
+    cn = cert.get_subject().commonName
+    return "cert:" + cn if cn else None
+
+
+class PromptLimitHook:
+    """
+    Refuses prompts longer than C{limits.max_prompt_chars} with the seed's
+    message, before they cost a GPU anything.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+
+    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        chars = getattr(plan, "prompt_chars", 0)
+        if chars > self.max_chars:
+            raise errors.invalid_request(
+                "prompt too long, max %d chars" % (self.max_chars,), "messages",
+                "prompt_too_long",
+            )
+
+
+class RateLimitHook:
+    """
+    Request buckets per client IP and per identity, and the per-identity
+    token budget.
+    """
+
+    def __init__(self, config: Config, clock: Any) -> None:
+        self.clock = clock
+        self.per_ip = TokenBuckets(0, 1)
+        self.window = 0.0
+        self._per_key: Dict[int, TokenBuckets] = {}
+        self._budgets: Dict[int, TokenBudget] = {}
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """
+        Take (new) limits. Buckets whose limits did not change are kept, so
+        a reload does not hand every client a fresh burst.
+        """
+        limits = config.rate_limits
+        if (self.per_ip.rate, self.per_ip.burst) != (limits.per_ip_rate, limits.per_ip_burst):
+            self.per_ip = TokenBuckets(limits.per_ip_rate, limits.per_ip_burst)
+        if self.window != limits.per_key_window:
+            self._per_key = {}
+        self.window = limits.per_key_window
+        self.default_requests = limits.per_key_requests
+        self.default_tokens = limits.per_key_tokens_per_minute
+
+    def _key_buckets(self, requests: int) -> TokenBuckets:
+        buckets = self._per_key.get(requests)
+        if buckets is None:
+            buckets = self._per_key[requests] = window_buckets(requests, self.window)
+        return buckets
+
+    def _budget(self, tokens: int) -> TokenBudget:
+        budget = self._budgets.get(tokens)
+        if budget is None:
+            budget = self._budgets[tokens] = TokenBudget(tokens)
+        return budget
+
+    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        now = self.clock.seconds()
+        decision = self.per_ip.take(ctx.client_ip, now)
+        shown = decision
+        if not decision.allowed:
+            _rate_headers(request, decision, "requests")
+            raise too_many("rate limit exceeded for this address", decision)
+        if ctx.identity is not None:
+            record = ctx.extra.get("key_record")
+            requests = self.default_requests
+            tokens = self.default_tokens
+            if record is not None:
+                if record.requests_per_window is not None:
+                    requests = record.requests_per_window
+                if record.tokens_per_minute is not None:
+                    tokens = record.tokens_per_minute
+            if requests > 0:
+                shown = self._key_buckets(requests).take(ctx.identity, now)
+                if not shown.allowed:
+                    self.per_ip.refund(ctx.client_ip, now, 1)
+                    _rate_headers(request, shown, "requests")
+                    raise too_many("rate limit exceeded for this key", shown)
+            if tokens > 0:
+                max_tokens = getattr(plan, "max_tokens", None) or 0
+                reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
+                budget = self._budget(tokens)
+                spent = budget.reserve(ctx.identity, now, reserve)
+                _rate_headers(request, spent, "tokens")
+                if not spent.allowed:
+                    raise too_many("token budget exceeded for this key", spent)
+                ctx.extra["token_reservation"] = (budget, reserve)
+        _rate_headers(request, shown, "requests")
+
+    def release(self, ctx: CallContext) -> None:
+        reservation = ctx.extra.pop("token_reservation", None)
+        if reservation is None:
+            return
+        budget, reserved = reservation
+        actual = (ctx.usage or {}).get("total_tokens", 0)
+        if ctx.usage is None and ctx.outcome != "ok":
+            # Nothing was generated (or we cannot know): give it back.
+            actual = 0
+        budget.settle(ctx.identity, self.clock.seconds(), reserved, actual)
+
+    def prune(self) -> None:
+        now = self.clock.seconds()
+        self.per_ip.prune(now)
+        for table in list(self._per_key.values()) + list(self._budgets.values()):
+            table.prune(now)
+
+
+def _rate_headers(request: Any, decision: Decision, kind: str) -> None:
+    """
+    OpenAI's C{x-ratelimit-*} headers (reset as a duration such as C{1.5s}).
+    """
+    request.setHeader(b"x-ratelimit-limit-" + kind.encode(), b"%d" % (decision.limit,))
+    request.setHeader(b"x-ratelimit-remaining-" + kind.encode(), b"%d" % (decision.remaining,))
+    request.setHeader(
+        b"x-ratelimit-reset-" + kind.encode(),
+        ("%gs" % (round(decision.reset_after, 3),)).encode("ascii"),
+    )
+
+
+def total_slots(config: Config) -> int:
+    """
+    C{admission.slots} is per Ollama server (its C{OLLAMA_NUM_PARALLEL});
+    with several servers the queue admits that many per server, and the
+    pool's least-busy routing spreads them.
+    """
+    return config.admission.slots * max(1, len(config.upstream.urls))
+
+
+def load_identities(config: Config) -> tuple:
+    """
+    Read the key store and the JWT verification key named by the config.
+
+    Called at start-up (so a broken keys file stops the daemon with one
+    line naming it) and on reload.
+
+    @return: C{(KeyStore, JwtVerifier or None)}.
+    @raise qwen_twist.config.ConfigError: an unreadable or invalid file.
+    """
+    from qwen_twist.gate.jwtauth import JwtVerifier
+    from qwen_twist.gate.keys import KeyStore
+
+    auth = config.auth
+    keys = KeyStore.load(auth.keys_file) if auth.keys_file else KeyStore.empty()
+    jwt = JwtVerifier(auth.jwt) if auth.jwt.enabled else None
+    return keys, jwt
+
+
+class Gate:
+    """
+    The gate's state for one process: the hooks in pipeline order and what
+    they share (the ban list, the address rules). Rebuilt in place on
+    reload, so counters and bans survive a SIGHUP.
+
+    @ivar hooks: admission hooks for L{qwen_twist.pipeline.Gateway}.
+    @ivar queue: the GPU slot queue, or L{None} when C{admission.slots} is 0.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
+        keys, jwt = identities if identities is not None else load_identities(config)
+        self.clock = clock
+        self.bans = BanList(config.bans.failures, config.bans.duration)
+        self.rules = AddressRules.from_config(config.access)
+        self.address = AddressHook(self.rules, self.bans, clock)
+        self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
+        self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
+        self.rates = RateLimitHook(config, clock)
+        self.hooks = [self.address, self.identity, self.prompt, self.rates]
+        self.queue: Optional[SlotQueue] = None
+        admission = config.admission
+        if admission.slots > 0:
+            # Last: only callers that passed every other check wait for the
+            # GPU, and a queued caller who leaves is never dispatched.
+            self.queue = SlotQueue(
+                total_slots(config), admission.max_depth, admission.max_wait, clock
+            )
+            self.hooks.append(AdmissionHook(self.queue))
+
+    def reload(self, config: Config, identities: tuple) -> None:
+        """
+        Apply new keys, JWT settings, address rules and limits to new
+        requests; calls in flight keep what admitted them.
+        """
+        keys, jwt = identities
+        self.rules = AddressRules.from_config(config.access)
+        self.address.rules = self.rules
+        self.identity.configure(config, keys, jwt)
+        self.prompt.max_chars = config.limits.max_prompt_chars
+        self.rates.configure(config)
+        admission = config.admission
+        if self.queue is not None and admission.slots > 0:
+            self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait)
+        elif (self.queue is not None) != (admission.slots > 0):
+            self.log.warn("admission.slots switched between 0 and a number: "
+                          "takes effect at the next restart")
+
+    def prune(self) -> None:
+        """
+        Drop idle buckets and expired bans (called periodically).
+        """
+        self.bans.prune(self.clock.seconds())
+        self.rates.prune()

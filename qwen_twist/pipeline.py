@@ -1,0 +1,172 @@
+# -*- test-case-name: tests.web.test_endpoint -*-
+"""
+The request pipeline's shared state and its extension points.
+
+Every API call runs the same stages, in this order:
+
+    peer filter -> TLS -> identity -> limits -> queue -> translate
+        -> upstream (treq) -> translate back, with observers at the end
+
+The connection-level stages (peer filter, TLS) live in the listening
+factories; the request-level ones are the C{admit} hooks of L{Gateway}: each
+is an object with C{admit(request, ctx, plan)} returning a value or a
+Deferred that fails with an L{qwen_twist.errors.ApiError} to refuse the call
+(a later C{release(ctx)} undoes what C{admit} reserved). Identity, rate
+limits and the fair queue are such hooks; the Resources do not change when
+one is added. Observers (C{call_finished(ctx)}) see every finished call:
+the access log now, Prometheus metrics and the audit log later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from qwen_twist.config import Config
+from qwen_twist.context import CallContext
+from qwen_twist.translate.chat import ChatOptions
+from qwen_twist.upstream.client import OllamaClient
+
+
+class AccessLog:
+    """
+    One log line per finished call: no query strings, no headers, no body,
+    so nothing secret can end up in it.
+    """
+
+    log = Logger(namespace="qwengate.access")
+
+    def call_finished(self, ctx: CallContext) -> None:
+        self.log.info(
+            "{client_ip} {method} {path} {status} {outcome} {duration_ms:.1f}ms"
+            " model={model} stream={stream} request_id={request_id}",
+            client_ip=ctx.client_ip,
+            method=ctx.method,
+            path=ctx.path,
+            status=ctx.status,
+            outcome=ctx.outcome,
+            duration_ms=(ctx.duration or 0.0) * 1000.0,
+            model=ctx.model,
+            stream=ctx.stream,
+            request_id=ctx.request_id,
+        )
+
+
+class Gateway:
+    """
+    What every Resource needs: configuration, clock, the upstream client,
+    the admission hooks and the observers.
+
+    @ivar clock: the reactor (an C{IReactorTime}); tests pass a C{Clock}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        upstream: OllamaClient,
+        hooks: Optional[List[Any]] = None,
+        observers: Optional[List[Any]] = None,
+    ) -> None:
+        self.config = config
+        self.clock = reactor
+        self.upstream = upstream
+        self.hooks: List[Any] = list(hooks or [])
+        self.observers: List[Any] = list(observers if observers is not None else [AccessLog()])
+        self.chat_options = ChatOptions(
+            reasoning_field=config.translation.reasoning_field,
+            max_think_level=config.translation.think_max,
+        )
+        #: Calls in flight: request id -> the call's context.
+        self.active: Dict[str, CallContext] = {}
+        self.draining = False
+        self._drained: List[defer.Deferred] = []
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def call_started(self, ctx: CallContext) -> None:
+        """
+        Track a call until L{call_finished}, so shutdown can wait for it.
+        """
+        self.active[ctx.request_id] = ctx
+
+    def drain(self, timeout: float) -> "defer.Deferred[None]":
+        """
+        Shutdown: refuse new calls (503) and fire once every call in flight
+        has finished, or after C{timeout} seconds, when what is left is
+        aborted: a stream ends with an error event (never C{[DONE]}), a
+        pending request gets a 503.
+        """
+        self.draining = True
+        d: defer.Deferred = defer.Deferred()
+        if not self.active:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+        timer = self.clock.callLater(timeout, self._abort_all)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
+
+    def _abort_all(self) -> None:
+        for ctx in list(self.active.values()):
+            abort = ctx.extra.get("abort")
+            if abort is not None:
+                self.log.info("shutting down: aborting {route} call {request_id}",
+                              route=getattr(ctx, "route", "?"), request_id=ctx.request_id)
+                abort("gateway shutting down")
+        # The deadline is the deadline: stop waiting even for a call that
+        # could not be aborted.
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
+
+    async def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        """
+        Run the admission hooks in order; the first refusal wins and what the
+        earlier hooks reserved is released.
+        """
+        admitted = []
+        try:
+            for hook in self.hooks:
+                await defer.maybeDeferred(hook.admit, request, ctx, plan)
+                admitted.append(hook)
+        except BaseException:
+            self.release(ctx, admitted)
+            raise
+        ctx.extra["admitted_hooks"] = admitted
+
+    def release(self, ctx: CallContext, hooks: Optional[List[Any]] = None) -> None:
+        """
+        Undo admission (the call ended, however it ended).
+        """
+        if hooks is None:
+            hooks = ctx.extra.pop("admitted_hooks", [])
+        for hook in reversed(hooks):
+            release = getattr(hook, "release", None)
+            if release is not None:
+                try:
+                    release(ctx)
+                except Exception:
+                    self.log.failure("releasing {hook}", hook=hook)
+
+    def call_finished(self, ctx: CallContext) -> None:
+        """
+        The response is over: release admission, tell the observers.
+        """
+        ctx.finished_at = self.now()
+        self.active.pop(ctx.request_id, None)
+        self.release(ctx)
+        for observer in self.observers:
+            try:
+                observer.call_finished(ctx)
+            except Exception:
+                self.log.failure("observer {observer} failed", observer=observer)
+        if self.draining and not self.active:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)

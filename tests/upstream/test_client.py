@@ -1,0 +1,151 @@
+"""
+Tests for L{qwen_twist.upstream.client}: deadlines, error mapping and the circuit
+breaker around every Ollama call, with a fake agent and a C{Clock}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, error as ierror
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from qwen_twist import config as configmod
+from qwen_twist.upstream.client import OllamaClient, UpstreamTimeout, map_failure
+
+
+class FakeAgent:
+    """
+    An C{IAgent} whose requests the test answers.
+    """
+
+    def __init__(self) -> None:
+        self.requests = []
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        d = defer.Deferred(lambda d: self.requests[-1].__setitem__("cancelled", True))
+        self.requests.append({"method": method, "uri": uri, "deferred": d, "cancelled": False})
+        return d
+
+
+class FakeResponse:
+    def __init__(self, code: int) -> None:
+        from twisted.web.http_headers import Headers
+
+        self.code = code
+        self.headers = Headers()
+        self.length = 0
+        self.request = None
+
+
+def client(**upstream) -> tuple:
+    raw = {"tls": {"self_signed": True}, "auth": {"required": False},
+           "upstream": upstream}
+    config = configmod.build(configmod.Config, raw)
+    clock = Clock()
+    agent = FakeAgent()
+    return OllamaClient(clock, config.upstream, agent=agent), agent, clock
+
+
+class DeadlineTests(SynchronousTestCase):
+    """
+    The headers deadline, whatever cancellation produces underneath.
+    """
+
+    def test_headers_timeout(self) -> None:
+        """
+        No headers within C{timeouts.headers}: the request is cancelled (its
+        connection closed) and the caller sees L{UpstreamTimeout}, mapped to
+        504 C{upstream_timeout}.
+        """
+        upstream, agent, clock = client(timeouts={"headers": 5.0}, breaker={"threshold": 0})
+        d = upstream.send("POST", "/api/chat", {"model": "m"})
+        clock.advance(5)
+        self.assertTrue(agent.requests[0]["cancelled"])
+        failure = self.failureResultOf(d, UpstreamTimeout)
+        err = map_failure(failure, upstream.where)
+        self.assertEqual((err.status, err.code), (504, "upstream_timeout"))
+
+
+class BreakerTests(SynchronousTestCase):
+    """
+    A dead Ollama costs clients milliseconds once the breaker is open.
+    """
+
+    def setUp(self) -> None:
+        self.upstream, self.agent, self.clock = client(
+            breaker={"threshold": 3, "cooldown": 30.0})
+
+    def fail_one(self) -> Failure:
+        d = self.upstream.send("POST", "/api/chat", {})
+        self.agent.requests[-1]["deferred"].errback(Failure(ierror.ConnectionRefusedError()))
+        return self.failureResultOf(d)
+
+    def test_opens_and_fails_fast(self) -> None:
+        """
+        After three refused connections the breaker opens: the next call
+        fails at once with a 503 whose Retry-After is the cool-down left,
+        without touching the upstream.
+        """
+        for _ in range(3):
+            self.assertEqual(map_failure(self.fail_one(), "x").status, 502)
+        self.clock.advance(10)
+        d = self.upstream.send("POST", "/api/chat", {})
+        self.assertEqual(len(self.agent.requests), 3)
+        err = map_failure(self.failureResultOf(d), "x")
+        self.assertEqual(err.status, 503)
+        self.assertEqual(dict(err.headers)["Retry-After"], "20")
+
+    def test_probe_and_recovery(self) -> None:
+        """
+        After the cool-down one probe goes through; its success closes the
+        breaker.
+        """
+        for _ in range(3):
+            self.fail_one()
+        self.clock.advance(30)
+        probe = self.upstream.send("GET", "/api/version")
+        second = self.upstream.send("GET", "/api/version")
+        self.assertEqual(map_failure(self.failureResultOf(second), "x").status, 503)
+        self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
+        self.assertEqual(self.successResultOf(probe).code, 200)
+        self.assertEqual(self.upstream.breaker.state, "closed")
+
+    def test_server_errors_count(self) -> None:
+        """
+        Ollama 500s count as failures but reach the caller as the response
+        (its body carries Ollama's message); 503 (queue full) and 4xx do not
+        count.
+        """
+        for code in (503, 404, 400, 503):
+            d = self.upstream.send("POST", "/api/chat", {})
+            self.agent.requests[-1]["deferred"].callback(FakeResponse(code))
+            self.assertEqual(self.successResultOf(d).code, code)
+        self.assertEqual(self.upstream.breaker.state, "closed")
+        for _ in range(3):
+            d = self.upstream.send("POST", "/api/chat", {})
+            self.agent.requests[-1]["deferred"].callback(FakeResponse(500))
+            self.assertEqual(self.successResultOf(d).code, 500)
+        self.assertEqual(self.upstream.breaker.state, "open")
+
+    def test_client_cancel_is_neutral(self) -> None:
+        """
+        Calls cancelled because the client left say nothing about Ollama.
+        """
+        for _ in range(5):
+            d = self.upstream.send("POST", "/api/chat", {})
+            d.cancel()
+            self.failureResultOf(d)
+        self.assertEqual(self.upstream.breaker.state, "closed")
+
+    def test_slow_model_load_is_not_a_failure(self) -> None:
+        """
+        Headers arriving late but within the deadline (a model loading)
+        are a success.
+        """
+        for _ in range(5):
+            d = self.upstream.send("POST", "/api/chat", {})
+            self.clock.advance(120)
+            self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
+            self.successResultOf(d)
+        self.assertEqual(self.upstream.breaker.state, "closed")
