@@ -202,10 +202,67 @@ class TranslationConfig:
     )
 
 
+def store_url(value: str) -> Optional[str]:
+    """
+    C{memory}, or a C{redis://} / C{rediss://} URL without credentials.
+    """
+    if value == "memory":
+        return None
+    from qwen_twist.store.resp import parse_url
+
+    try:
+        parse_url(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """
+    The Redis shared by several gateways (used when C{limits.store} is a
+    redis:// or rediss:// URL).
+    """
+
+    username: Optional[str] = setting(
+        None, non_empty, "ACL user name (Redis 6+); null = the default user"
+    )
+    password_file: Optional[str] = setting(
+        None, non_empty, "file whose first line is the Redis password; null = no AUTH"
+    )
+    ca_file: Optional[str] = setting(
+        None, non_empty, "rediss://: PEM CA bundle to verify the server; null = system CAs"
+    )
+    connect_timeout: float = setting(1.0, positive, "seconds to connect (and AUTH)")
+    command_timeout: float = setting(
+        0.25, positive,
+        "seconds a limiter decision may wait for Redis before the failure policy applies",
+    )
+    reconnect_max: float = setting(5.0, positive, "longest pause between reconnection attempts")
+    on_failure: str = setting(
+        "open", one_of("open", "closed"),
+        "Redis unreachable: open = each gateway enforces its own limits; "
+        "closed = refuse limited calls (503) and grant no GPU slot",
+    )
+    prefix: str = setting("qwengate:", non_empty, "prefix of every key (several fleets, one Redis)")
+    ban_refresh: float = setting(
+        0.5, positive, "seconds between copies of the shared bans into each gateway"
+    )
+    slot_lease: float = setting(
+        10.0, positive,
+        "seconds a GPU slot lease lasts unless renewed: how long a crashed gateway's "
+        "slots stay taken",
+    )
+    slot_poll: float = setting(
+        0.05, positive, "seconds between asks for a shared GPU slot while all are taken"
+    )
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """
-    Input limits applied before any upstream call.
+    Input limits applied before any upstream call, and where the rate
+    limits, budgets, bans and GPU slots are counted.
     """
 
     max_body_bytes: int = setting(
@@ -223,6 +280,12 @@ class LimitsConfig:
     header_timeout: float = setting(
         10.0, positive, "seconds a client may take to send a request's headers"
     )
+    store: str = setting(
+        "memory", store_url,
+        "where limits, budgets, bans and GPU slots are counted: memory (this "
+        "process) or redis://HOST[:PORT][/DB] / rediss://... shared by several gateways",
+    )
+    redis: RedisConfig = section(RedisConfig)
 
 
 @dataclass(frozen=True)

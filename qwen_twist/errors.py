@@ -152,6 +152,18 @@ def shutting_down() -> ApiError:
     )
 
 
+def limits_unavailable() -> ApiError:
+    """
+    503 when the shared limits store (Redis) cannot be asked and the
+    operator chose C{limits.redis.on_failure: closed}: no call passes
+    unmetered.
+    """
+    return ApiError(
+        503, "rate limiter unavailable; retry later", "server_error",
+        code="limits_unavailable", headers=(("Retry-After", "1"),),
+    )
+
+
 def internal_error() -> ApiError:
     """
     500 for a bug in the gateway. The details go to the log, never to the

@@ -26,18 +26,19 @@ nothing (the hooks run before the first upstream byte).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from qwen_twist import errors
 from qwen_twist.gate.addresses import AddressRules
 from qwen_twist.gate.queue import AdmissionHook, SlotQueue
-from qwen_twist.gate.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.gate.keys import presented_key
-from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
+from qwen_twist.gate.ratelimit import Decision
+from qwen_twist.store.interface import StoreUnavailable, build_store
 
 #: Rough characters per token, to reserve a prompt's share of a token
 #: budget before Ollama has counted it (settled on the real count later).
@@ -92,7 +93,10 @@ class AddressHook:
     Resolves and checks the client address of each request.
     """
 
-    def __init__(self, rules: AddressRules, bans: BanList, clock: Any) -> None:
+    def __init__(self, rules: AddressRules, bans: Any, clock: Any) -> None:
+        """
+        @param bans: the store's local ban view (C{banned_for(ip, now)}).
+        """
         self.rules = rules
         self.bans = bans
         self.clock = clock
@@ -122,8 +126,12 @@ class IdentityHook:
 
     log = Logger()
 
-    def __init__(self, config: Config, keys: Any, jwt: Any, bans: BanList, clock: Any) -> None:
-        self.bans = bans
+    def __init__(self, config: Config, keys: Any, jwt: Any, store: Any, clock: Any) -> None:
+        """
+        @param store: the L{qwen_twist.store.interface.ILimitStore} that
+            counts failures and bans.
+        """
+        self.store = store
         self.clock = clock
         self.configure(config, keys, jwt)
 
@@ -162,7 +170,7 @@ class IdentityHook:
                 return
             self._failed(ctx, now)
             raise unauthorized()
-        self.bans.success(ctx.client_ip, now)
+        self.store.auth_success(ctx.client_ip)
         ctx.identity = identity
         ctx.extra["key_record"] = record
         model = getattr(plan, "model", None) or ctx.model
@@ -181,10 +189,14 @@ class IdentityHook:
             return None
 
     def _failed(self, ctx: CallContext, now: float) -> None:
-        if self.bans.failure(ctx.client_ip, now):
-            self.log.warn(
-                "banning {ip} after repeated authentication failures", ip=ctx.client_ip
-            )
+        # The 401 does not wait for the count: it is the same answer either way.
+        d = self.store.auth_failure(ctx.client_ip)
+        d.addCallback(self._cbCounted, ctx.client_ip)
+        d.addErrback(lambda f: self.log.failure("counting an authentication failure", f))
+
+    def _cbCounted(self, banned: bool, ip: str) -> None:
+        if banned:
+            self.log.warn("banning {ip} after repeated authentication failures", ip=ip)
 
 
 def _certificate_identity(request: Any) -> Optional[str]:
@@ -225,92 +237,96 @@ class PromptLimitHook:
 class RateLimitHook:
     """
     Request buckets per client IP and per identity, and the per-identity
-    token budget.
+    token budget, all kept in the L{qwen_twist.store.interface.ILimitStore}
+    (this process's memory, or a Redis shared by several gateways).
+
+    Buckets are named by their numbers, so a reload that keeps a limit
+    keeps its buckets (no fresh burst for everyone) and one that changes
+    it starts new ones.
     """
 
-    def __init__(self, config: Config, clock: Any) -> None:
+    uses = ("rate_limits",)
+
+    def __init__(self, config: Config, clock: Any, store: Any) -> None:
         self.clock = clock
-        self.per_ip = TokenBuckets(0, 1)
-        self.window = 0.0
-        self._per_key: Dict[int, TokenBuckets] = {}
-        self._budgets: Dict[int, TokenBudget] = {}
+        self.store = store
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         """
-        Take (new) limits. Buckets whose limits did not change are kept, so
-        a reload does not hand every client a fresh burst.
+        Take (new) limits.
         """
-        limits = config.rate_limits
-        if (self.per_ip.rate, self.per_ip.burst) != (limits.per_ip_rate, limits.per_ip_burst):
-            self.per_ip = TokenBuckets(limits.per_ip_rate, limits.per_ip_burst)
-        if self.window != limits.per_key_window:
-            self._per_key = {}
-        self.window = limits.per_key_window
-        self.default_requests = limits.per_key_requests
-        self.default_tokens = limits.per_key_tokens_per_minute
+        self.config = config
 
-    def _key_buckets(self, requests: int) -> TokenBuckets:
-        buckets = self._per_key.get(requests)
-        if buckets is None:
-            buckets = self._per_key[requests] = window_buckets(requests, self.window)
-        return buckets
+    reconfigure = configure
 
-    def _budget(self, tokens: int) -> TokenBudget:
-        budget = self._budgets.get(tokens)
-        if budget is None:
-            budget = self._budgets[tokens] = TokenBudget(tokens)
-        return budget
+    def admit(self, request: Any, ctx: CallContext, plan: Any) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._admit(request, ctx, plan))
 
-    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        now = self.clock.seconds()
-        decision = self.per_ip.take(ctx.client_ip, now)
+    async def _admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        limits = self.config.rate_limits
+        try:
+            await self._check(request, ctx, plan, limits)
+        except StoreUnavailable:
+            # limits.redis.on_failure: closed, and Redis cannot be asked.
+            self.store.adjust(ctx.extra.pop("ip_receipt", None), -1)
+            self.release(ctx)
+            raise errors.limits_unavailable()
+
+    async def _check(self, request: Any, ctx: CallContext, plan: Any, limits: Any) -> None:
+        store = self.store
+        if limits.per_ip_rate > 0:
+            decision = await store.take("ip", limits.per_ip_rate, limits.per_ip_burst,
+                                        ctx.client_ip)
+            if not decision.allowed:
+                _rate_headers(request, decision, "requests")
+                raise too_many("rate limit exceeded for this address", decision)
+            ctx.extra["ip_receipt"] = decision.receipt
+        else:
+            burst = limits.per_ip_burst
+            decision = Decision(True, burst, burst, 0.0, 0.0)
         shown = decision
-        if not decision.allowed:
-            _rate_headers(request, decision, "requests")
-            raise too_many("rate limit exceeded for this address", decision)
         if ctx.identity is not None:
             record = ctx.extra.get("key_record")
-            requests = self.default_requests
-            tokens = self.default_tokens
+            requests = limits.per_key_requests
+            tokens = limits.per_key_tokens_per_minute
             if record is not None:
                 if record.requests_per_window is not None:
                     requests = record.requests_per_window
                 if record.tokens_per_minute is not None:
                     tokens = record.tokens_per_minute
             if requests > 0:
-                shown = self._key_buckets(requests).take(ctx.identity, now)
+                shown = await store.take("key", requests / limits.per_key_window, requests,
+                                         ctx.identity)
                 if not shown.allowed:
-                    self.per_ip.refund(ctx.client_ip, now, 1)
+                    store.adjust(ctx.extra.pop("ip_receipt", None), -1)
                     _rate_headers(request, shown, "requests")
                     raise too_many("rate limit exceeded for this key", shown)
             if tokens > 0:
                 max_tokens = getattr(plan, "max_tokens", None) or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
-                budget = self._budget(tokens)
-                spent = budget.reserve(ctx.identity, now, reserve)
+                spent = await store.take("budget", tokens / 60.0, tokens, ctx.identity, reserve)
                 _rate_headers(request, spent, "tokens")
                 if not spent.allowed:
                     raise too_many("token budget exceeded for this key", spent)
-                ctx.extra["token_reservation"] = (budget, reserve)
+                ctx.extra["token_reservation"] = (spent.receipt, reserve)
+        ctx.extra.pop("ip_receipt", None)
         _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
+        ctx.extra.pop("ip_receipt", None)
         reservation = ctx.extra.pop("token_reservation", None)
         if reservation is None:
             return
-        budget, reserved = reservation
+        receipt, reserved = reservation
         actual = (ctx.usage or {}).get("total_tokens", 0)
         if ctx.usage is None and ctx.outcome != "ok":
             # Nothing was generated (or we cannot know): give it back.
             actual = 0
-        budget.settle(ctx.identity, self.clock.seconds(), reserved, actual)
+        self.store.adjust(receipt, actual - reserved)
 
     def prune(self) -> None:
-        now = self.clock.seconds()
-        self.per_ip.prune(now)
-        for table in list(self._per_key.values()) + list(self._budgets.values()):
-            table.prune(now)
+        self.store.prune()
 
 
 def _rate_headers(request: Any, decision: Decision, kind: str) -> None:
@@ -332,6 +348,16 @@ def total_slots(config: Config) -> int:
     pool's least-busy routing spreads them.
     """
     return config.admission.slots * max(1, len(config.upstream.urls))
+
+
+def slot_name(config: Config) -> str:
+    """
+    The name under which gateways share GPU slots: the upstream URL(s),
+    so gateways in front of the same Ollama servers share one semaphore
+    and those in front of different ones do not.
+    """
+    urls = sorted(config.upstream.urls) or [config.upstream.url]
+    return ",".join(url.rstrip("/") for url in urls)
 
 
 def load_identities(config: Config) -> tuple:
@@ -365,15 +391,21 @@ class Gate:
 
     log = Logger()
 
-    def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
+    def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None,
+                 store: Any = None) -> None:
+        """
+        @param store: the L{qwen_twist.store.interface.ILimitStore}; by
+            default the one C{limits.store} names.
+        """
         keys, jwt = identities if identities is not None else load_identities(config)
         self.clock = clock
-        self.bans = BanList(config.bans.failures, config.bans.duration)
+        self.store = store if store is not None else build_store(config, clock)
+        self.bans = self.store.bans
         self.rules = AddressRules.from_config(config.access)
         self.address = AddressHook(self.rules, self.bans, clock)
-        self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
+        self.identity = IdentityHook(config, keys, jwt, self.store, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
-        self.rates = RateLimitHook(config, clock)
+        self.rates = RateLimitHook(config, clock, self.store)
         self.hooks = [self.address, self.identity, self.prompt, self.rates]
         self.queue: Optional[SlotQueue] = None
         admission = config.admission
@@ -383,6 +415,8 @@ class Gate:
             self.queue = SlotQueue(
                 total_slots(config), admission.max_depth, admission.max_wait, clock
             )
+            # Several gateways in front of the same Ollama share its slots.
+            self.queue.share(self.store.slot_lock(slot_name(config)))
             self.hooks.append(AdmissionHook(self.queue))
 
     def reload(self, config: Config, identities: tuple) -> None:
@@ -396,6 +430,7 @@ class Gate:
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)
+        self.store.reconfigure(config)
         admission = config.admission
         if self.queue is not None and admission.slots > 0:
             self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait)
@@ -407,5 +442,4 @@ class Gate:
         """
         Drop idle buckets and expired bans (called periodically).
         """
-        self.bans.prune(self.clock.seconds())
-        self.rates.prune()
+        self.store.prune()

@@ -27,6 +27,14 @@ fractional weights: owners sit in an insertion-ordered ring and each
 owner's waiters in an insertion-ordered dict, so nothing ever scans the
 waiters, and a cancelled waiter is removed, not left behind as a corpse.
 
+Several gateways in front of the same Ollama (L{SlotQueue.share}): the
+line stays local to each gateway, but a waiter is granted only once a
+lease on one of the upstream's slots is taken from a semaphore shared
+through the limits store (L{qwen_twist.store.interface.ISlotLock}), so
+the gateways together never send more than C{slots} generations. While
+every shared slot is taken the queue asks again every C{poll_interval}
+and whenever one of its own calls ends.
+
 L{AdmissionHook} is the request pipeline's side (see
 L{qwen_twist.pipeline}): it waits for a slot, reports the wait in
 C{x-queue-wait-ms}, maps refusals to 429/503 L{qwen_twist.errors.ApiError}s
@@ -124,16 +132,20 @@ class Ticket:
     @ivar granted_at: when it was granted.
     @ivar queue: the L{SlotQueue} that granted it.
     @ivar released: whether it was given back.
+    @ivar lease: the shared slot's lease, or L{None} (slots not shared, or
+        granted on local count while the shared store was unreachable).
     """
 
-    __slots__ = ("owner", "queued_at", "granted_at", "queue", "released")
+    __slots__ = ("owner", "queued_at", "granted_at", "queue", "released", "lease")
 
-    def __init__(self, owner: str, queued_at: float, granted_at: float, queue: SlotQueue) -> None:
+    def __init__(self, owner: str, queued_at: float, granted_at: float, queue: SlotQueue,
+                 lease: Any = None) -> None:
         self.owner = owner
         self.queued_at = queued_at
         self.granted_at = granted_at
         self.queue = queue
         self.released = False
+        self.lease = lease
 
     @property
     def wait(self) -> float:
@@ -183,7 +195,11 @@ class SlotQueue:
     @ivar busy: slots granted and not yet released.
     @ivar waiting: calls waiting for a slot.
     @ivar stats: a L{QueueStats}.
+    @ivar shared: the L{qwen_twist.store.interface.ISlotLock} shared with
+        other gateways, or L{None}.
     """
+
+    shared: Any = None
 
     def __init__(
         self,
@@ -212,7 +228,17 @@ class SlotQueue:
         # (released_at, service seconds) of recent calls, and their sum.
         self._samples: Deque[Tuple[float, float]] = deque()
         self._sample_total = 0.0
+        # Shared slots: an ask in flight, and the timer of the next one.
+        self._asking = False
+        self._poll: Any = None
         self.configure(slots, max_depth, max_wait, weights)
+
+    def share(self, lock: Any) -> None:
+        """
+        Grant only with a lease from C{lock} (an C{ISlotLock}), or grant
+        on the local count alone when C{lock} is L{None}.
+        """
+        self.shared = lock
 
     def configure(
         self,
@@ -264,11 +290,12 @@ class SlotQueue:
             Cancelling it takes the call out of the line for good.
         """
         now = self.clock.seconds()
-        if self.busy < self.slots and not self.waiting:
+        free = self.busy < self.slots and not self.waiting
+        if free and self.shared is None:
             self.busy += 1
             self.stats.granted += 1
             return succeed(Ticket(owner, now, now, self))
-        if self.waiting >= self.max_depth:
+        if self.waiting >= self.max_depth and not free:
             self.stats.rejected_full += 1
             return fail(QueueFull(self.retry_after()))
         waiter = _Waiter(owner, now)
@@ -280,6 +307,8 @@ class SlotQueue:
             backlog = self._ring[owner] = _Backlog(self.weights.get(owner, 1.0))
         backlog.waiters[waiter] = None
         self.waiting += 1
+        if free:
+            self._dispatch()
         return d
 
     def release(self, ticket: Ticket) -> None:
@@ -294,6 +323,13 @@ class SlotQueue:
         if ticket.released:
             return
         ticket.released = True
+        if ticket.lease is not None and self.shared is not None:
+            self.shared.release(ticket.lease)
+        if self._poll is not None:
+            # Our own slot just came back: ask now rather than at the poll.
+            if self._poll.active():
+                self._poll.cancel()
+            self._poll = None
         self.busy -= 1
         self.stats.released += 1
         now = self.clock.seconds()
@@ -383,18 +419,62 @@ class SlotQueue:
         self._dispatching = True
         try:
             while self.waiting and self.busy < self.slots:
-                waiter = self._next_waiter()
-                if waiter.timer is not None:
-                    if waiter.timer.active():
-                        waiter.timer.cancel()
-                    waiter.timer = None
-                self.busy += 1
-                self.stats.granted += 1
-                ticket = Ticket(waiter.owner, waiter.queued_at, self.clock.seconds(), self)
-                assert waiter.deferred is not None
-                waiter.deferred.callback(ticket)
+                if self.shared is not None:
+                    # A lease first; the answer grants (or not) and comes
+                    # back here. It may come at once (store unreachable).
+                    if self._asking or self._poll is not None:
+                        break
+                    self._ask_shared()
+                    if self._asking or self._poll is not None:
+                        break
+                    continue
+                self._grant_next(None)
         finally:
             self._dispatching = False
+
+    def _grant_next(self, lease: Any) -> None:
+        waiter = self._next_waiter()
+        if waiter.timer is not None:
+            if waiter.timer.active():
+                waiter.timer.cancel()
+            waiter.timer = None
+        self.busy += 1
+        self.stats.granted += 1
+        ticket = Ticket(waiter.owner, waiter.queued_at, self.clock.seconds(), self, lease)
+        assert waiter.deferred is not None
+        waiter.deferred.callback(ticket)
+
+    def _ask_shared(self) -> None:
+        self._asking = True
+        lock = self.shared
+        d = lock.acquire(self.slots)
+        d.addCallbacks(self._cbLease, self._ebLease, callbackArgs=(lock,), errbackArgs=(lock,))
+
+    def _cbLease(self, lease: Any, lock: Any) -> None:
+        self._asking = False
+        if lease is None:
+            # Every shared slot is taken: ask again soon (a release by
+            # another gateway is not announced).
+            self._poll = self.clock.callLater(lock.poll_interval, self._poll_again)
+            return
+        if self.waiting and self.busy < self.slots and lock is self.shared:
+            self._grant_next(lease)
+        else:
+            lock.release(lease)
+        self._dispatch()
+
+    def _ebLease(self, failure: Failure, lock: Any) -> None:
+        self._asking = False
+        if lock.fail_open and self.waiting and self.busy < self.slots:
+            # Unreachable store, fail-open: this gateway's own count rules.
+            self._grant_next(None)
+            self._dispatch()
+        else:
+            self._poll = self.clock.callLater(lock.poll_interval, self._poll_again)
+
+    def _poll_again(self) -> None:
+        self._poll = None
+        self._dispatch()
 
     def _next_waiter(self) -> _Waiter:
         """

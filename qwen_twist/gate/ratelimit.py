@@ -30,8 +30,8 @@ model tokens than it reserved.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Dict, Hashable
 
 # Float slack, so that 30 requests per 60 s admits exactly 30 in a burst and
 # the 31st after exactly 2 s, whatever the rounding of 30 / 0.5.
@@ -51,6 +51,8 @@ class Decision:
         (C{x-ratelimit-reset-*}).
     @ivar retry_after: seconds until this request would be granted; C{0.0}
         when allowed. C{Retry-After} is its ceiling (L{retry_after_header}).
+    @ivar receipt: which store and bucket granted it, for a later refund
+        or charge (L{qwen_twist.store.interface.ILimitStore.adjust}).
     """
 
     allowed: bool
@@ -58,6 +60,7 @@ class Decision:
     remaining: int
     reset_after: float
     retry_after: float
+    receipt: Any = field(default=None, compare=False, repr=False)
 
     def retry_after_header(self) -> str:
         """
@@ -68,6 +71,20 @@ class Decision:
         if self.allowed:
             return "0"
         return str(max(1, math.ceil(self.retry_after - _EPSILON)))
+
+
+def decision_at(allowed: bool, ahead: float, retry_after: float, rate: float,
+                burst: float) -> Decision:
+    """
+    The L{Decision} for a bucket that will be full again in C{ahead}
+    seconds; shared by L{TokenBuckets} and the Redis store, whose script
+    does the same arithmetic on the server and returns C{ahead}.
+    """
+    limit = int(burst)
+    if ahead <= 0.0:
+        return Decision(allowed, limit, limit, 0.0, retry_after)
+    remaining = int(math.floor(burst - ahead * rate + _EPSILON))
+    return Decision(allowed, limit, max(remaining, 0), ahead, retry_after)
 
 
 class TokenBuckets:
@@ -105,11 +122,7 @@ class TokenBuckets:
         return len(self._full_at)
 
     def _decision(self, allowed: bool, full_at: float, now: float, retry_after: float) -> Decision:
-        ahead = full_at - now
-        if ahead <= 0.0:
-            return Decision(allowed, self._limit, self._limit, 0.0, retry_after)
-        remaining = int(math.floor(self.burst - ahead * self.rate + _EPSILON))
-        return Decision(allowed, self._limit, max(remaining, 0), ahead, retry_after)
+        return decision_at(allowed, full_at - now, retry_after, self.rate, self.burst)
 
     def take(self, key: Hashable, now: float, cost: float = 1.0) -> Decision:
         """
