@@ -81,6 +81,9 @@ class Gateway:
             reasoning_field=config.translation.reasoning_field,
             max_think_level=config.translation.think_max,
         )
+        #: The limits store (L{qwen_twist.store.interface.ILimitStore}),
+        #: shown by C{/ready}; L{None} when the gate is not wired.
+        self.store: Any = None
         #: Calls in flight: request id -> the call's context.
         self.active: Dict[str, CallContext] = {}
         self.draining = False

@@ -66,6 +66,10 @@ class Options(usage.Options):
                 self.config.auth.mtls,
             )
             self.identities = gate.load_identities(self.config)
+            if self.config.limits.store != "memory":
+                from qwen_twist.store.redisstore import read_password
+
+                read_password(self.config)
             keys_file = self.config.auth.keys_file
             if keys_file and not os.path.exists(keys_file):
                 notices.append((
@@ -103,6 +107,7 @@ class GatewayService(service.MultiService):
         self.upstream = build_upstream(reactor, config.upstream)
         self.gate = gate.Gate(config, reactor, identities)
         self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks)
+        self.gateway.store = self.gate.store
         self.site = GatewaySite(
             build_root(self.gateway), config, reactor=reactor
         )
@@ -177,6 +182,7 @@ class GatewayService(service.MultiService):
             self.upstream.start()
         for fmt, fields in self._notices:
             self.log.info(fmt, **fields)
+        self.gate.store.start()
         listen = self.config.listen
         self.log.info(
             "qwengate {version} serving https://{address}:{port}/v1 -> {upstream}",
@@ -199,6 +205,7 @@ class GatewayService(service.MultiService):
             else defer.succeed(None)
         d.addCallback(lambda _: self.gateway.drain(self.config.lifecycle.drain_timeout))
         d.addBoth(lambda _: self._stop_others())
+        d.addBoth(lambda _: self.gate.store.stop())
         d.addBoth(lambda _: self.upstream.close())
         return d
 

@@ -71,6 +71,8 @@ class Record:
     @ivar request_count: all requests ever recorded (since L{reset}).
     @ivar streams_active: streams not yet ended; a gauge, so L{reset} keeps
         it.
+    @ivar streams_peak: the most streams active at once since L{reset} (how
+        several gateways sharing GPU slots are checked).
     @ivar pauses: how often the transport paused a stream (backpressure).
     @ivar faults: scripted faults that struck.
     """
@@ -93,6 +95,7 @@ class Record:
         self.requests_abandoned = 0
         self.pauses = 0
         self.faults = 0
+        self.streams_peak = self.streams_active
 
     # recording
 
@@ -103,6 +106,8 @@ class Record:
     def stream_started(self) -> None:
         self.streams_started += 1
         self.streams_active += 1
+        if self.streams_active > self.streams_peak:
+            self.streams_peak = self.streams_active
 
     def stream_completed(self) -> None:
         self.streams_completed += 1
@@ -156,6 +161,7 @@ class Record:
             "streams_abandoned": self.streams_abandoned,
             "streams_faulted": self.streams_faulted,
             "streams_active": self.streams_active,
+            "streams_peak": self.streams_peak,
             "requests_abandoned": self.requests_abandoned,
             "pauses": self.pauses,
             "faults": self.faults,

@@ -52,10 +52,7 @@ class ReadyResource(ApiResource):
             # Several upstreams: the pool's health checks know each one.
             states = upstream.state()
             ready = any(s["healthy"] and s.get("breaker") != "open" for s in states)
-            status = 200 if ready else 503
-            ctx.status = status
-            respond.json_body(request, status, {
-                "status": "ready" if ready else "unavailable", "upstreams": states})
+            self._answer(request, ctx, ready, {"upstreams": states})
             return
         state: dict = {"url": upstream.base_url, "ready": False}
         try:
@@ -76,10 +73,20 @@ class ReadyResource(ApiResource):
             err = failure.value if isinstance(failure.value, errors.ApiError) else (
                 map_failure(failure, upstream.where))
             state["error"] = err.message
-        status = 200 if state["ready"] else 503
+        self._answer(request, ctx, state["ready"], {"upstreams": [state]})
+
+    def _answer(self, request: Any, ctx: CallContext, ready: bool, body: dict) -> None:
+        """
+        Add the limits store's state. A shared store that is down makes the
+        gateway unready only under C{on_failure: closed} (it then refuses
+        every limited call); fail-open keeps serving on local limits.
+        """
+        store = self.gateway.store
+        if store is not None:
+            body["limits_store"] = store.status()
+            if store.status().get("on_failure") == "closed" and store.state != "up":
+                ready = False
+        status = 200 if ready else 503
         ctx.status = status
-        respond.json_body(
-            request,
-            status,
-            {"status": "ready" if state["ready"] else "unavailable", "upstreams": [state]},
-        )
+        body = dict({"status": "ready" if ready else "unavailable"}, **body)
+        respond.json_body(request, status, body)
