@@ -819,3 +819,141 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(len(harness.upstream.calls), 1)
         self.assertEqual((q.busy, q.free), (0, 1))
         self.assertEqual(second.value(), b"")
+
+
+class FakeSlotLock:
+    """
+    An C{ISlotLock} the test answers by hand: C{asks} holds the pending
+    Deferreds, C{released} the leases given back.
+    """
+
+    def __init__(self, fail_open: bool = True) -> None:
+        self.fail_open = fail_open
+        self.poll_interval = 0.05
+        self.asks: List[defer.Deferred] = []
+        self.limits: List[int] = []
+        self.released: List[Any] = []
+        self.unavailable = False
+
+    def acquire(self, limit: int) -> defer.Deferred:
+        self.limits.append(limit)
+        if self.unavailable:
+            from qwen_twist.store.resp import StoreUnavailable
+
+            return defer.fail(StoreUnavailable("down"))
+        d: defer.Deferred = defer.Deferred()
+        self.asks.append(d)
+        return d
+
+    def answer(self, lease: Any) -> None:
+        self.asks.pop(0).callback(lease)
+
+    def release(self, lease: Any) -> None:
+        self.released.append(lease)
+
+
+class SharedSlotTests(SynchronousTestCase):
+    """
+    Several gateways: the line is local, a grant needs a shared lease.
+    """
+
+    def setUp(self) -> None:
+        self.q = queue(slots=2)
+        self.lock = FakeSlotLock()
+        self.q.share(self.lock)
+        self.grants = Grants()
+
+    def test_grant_waits_for_lease(self) -> None:
+        """
+        Even with local slots free, a call is granted only once the shared
+        semaphore (asked with this gateway's slot count) gives a lease,
+        which the ticket carries and gives back on release.
+        """
+        d = self.grants.wait(self.q, "a")
+        self.assertNoResult(d)
+        self.assertEqual(self.lock.limits, [2])
+        self.lock.answer("lease-1")
+        ticket = self.successResultOf(d)
+        self.assertEqual(ticket.lease, "lease-1")
+        self.q.release(ticket)
+        self.assertEqual(self.lock.released, ["lease-1"])
+
+    def test_all_taken_polls(self) -> None:
+        """
+        When every shared slot is taken (by other gateways), the queue asks
+        again after C{poll_interval}, one ask at a time, and grants fairly
+        when a lease comes.
+        """
+        first = self.grants.wait(self.q, "a")
+        second = self.grants.wait(self.q, "b")
+        self.assertEqual(len(self.lock.asks), 1)
+        self.lock.answer(None)
+        self.assertEqual(len(self.lock.asks), 0)
+        self.q.clock.advance(0.05)
+        self.assertEqual(len(self.lock.asks), 1)
+        self.lock.answer("L1")
+        self.assertEqual(self.grants.order, ["a"])
+        self.lock.answer("L2")
+        self.assertEqual(self.grants.order, ["a", "b"])
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(self.lock.asks, [])
+
+    def test_local_slots_still_bound(self) -> None:
+        """
+        The local slot count still caps this gateway: no ask while its own
+        slots are busy.
+        """
+        for owner in "abc":
+            self.grants.wait(self.q, owner)
+        self.lock.answer("L1")
+        self.lock.answer("L2")
+        self.assertEqual(self.lock.asks, [])
+        self.assertEqual(self.q.busy, 2)
+        self.grants.release_oldest(self.q)
+        self.assertEqual(len(self.lock.asks), 1)
+
+    def test_lease_for_nobody_is_returned(self) -> None:
+        """
+        A waiter that left while its lease was asked for: the lease goes
+        back at once, nobody is granted.
+        """
+        d = self.q.acquire("a")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.lock.answer("L1")
+        self.assertEqual(self.lock.released, ["L1"])
+        self.assertEqual(self.q.busy, 0)
+
+    def test_unreachable_fail_open(self) -> None:
+        """
+        Store unreachable, fail-open: granted on the local count alone,
+        with no lease to give back.
+        """
+        self.lock.unavailable = True
+        tickets = [self.successResultOf(self.q.acquire(o)) for o in "ab"]
+        self.assertEqual([t.lease for t in tickets], [None, None])
+        third = self.q.acquire("c")
+        self.assertNoResult(third)
+        self.q.release(tickets[0])
+        self.successResultOf(third)
+        self.assertEqual(self.lock.released, [])
+
+    def test_unreachable_fail_closed(self) -> None:
+        """
+        Store unreachable, fail-closed: nobody is granted; the waiter times
+        out as usual, and is granted if the store comes back first.
+        """
+        self.lock.fail_open = False
+        self.lock.unavailable = True
+        d = self.q.acquire("a")
+        self.q.clock.advance(0.05)
+        self.assertNoResult(d)
+        self.lock.unavailable = False
+        self.q.clock.advance(0.05)
+        self.lock.answer("L1")
+        self.assertEqual(self.successResultOf(d).lease, "L1")
+        late = self.q.acquire("b")
+        self.lock.answer(None)
+        self.q.clock.advance(60)
+        self.failureResultOf(late, QueueTimeout)
