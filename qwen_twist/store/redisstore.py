@@ -368,15 +368,20 @@ class RedisStore:
             self.fallbacks += 1
         return self.local.take_now(family, rate, burst, key, cost)
 
-    def adjust(self, receipt: Any, amount: float) -> None:
+    def adjust(self, receipt: Any, amount: float) -> Any:
+        """
+        @return: a Deferred that fires when Redis has applied it (nobody
+            needs to wait for it but tests).
+        """
         if receipt is None or amount == 0:
-            return
+            return defer.succeed(None)
         if receipt[0] is not self:
             self.local.adjust(receipt, amount)
-            return
+            return defer.succeed(None)
         _, name, rate = receipt
         d = self.client.run_script(ADJUST, [name], [float(rate), float(amount)])
         d.addErrback(self._unavailable)
+        return d
 
     # Bans -------------------------------------------------------------------
 
