@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_bench -*-
 """
-C{python -m bench [all|stream|requests] [options]} (C{./qwengate-dev bench}).
+C{python -m bench [all|stream|requests|limiter] [options]} (C{./qwengate-dev bench}).
 
 Why one entry point with a quick default: developers run C{./qwengate-dev
 bench} before and after a change and compare; the default (C{all} with the
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from bench import requests as requests_bench, stream as stream_bench
+from bench import limiter as limiter_bench, requests as requests_bench, stream as stream_bench
 from bench.processes import FRONTS, BenchError, Stack
 from bench.report import environment, profile_table, save, top_pstats
 
@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="S streams x R tokens/s, direct vs fronts; slow-reader check")
     sub.add_parser("requests", parents=[common, request_opts],
                    help="non-streaming requests/s and added latency at c=1,16,64")
+    limiter = sub.add_parser("limiter", parents=[common],
+                             help="rate-limiter cost per request: in-process vs Redis "
+                                  "(starts its own redis-server)")
+    limiter.add_argument("--requests", type=int, default=limiter_bench.DEFAULT_REQUESTS,
+                         help="requests measured per store (default %(default)s)")
     return parser
 
 
@@ -184,7 +189,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("qwengate benchmarks: %s, %s profile, fronts %s (python %s)"
           % (options.command, options.profile, ",".join(options.fronts), options.python))
     try:
-        results = run(options)
+        if options.command == "limiter":
+            started = time.monotonic()
+            results = limiter_bench.run(options.requests)
+            results["seconds"] = round(time.monotonic() - started, 1)
+        else:
+            results = run(options)
     except BenchError as e:
         print("bench: error: %s" % (e,), file=sys.stderr)
         return 1

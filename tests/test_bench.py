@@ -653,3 +653,29 @@ class CommandLineTests(SynchronousTestCase):
         options = cli.parse_args(["stream", "--streams", "7", "--rate", "3"])
         cases, slow = cli.stream_cases(options)
         self.assertEqual([(c.streams, c.rate, c.duration) for c in cases], [(7, 3.0, 10)])
+
+
+class LimiterBenchTests(SynchronousTestCase):
+    """
+    C{python -m bench limiter}: arguments and the table (the figures
+    themselves are measured by running it, not here).
+    """
+
+    def test_command(self):
+        """
+        C{limiter} takes C{--requests}.
+        """
+        options = cli.parse_args(["limiter", "--requests", "500"])
+        self.assertEqual((options.command, options.requests), ("limiter", 500))
+
+    def test_table(self):
+        """
+        One row per store: median and p99 latency, decisions per second.
+        """
+        from bench import limiter
+
+        text = limiter.table([{"store": "memory", "median_us": 24.4, "p99_us": 80.0,
+                               "per_second_c32": 20000.0}])
+        self.assertIn("memory", text)
+        self.assertIn("24us", text)
+        self.assertIn("20000", text)
