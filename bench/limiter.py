@@ -17,7 +17,6 @@ C{redis-server}).
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess

@@ -248,10 +248,10 @@ class RedisConfig:
     ban_refresh: float = setting(
         0.5, positive, "seconds between copies of the shared bans into each gateway"
     )
-    slot_lease: float = setting(
+    lease: float = setting(
         10.0, positive,
-        "seconds a GPU slot lease lasts unless renewed: how long a crashed gateway's "
-        "slots stay taken",
+        "seconds a gateway's GPU slot leases and connection counts last unless "
+        "renewed: how long a crashed gateway's slots stay taken",
     )
     slot_poll: float = setting(
         0.05, positive, "seconds between asks for a shared GPU slot while all are taken"

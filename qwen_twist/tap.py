@@ -116,6 +116,7 @@ class GatewayService(service.MultiService):
         self.peer_filter = PeerFilterFactory(
             self.factory, self.gate.rules, self.gate.bans, config.connections, reactor
         )
+        self.peer_filter.shared_counts = self.gate.store
         endpoint = listen_endpoint(reactor, config.listen)
         self.listener = internet.StreamServerEndpointService(endpoint, self.peer_filter)
         self.listener.setServiceParent(self)

@@ -242,7 +242,7 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["1", None],
         "bad": [0, -1],
     },
-    "limits.redis.slot_lease": {
+    "limits.redis.lease": {
         "valid": [(30, 30.0)],
         "wrong_type": ["10", None],
         "bad": [0, -2],
@@ -624,7 +624,7 @@ class KeyTableTests(SynchronousTestCase):
                 "limits.redis.on_failure": "open",
                 "limits.redis.prefix": "qwengate:",
                 "limits.redis.ban_refresh": 0.5,
-                "limits.redis.slot_lease": 10.0,
+                "limits.redis.lease": 10.0,
                 "limits.redis.slot_poll": 0.05,
                 "auth.required": True,
                 "auth.keys_file": "/etc/qwengate/keys.yaml",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.trial.unittest import TestCase
 
 from qwen_twist.emulator import server as emulator_server
@@ -25,6 +25,23 @@ from tests.test_live import wait_for
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 STREAM = dict(CHAT, stream=True)
+
+
+class IdleConnection(protocol.Protocol):
+    """
+    A TCP connection that sends nothing; C{lost} fires when it ends.
+    """
+
+    def __init__(self) -> None:
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.callback(None)
+
+
+async def open_idle(gateway) -> IdleConnection:
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port)
+    return await endpoint.connect(protocol.Factory.forProtocol(IdleConnection))
 
 
 class SharedGatewaysTests(TestCase):
@@ -54,7 +71,7 @@ class SharedGatewaysTests(TestCase):
             # Every call is a new connection from 127.0.0.1.
             "connections": {"rate": 1000.0, "burst": 1000},
             "limits": {"store": self.redis.url,
-                       "redis": {"slot_lease": 1.0, "reconnect_max": 0.5}},
+                       "redis": {"lease": 1.0, "reconnect_max": 0.5}},
         }
         for name, values in sections.items():
             config[name] = dict(config.get(name, {}), **values)
@@ -133,7 +150,7 @@ class SharedGatewaysTests(TestCase):
         """
         Gateway A holds both shared slots with long streams and is killed
         (SIGKILL: nothing released). Gateway B's call waits, and is served
-        once A's leases expire (C{slot_lease} 1 s), not never.
+        once A's leases expire (C{lease} 1 s), not never.
         """
         a, b = await self.fleet(
             script={"default": {"tokens": 200, "tokens_per_second": 10}},
@@ -180,3 +197,30 @@ class SharedGatewaysTests(TestCase):
             await sleep(0.1)
         codes = [await self.call(g) for g in (a, b, a, b, a)]
         self.assertEqual(codes, [200, 200, 200, 200, 429])
+
+    @async_test
+    async def test_connections_per_ip_over_both(self) -> None:
+        """
+        C{connections.max_per_ip: 2} holds over both gateways: with two
+        connections open on A, a third on B is closed at once; after one on
+        A ends, B keeps a new one.
+        """
+        a, b = await self.fleet(connections={"max_per_ip": 2})
+        # The start-up health checks' connections are uncounted first.
+        await wait_for(lambda: self.redis.command("EXISTS", "qwengate:conn:127.0.0.1")
+                       == b":0\r\n")
+        held = [await open_idle(a), await open_idle(a)]
+        await sleep(0.2)
+        third = await open_idle(b)
+        started = time.monotonic()
+        await third.lost
+        self.assertLess(time.monotonic() - started, 1.0)
+        held[0].transport.loseConnection()
+        await held[0].lost
+        await sleep(0.2)
+        fourth = await open_idle(b)
+        await sleep(0.5)
+        self.assertFalse(fourth.lost.called)
+        for connection in (held[1], fourth):
+            connection.transport.loseConnection()
+            await connection.lost

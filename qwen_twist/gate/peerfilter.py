@@ -13,6 +13,13 @@ in C{makeConnection}, and every refused peer would first cost a handshake.
 C{policies.LimitConnectionsByPeer} is not used: it indexes C{addr[0]},
 which C{IPv4Address} does not support; this keys by C{addr.host}.
 
+Several gateways sharing a limits store (L{qwen_twist.store}): bans are
+read from the store's local view, so accepting never waits on the network;
+the per-address connection count is also counted in the store once the
+connection is accepted, and a connection that takes an address over
+C{max_per_ip} across all the gateways is closed as soon as the store
+answers (C{shared_counts}).
+
 Trusted proxies (C{access.trusted_proxies}) carry many clients on one
 address, so the per-address measures (bans, the connection bucket, the
 per-address cap) do not apply to them; their clients are told apart at the
@@ -126,6 +133,8 @@ class FilteredConnection(ProtocolWrapper):
         self.peer = peer
         self._state = _SNIFFING
         self._counted = True
+        #: The shared count's Deferred (fires with its ticket), if any.
+        self.shared: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         state = self._state
@@ -144,6 +153,8 @@ class FilteredConnection(ProtocolWrapper):
         if self._counted:
             self._counted = False
             factory.release(self.peer)
+            if self.shared is not None:
+                self.shared.addCallback(factory.shared_counts.connection_closed)
         # TLSMemoryBIOProtocol documents _handshakeDone as an ivar (22.4 to
         # 26.10); another wrapped protocol counts as "no handshake to fail".
         if self._state == _PASSING and not getattr(self.wrappedProtocol, "_handshakeDone", True):
@@ -166,6 +177,9 @@ class PeerFilterFactory(WrappingFactory):
     protocol = FilteredConnection  # type: ignore[assignment]
     noisy = False
     log = Logger()
+    #: The limits store counting connections across gateways
+    #: (C{connection_opened}/C{connection_closed}), or L{None}.
+    shared_counts: Any = None
 
     def __init__(
         self,
@@ -220,7 +234,8 @@ class PeerFilterFactory(WrappingFactory):
         if not rules.permits_address(address):
             return self._refuse(peer, "address", now)
         count = self.per_ip.get(peer, 0)
-        if not (rules.trusted_proxies and address in rules.trusted_proxies):
+        proxy = bool(rules.trusted_proxies and address in rules.trusted_proxies)
+        if not proxy:
             if self.bans.banned_for(peer, now) > 0.0:
                 return self._refuse(peer, "banned", now)
             if not self.buckets.take(peer, now).allowed:
@@ -234,7 +249,28 @@ class PeerFilterFactory(WrappingFactory):
             return None
         self.active += 1
         self.per_ip[peer] = count + 1
-        return self.protocol(self, inner, peer)
+        connection = self.protocol(self, inner, peer)
+        if self.shared_counts is not None and not proxy:
+            connection.shared = self.shared_counts.connection_opened(peer)
+            connection.shared.addCallback(self._cbShared, connection)
+        return connection
+
+    def _cbShared(self, answer: Tuple[Optional[int], Any], connection: FilteredConnection) -> Any:
+        """
+        The store counted the connection: close it if its address now has
+        more than C{max_per_ip} connections over all gateways.
+
+        @return: the ticket, for C{connection_closed}.
+        """
+        total, ticket = answer
+        if total is not None and total > self.connections.max_per_ip and connection._counted:
+            self._refuse(connection.peer, "per_ip", self.clock.seconds())
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+            else:
+                # Answered before the port connected it: close right after.
+                self.clock.callLater(0, lambda: connection.transport.abortConnection())
+        return ticket
 
     def _refuse(self, peer: str, reason: str, now: float) -> None:
         self.refused[reason] += 1

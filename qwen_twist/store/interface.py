@@ -71,6 +71,22 @@ class ILimitStore(Interface):
         Forget C{ip}'s failure streak.
         """
 
+    def connection_opened(ip: str) -> Any:
+        """
+        A connection from C{ip} was accepted by this gateway.
+
+        @return: a Deferred firing with C{(total, ticket)}: C{total} is the
+            connections from C{ip} open on all gateways sharing the store
+            (L{None} when only this gateway's own count is known), C{ticket}
+            what L{connection_closed} needs.
+        """
+
+    def connection_closed(ticket: Any) -> None:
+        """
+        The connection counted with C{ticket} ended (C{None}: it was not
+        counted in the store).
+        """
+
     def slot_lock(name: str) -> Any:
         """
         The semaphore over GPU slots shared with other gateways for the

@@ -155,6 +155,46 @@ return #ARGV - 1
 """)
 
 
+#: KEYS: the address's connection counts (hash: gateway field -> count).
+#: ARGV: this gateway's field, the prefix of the gateways' heartbeat keys,
+#: ttl ms. Counts one more connection for this gateway and returns the
+#: total over the gateways still alive (a dead one's field is dropped).
+CONN_OPEN = Script("""
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] == ARGV[1] or redis.call('EXISTS', ARGV[2] .. fields[i]) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return total
+""")
+
+#: KEYS: the connection counts. ARGV: this gateway's field.
+CONN_CLOSE = Script("""
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+""")
+
+#: KEYS: this gateway's heartbeat, then the connection counts it holds.
+#: ARGV: ttl ms. Keeps them alive while this gateway is.
+HEARTBEAT = Script("""
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+for i = 2, #KEYS do
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+return 1
+""")
+
+
 class BanView:
     """
     The bans the accept-time filter and the address hook read: the shared
@@ -250,6 +290,11 @@ class RedisStore:
         self._tokens = itertools.count(1)
         self._ban_version = ""
         self._locks: Dict[str, RedisSlotLock] = {}
+        # Connection counts: a new field (gateway id + epoch) after each
+        # reconnection, so what was counted before an outage (whose
+        # closings Redis never heard of) dies with the old heartbeat.
+        self._epoch = 0
+        self._connections: Dict[str, int] = {}
         self.client = RedisClient(
             clock, endpoint, db=self.address.db, password=read_password(config),
             username=redis.username, command_timeout=redis.command_timeout,
@@ -291,7 +336,7 @@ class RedisStore:
         if not self._refresh.running:
             self._refresh.start(redis.ban_refresh, now=False)
         if not self._renew.running:
-            self._renew.start(redis.slot_lease / 3.0, now=False)
+            self._renew.start(redis.lease / 3.0, now=False)
 
     def stop(self) -> None:
         for loop in (self._refresh, self._renew):
@@ -302,6 +347,9 @@ class RedisStore:
     def _state_changed(self, state: str, why: str) -> None:
         if state == "up":
             self.log.info("limits store {address} is up", address=str(self.address))
+            self._epoch += 1
+            self._connections = {}
+            self._renew_leases()
             self._refresh_bans()
         else:
             self.log.warn(
@@ -454,8 +502,57 @@ class RedisStore:
         return "%s:%d" % (self.gateway_id, next(self._tokens))
 
     def _renew_leases(self) -> None:
+        if not self.client.connected:
+            return
+        keys = [self._key("gw", self._field())]
+        keys += [self._key("conn", ip) for ip in self._connections]
+        d = self.client.run_script(HEARTBEAT, keys, [self._lease_ms()])
+        d.addErrback(self._unavailable)
         for lock in list(self._locks.values()):
             lock.renew()
+
+    def _lease_ms(self) -> int:
+        return int(self.config.limits.redis.lease * 1000)
+
+    # Connection counts -------------------------------------------------------
+
+    def _field(self) -> str:
+        return "%s:%d" % (self.gateway_id, self._epoch)
+
+    def connection_opened(self, ip: str) -> Any:
+        if not self.client.connected:
+            return defer.succeed((None, None))
+        field, epoch = self._field(), self._epoch
+        d = self.client.run_script(
+            CONN_OPEN, [self._key("conn", ip)], [field, self._key("gw", ""), self._lease_ms()])
+
+        def counted(total: Any) -> tuple:
+            if epoch != self._epoch:
+                return (None, None)
+            self._connections[ip] = self._connections.get(ip, 0) + 1
+            return (int(total), (ip, epoch))
+
+        def failed(failure: Any) -> tuple:
+            self._unavailable(failure)
+            return (None, None)
+
+        d.addCallbacks(counted, failed)
+        return d
+
+    def connection_closed(self, ticket: Any) -> None:
+        if ticket is None:
+            return
+        ip, epoch = ticket
+        if epoch != self._epoch:
+            return
+        left = self._connections.get(ip, 0) - 1
+        if left > 0:
+            self._connections[ip] = left
+        else:
+            self._connections.pop(ip, None)
+        if self.client.connected:
+            d = self.client.run_script(CONN_CLOSE, [self._key("conn", ip)], [self._field()])
+            d.addErrback(self._unavailable)
 
 
 @implementer(ISlotLock)
@@ -463,7 +560,7 @@ class RedisSlotLock:
     """
     Leases on one upstream's GPU slots: a sorted set of tokens scored by
     when each lease ends. This gateway renews its own every third of
-    C{limits.redis.slot_lease}; a gateway that dies stops renewing, and its
+    C{limits.redis.lease}; a gateway that dies stops renewing, and its
     slots come back to the others when the lease ends.
 
     @ivar leases: tokens held by this gateway.
@@ -483,7 +580,7 @@ class RedisSlotLock:
         return self.store.config.limits.redis.slot_poll
 
     def _lease_ms(self) -> int:
-        return int(self.store.config.limits.redis.slot_lease * 1000)
+        return self.store._lease_ms()
 
     def acquire(self, limit: int) -> Any:
         token = self.store.new_token()

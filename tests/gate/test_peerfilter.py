@@ -804,3 +804,80 @@ def wait_for(condition: Any, limit: float = 10.0) -> Any:
             return
         yield task.deferLater(_reactor(), 0.01, lambda: None)
     raise AssertionError("condition not met within %s s" % (limit,))
+
+
+class FakeSharedCounts:
+    """
+    A limits store counting connections across gateways, answered by the
+    test: C{opened} holds C{(ip, Deferred)}, C{closed} the tickets back.
+    """
+
+    def __init__(self) -> None:
+        self.opened: List[Any] = []
+        self.closed: List[Any] = []
+
+    def connection_opened(self, ip: str) -> Any:
+        from twisted.internet import defer
+
+        d: Any = defer.Deferred()
+        self.opened.append((ip, d))
+        return d
+
+    def connection_closed(self, ticket: Any) -> None:
+        self.closed.append(ticket)
+
+
+class SharedConnectionCountTests(FilterFixture, SynchronousTestCase):
+    """
+    Several gateways: C{max_per_ip} holds over all of them, counted in the
+    shared store after accepting (which never waits for it).
+    """
+
+    def setUp(self) -> None:
+        self.make(max_per_ip=2)
+        self.counts = self.factory.shared_counts = FakeSharedCounts()
+
+    def test_within_limit(self) -> None:
+        """
+        The connection is accepted at once and counted in the store; its
+        ticket goes back when it ends.
+        """
+        p = self.connect()
+        self.assertEqual([ip for ip, _ in self.counts.opened], ["192.0.2.1"])
+        self.counts.opened[0][1].callback((2, "ticket-1"))
+        self.assertFalse(p.transport.disconnecting)
+        p.connectionLost(lost())
+        self.assertEqual(self.counts.closed, ["ticket-1"])
+
+    def test_over_limit_elsewhere(self) -> None:
+        """
+        An address already at C{max_per_ip} on other gateways: the new
+        connection is closed as soon as the store answers, counted and
+        logged as a per-address refusal, and uncounted again.
+        """
+        p = self.connect()
+        self.counts.opened[0][1].callback((3, "ticket-1"))
+        self.assertTrue(p.transport.disconnecting)
+        self.assertEqual(self.factory.refused["per_ip"], 1)
+        p.connectionLost(lost())
+        self.assertEqual(self.counts.closed, ["ticket-1"])
+
+    def test_closed_before_answer(self) -> None:
+        """
+        A connection that ends before the store answered is uncounted
+        once the answer comes.
+        """
+        p = self.connect()
+        p.connectionLost(lost())
+        self.assertEqual(self.counts.closed, [])
+        self.counts.opened[0][1].callback((1, "ticket-1"))
+        self.assertEqual(self.counts.closed, ["ticket-1"])
+
+    def test_trusted_proxy_not_counted(self) -> None:
+        """
+        A trusted proxy's connections carry many clients: not counted.
+        """
+        self.make(trusted=("192.0.2.1",), max_per_ip=2)
+        self.counts = self.factory.shared_counts = FakeSharedCounts()
+        self.connect()
+        self.assertEqual(self.counts.opened, [])

@@ -33,7 +33,7 @@ class RedisStoreTests(TestCase):
         self.server = start_redis(self)
 
     def store(self, **redis) -> RedisStore:
-        settings = {"ban_refresh": 0.1, "slot_lease": 0.6, "reconnect_max": 0.2,
+        settings = {"ban_refresh": 0.1, "lease": 0.6, "reconnect_max": 0.2,
                     "command_timeout": 1.0}
         settings.update(redis)
         config = configmod.build(configmod.Config, {
@@ -155,7 +155,7 @@ class RedisStoreTests(TestCase):
     async def test_dead_gateway_lease_expires(self) -> None:
         """
         Leases held by a gateway that stops renewing (killed) come back
-        after C{slot_lease}; a live gateway's leases are renewed past it.
+        after C{lease}; a live gateway's leases are renewed past it.
         """
         a, b = await self.two()
         dead, live = a.slot_lock("ollama"), b.slot_lock("ollama")
@@ -193,10 +193,46 @@ class RedisStoreTests(TestCase):
         self.assertTrue((await a.take("key", 0.001, 2, "alice")).allowed)
         self.server.start()
         await self.until(lambda: a.state == b.state == "up", 10.0)
-        self.assertEqual(self.server.command("DBSIZE"), b":0\r\n")
+        self.assertEqual(self.server.command("KEYS", "qwengate:b:*"), b"*0\r\n")
         shared = [await store.take("key", 0.001, 2, "alice") for store in (a, b, a)]
         self.assertEqual([d.allowed for d in shared], [True, True, False])
         self.assertEqual(a.fallbacks, 4)
+
+    @async_test
+    async def test_connection_counts(self) -> None:
+        """
+        Connections from one address are counted over both gateways; a
+        closed one is uncounted; a dead gateway's count disappears with its
+        heartbeat (C{lease}).
+        """
+        a, b = await self.two()
+        first = await a.connection_opened("192.0.2.5")
+        second = await b.connection_opened("192.0.2.5")
+        self.assertEqual((first[0], second[0]), (1, 2))
+        a.connection_closed(first[1])
+        await sleep(0.05)
+        self.assertEqual((await a.connection_opened("192.0.2.5"))[0], 2)
+        b.stop()
+        await sleep(0.8)
+        self.assertEqual((await a.connection_opened("192.0.2.5"))[0], 2)
+
+    @async_test
+    async def test_connection_counts_across_outage(self) -> None:
+        """
+        Connections counted before a Redis outage are not counted (nor
+        uncounted) after it: the gateway starts a new field, so a closing
+        Redis never heard of cannot leave a count behind.
+        """
+        a = self.store()
+        await self.until(lambda: a.state == "up")
+        _, before = await a.connection_opened("192.0.2.5")
+        self.server.kill()
+        await self.until(lambda: a.state == "down")
+        self.assertEqual(await a.connection_opened("192.0.2.5"), (None, None))
+        self.server.start()
+        await self.until(lambda: a.state == "up", 10.0)
+        a.connection_closed(before)
+        self.assertEqual((await a.connection_opened("192.0.2.5"))[0], 1)
 
     @async_test
     async def test_fail_closed(self) -> None:
