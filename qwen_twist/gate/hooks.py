@@ -430,6 +430,8 @@ class Gate:
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)
+        if config.limits.store != self.store.config.limits.store:
+            self.log.warn("limits.store changed: takes effect at the next restart")
         self.store.reconfigure(config)
         admission = config.admission
         if self.queue is not None and admission.slots > 0:
