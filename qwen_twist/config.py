@@ -31,11 +31,8 @@ from typing import Optional, Tuple
 import yaml
 
 from qwen_twist import schema
-from qwen_twist.schema import (  # noqa: F401 -- re-exported
-    Check,
+from qwen_twist.schema import (
     ConfigError,
-    _convert_scalar,
-    _describe,
     _join,
     between,
     build,
@@ -43,7 +40,6 @@ from qwen_twist.schema import (  # noqa: F401 -- re-exported
     http_origin,
     http_url,
     ip_address,
-    merge_settings,
     non_empty,
     non_negative,
     one_of,
@@ -225,15 +221,18 @@ class RedisConfig:
     """
 
     username: Optional[str] = setting(
-        None, non_empty, "ACL user name (Redis 6+); null = the default user"
+        None, non_empty, "ACL user name (Redis 6+); null = the default user", restart=True
     )
     password_file: Optional[str] = setting(
-        None, non_empty, "file whose first line is the Redis password; null = no AUTH"
+        None, non_empty, "file whose first line is the Redis password; null = no AUTH",
+        restart=True,
     )
     ca_file: Optional[str] = setting(
-        None, non_empty, "rediss://: PEM CA bundle to verify the server; null = system CAs"
+        None, non_empty, "rediss://: PEM CA bundle to verify the server; null = system CAs",
+        restart=True,
     )
-    connect_timeout: float = setting(1.0, positive, "seconds to connect (and AUTH)")
+    connect_timeout: float = setting(1.0, positive, "seconds to connect (and AUTH)",
+                                     restart=True)
     command_timeout: float = setting(
         0.25, positive,
         "seconds a limiter decision may wait for Redis before the failure policy applies",
@@ -244,7 +243,8 @@ class RedisConfig:
         "Redis unreachable: open = each gateway enforces its own limits; "
         "closed = refuse limited calls (503) and grant no GPU slot",
     )
-    prefix: str = setting("qwengate:", non_empty, "prefix of every key (several fleets, one Redis)")
+    prefix: str = setting("qwengate:", non_empty,
+                          "prefix of every key (several fleets, one Redis)", restart=True)
     ban_refresh: float = setting(
         0.5, positive, "seconds between copies of the shared bans into each gateway"
     )
@@ -284,6 +284,7 @@ class LimitsConfig:
         "memory", store_url,
         "where limits, budgets, bans and GPU slots are counted: memory (this "
         "process) or redis://HOST[:PORT][/DB] / rediss://... shared by several gateways",
+        restart=True,
     )
     redis: RedisConfig = section(RedisConfig)
 
@@ -480,8 +481,9 @@ class Config:
     The whole configuration file.
     """
 
-    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory")
-    listen: ListenConfig = section(ListenConfig)
+    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory",
+                             restart=True)
+    listen: ListenConfig = section(ListenConfig, restart=True)
     tls: TLSConfig = section(TLSConfig)
     upstream: UpstreamConfig = section(UpstreamConfig)
     streaming: StreamingConfig = section(StreamingConfig)

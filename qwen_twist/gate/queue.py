@@ -52,9 +52,11 @@ from typing import Any, Deque, Mapping, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.interfaces import IAdmissionHook
 
 #: C{Retry-After} (seconds) when no call has finished recently, so the
 #: service rate is unknown.
@@ -132,8 +134,9 @@ class Ticket:
     @ivar granted_at: when it was granted.
     @ivar queue: the L{SlotQueue} that granted it.
     @ivar released: whether it was given back.
-    @ivar lease: the shared slot's lease, or L{None} (slots not shared, or
-        granted on local count while the shared store was unreachable).
+    @ivar lease: C{(lock, lease)} for a shared slot, or L{None} (slots not
+        shared, or granted on the local count while the shared store was
+        unreachable).
     """
 
     __slots__ = ("owner", "queued_at", "granted_at", "queue", "released", "lease")
@@ -323,8 +326,9 @@ class SlotQueue:
         if ticket.released:
             return
         ticket.released = True
-        if ticket.lease is not None and self.shared is not None:
-            self.shared.release(ticket.lease)
+        if ticket.lease is not None:
+            lock, lease = ticket.lease
+            lock.release(lease)
         if self._poll is not None:
             # Our own slot just came back: ask now rather than at the poll.
             if self._poll.active():
@@ -458,7 +462,7 @@ class SlotQueue:
             self._poll = self.clock.callLater(lock.poll_interval, self._poll_again)
             return
         if self.waiting and self.busy < self.slots and lock is self.shared:
-            self._grant_next(lease)
+            self._grant_next((lock, lease))
         else:
             lock.release(lease)
         self._dispatch()
@@ -531,6 +535,7 @@ def queue_timeout(retry_after: float) -> errors.ApiError:
     )
 
 
+@implementer(IAdmissionHook)
 class AdmissionHook:
     """
     The pipeline hook: admit() waits for a slot (owner = C{ctx.identity},

@@ -323,7 +323,12 @@ class RedisStore:
         """
         self.config = config
         self.local.reconfigure(config)
-        self.client.command_timeout = config.limits.redis.command_timeout
+        redis = config.limits.redis
+        self.client.command_timeout = redis.command_timeout
+        self.client.backoff = (min(0.1, redis.reconnect_max), redis.reconnect_max)
+        # Loops take a new interval from their next run.
+        self._refresh.interval = redis.ban_refresh
+        self._renew.interval = redis.lease / 3.0
 
     def _key(self, *parts: Any) -> str:
         return self.config.limits.redis.prefix + ":".join(str(p) for p in parts)

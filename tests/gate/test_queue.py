@@ -874,7 +874,7 @@ class SharedSlotTests(SynchronousTestCase):
         self.assertEqual(self.lock.limits, [2])
         self.lock.answer("lease-1")
         ticket = self.successResultOf(d)
-        self.assertEqual(ticket.lease, "lease-1")
+        self.assertEqual(ticket.lease, (self.lock, "lease-1"))
         self.q.release(ticket)
         self.assertEqual(self.lock.released, ["lease-1"])
 
@@ -952,7 +952,7 @@ class SharedSlotTests(SynchronousTestCase):
         self.lock.unavailable = False
         self.q.clock.advance(0.05)
         self.lock.answer("L1")
-        self.assertEqual(self.successResultOf(d).lease, "L1")
+        self.assertEqual(self.successResultOf(d).lease, (self.lock, "L1"))
         late = self.q.acquire("b")
         self.lock.answer(None)
         self.q.clock.advance(60)
