@@ -29,7 +29,8 @@ from qwen_twist.tap import GatewayService
 #: Candidate new values for settings whose type alone does not give a
 #: valid one; the first candidate that validates and differs is used.
 STRING_CANDIDATES = ("127.0.0.2", "1.3", "reasoning", "RS256", "require", "ECDHE+AESGCM",
-                     "http://127.0.0.1:11435", "/tmp/qwengate-reload-test.pem", "name")
+                     "http://127.0.0.1:11435", "/tmp/qwengate-reload-test.pem", "name",
+                     "redis://127.0.0.1:6390/1", "closed")
 LIST_CANDIDATES = (["10.0.0.0/8"], ["https://chat.example.com"], ["usage"],
                    ["http://127.0.0.1:11436"])
 

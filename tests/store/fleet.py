@@ -22,7 +22,7 @@ from twisted.web import client as wclient
 
 import treq.client
 
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 from tests.store.server import free_port
 
