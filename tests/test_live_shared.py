@@ -12,6 +12,7 @@ import os
 import time
 
 from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.error import ConnectError
 from twisted.trial.unittest import TestCase
 
 from qwen_twist.emulator import server as emulator_server
@@ -211,9 +212,12 @@ class SharedGatewaysTests(TestCase):
                        == b":0\r\n")
         held = [await open_idle(a), await open_idle(a)]
         await sleep(0.2)
-        third = await open_idle(b)
         started = time.monotonic()
-        await third.lost
+        try:
+            third = await open_idle(b)
+            await third.lost
+        except ConnectError:
+            pass  # reset before this (busy) reactor saw the connect complete
         self.assertLess(time.monotonic() - started, 1.0)
         held[0].transport.loseConnection()
         await held[0].lost

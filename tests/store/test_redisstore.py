@@ -7,19 +7,17 @@ expire, and the failure policy holds when Redis is killed and restarted.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from qwen_twist import config as configmod
 from qwen_twist.store.redisstore import RedisStore
 from qwen_twist.store.resp import StoreUnavailable
 
+from tests.store.fleet import sleep
 from tests.store.server import start_redis
 from tests.support import async_test
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
+from tests.test_live import wait_for
 
 
 class RedisStoreTests(TestCase):
@@ -46,16 +44,9 @@ class RedisStoreTests(TestCase):
         store.start()
         return store
 
-    async def until(self, predicate, timeout: float = 5.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail("condition not met within %gs" % (timeout,))
-            await sleep(0.02)
-
     async def two(self, **redis) -> tuple:
         a, b = self.store(**redis), self.store(**redis)
-        await self.until(lambda: a.state == b.state == "up")
+        await wait_for(lambda: a.state == b.state == "up")
         return a, b
 
     @async_test
@@ -117,7 +108,7 @@ class RedisStoreTests(TestCase):
         self.assertTrue(await a.auth_failure("192.0.2.9"))
         self.assertGreater(a.bans.banned_for("192.0.2.9", reactor.seconds()), 29)
         started = reactor.seconds()
-        await self.until(lambda: b.bans.banned_for("192.0.2.9", reactor.seconds()) > 0, 1.0)
+        await wait_for(lambda: b.bans.banned_for("192.0.2.9", reactor.seconds()) > 0, 1.0)
         self.assertLess(reactor.seconds() - started, 1.0)
         # Failures while banned neither extend nor restart anything.
         self.assertFalse(await b.auth_failure("192.0.2.9"))
@@ -180,7 +171,7 @@ class RedisStoreTests(TestCase):
         """
         a, b = await self.two()
         self.server.kill()
-        await self.until(lambda: a.state == "down")
+        await wait_for(lambda: a.state == "down")
         decisions = [await a.take("key", 0.001, 2, "alice") for _ in range(3)]
         self.assertEqual([d.allowed for d in decisions], [True, True, False])
         self.assertEqual(a.fallbacks, 3)
@@ -192,7 +183,7 @@ class RedisStoreTests(TestCase):
         a.adjust(decisions[0].receipt, -1)
         self.assertTrue((await a.take("key", 0.001, 2, "alice")).allowed)
         self.server.start()
-        await self.until(lambda: a.state == b.state == "up", 10.0)
+        await wait_for(lambda: a.state == b.state == "up", 10.0)
         self.assertEqual(self.server.command("KEYS", "qwengate:b:*"), b"*0\r\n")
         shared = [await store.take("key", 0.001, 2, "alice") for store in (a, b, a)]
         self.assertEqual([d.allowed for d in shared], [True, True, False])
@@ -224,13 +215,13 @@ class RedisStoreTests(TestCase):
         Redis never heard of cannot leave a count behind.
         """
         a = self.store()
-        await self.until(lambda: a.state == "up")
+        await wait_for(lambda: a.state == "up")
         _, before = await a.connection_opened("192.0.2.5")
         self.server.kill()
-        await self.until(lambda: a.state == "down")
+        await wait_for(lambda: a.state == "down")
         self.assertEqual(await a.connection_opened("192.0.2.5"), (None, None))
         self.server.start()
-        await self.until(lambda: a.state == "up", 10.0)
+        await wait_for(lambda: a.state == "up", 10.0)
         a.connection_closed(before)
         self.assertEqual((await a.connection_opened("192.0.2.5"))[0], 1)
 
@@ -242,9 +233,9 @@ class RedisStoreTests(TestCase):
         still pass.
         """
         a = self.store(on_failure="closed")
-        await self.until(lambda: a.state == "up")
+        await wait_for(lambda: a.state == "up")
         self.server.kill()
-        await self.until(lambda: a.state == "down")
+        await wait_for(lambda: a.state == "down")
         with self.assertRaises(StoreUnavailable):
             await a.take("key", 1.0, 5, "alice")
         self.assertTrue((await a.take("ip", 0, 5, "192.0.2.1")).allowed)
@@ -258,10 +249,10 @@ class RedisStoreTests(TestCase):
         a = self.store()
         seen = []
         a.state_observers.append(seen.append)
-        await self.until(lambda: a.state == "up")
+        await wait_for(lambda: a.state == "up")
         self.server.kill()
-        await self.until(lambda: a.state == "down")
+        await wait_for(lambda: a.state == "down")
         await sleep(0.5)
         self.server.start()
-        await self.until(lambda: a.state == "up", 10.0)
+        await wait_for(lambda: a.state == "up", 10.0)
         self.assertEqual(seen, ["up", "down", "up"])

@@ -30,6 +30,7 @@ from qwen_twist.store.resp import (
 
 from tests.store.server import start_redis
 from tests.support import async_test
+from tests.test_live import wait_for
 
 
 class EncodeTests(SynchronousTestCase):
@@ -293,13 +294,6 @@ class LiveClientTests(TestCase):
         client.start()
         return client
 
-    async def until(self, predicate, timeout: float = 5.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail("condition not met within %gs" % (timeout,))
-            await deferLater(0.02)
-
     @async_test
     async def test_auth_select_pipeline(self) -> None:
         """
@@ -308,7 +302,7 @@ class LiveClientTests(TestCase):
         """
         server = start_redis(self, password="s3cret")
         client = self.client(server, password="s3cret", db=2)
-        await self.until(lambda: client.connected)
+        await wait_for(lambda: client.connected)
         replies = await defer.gatherResults([
             client.execute(b"SET", b"k", b"v"), client.execute(b"GET", b"k"),
             client.execute(b"INCR", b"n"), client.execute(b"INCR", b"n")])
@@ -323,7 +317,7 @@ class LiveClientTests(TestCase):
         server = start_redis(self, password="s3cret")
         states = []
         client = self.client(server, password="wrong", states=states)
-        await self.until(lambda: client.failures >= 2)
+        await wait_for(lambda: client.failures >= 2)
         self.assertEqual(states, ["down"])
         self.assertFalse(client.connected)
 
@@ -337,20 +331,14 @@ class LiveClientTests(TestCase):
         server = start_redis(self)
         states = []
         client = self.client(server, states=states)
-        await self.until(lambda: client.connected)
+        await wait_for(lambda: client.connected)
         script = Script("return redis.call('INCR', KEYS[1])")
         self.assertEqual(await client.run_script(script, [b"n"], []), 1)
         server.kill()
-        await self.until(lambda: not client.connected)
+        await wait_for(lambda: not client.connected)
         with self.assertRaises(StoreUnavailable):
             await client.execute(b"PING")
         server.start()
-        await self.until(lambda: client.connected)
+        await wait_for(lambda: client.connected)
         self.assertEqual(await client.run_script(script, [b"n"], []), 1)
         self.assertEqual(states, ["up", "down", "up"])
-
-
-def deferLater(seconds: float) -> defer.Deferred:
-    from twisted.internet import task
-
-    return task.deferLater(reactor, seconds, lambda: None)
