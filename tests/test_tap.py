@@ -161,6 +161,19 @@ class OptionsTests(ConfigFileMixin, SynchronousTestCase):
         self.assertTrue(error.code.startswith("%s: auth.keys_file: is required" % (path,)), error.code)
         self.assertNotIn("\n", error.code)
 
+    def test_redis_password_file_missing(self):
+        """
+        A shared limits store whose password file cannot be read stops the
+        daemon at start-up with one line naming the key.
+        """
+        path = self.valid_config(
+            "limits:\n  store: redis://127.0.0.1:6379\n  redis:\n"
+            "    password_file: /nonexistent/redis.password\n")
+        error = self.assertRaises(SystemExit, tap.Options().parseOptions, ["--config", path])
+        self.assertTrue(error.code.startswith("%s: limits.redis.password_file: cannot read"
+                                              % (path,)), error.code)
+        self.assertNotIn("\n", error.code)
+
     def test_unknown_key(self):
         """
         A typo stops the daemon naming the dotted path.

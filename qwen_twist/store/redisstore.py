@@ -370,9 +370,10 @@ class RedisStore:
                 self.log.failure("limits store state observer failed")
 
     def status(self) -> dict:
+        # Not the address: /ready answers anyone, and where Redis lives is
+        # the operator's business (it is in the log).
         return {
             "kind": "redis",
-            "address": str(self.address),
             "state": self.state,
             "shared": self.state == "up",
             "on_failure": self.config.limits.redis.on_failure,
