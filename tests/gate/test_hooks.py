@@ -348,3 +348,42 @@ class JwtTests(SynchronousTestCase):
         for token in (forged, unsigned, self.token(exp=now + 3600)):
             self.assertEqual(self.chat(token).status, 401)
         self.assertEqual(self.harness.upstream.calls, [])
+
+
+class ClosedStore:
+    """
+    A shared limits store that cannot be asked, under the fail-closed
+    policy: every decision fails.
+    """
+
+    def __init__(self) -> None:
+        self.adjusted = []
+
+    def take(self, family, rate, burst, key, cost=1.0):
+        from twisted.internet import defer
+
+        from qwen_twist.store.resp import StoreUnavailable
+
+        return defer.fail(StoreUnavailable("down"))
+
+    def adjust(self, receipt, amount):
+        self.adjusted.append((receipt, amount))
+
+
+class FailClosedTests(GateTestsMixin, SynchronousTestCase):
+    """
+    C{limits.redis.on_failure: closed} with Redis unreachable.
+    """
+
+    def test_limited_call_refused(self) -> None:
+        """
+        A call that a limit applies to gets 503 C{limits_unavailable} with
+        C{Retry-After}, and costs Ollama nothing.
+        """
+        self.make(rate_limits={"per_ip_rate": 5.0})
+        self.harness.gate.rates.store = ClosedStore()
+        response = self.chat(self.bearer())
+        self.assertEqual(response.status, 503)
+        self.assertEqual(response.json()["error"]["code"], "limits_unavailable")
+        self.assertEqual(response.headers["retry-after"], "1")
+        self.assertEqual(self.harness.upstream.calls, [])
