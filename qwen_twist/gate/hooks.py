@@ -179,7 +179,7 @@ class IdentityHook:
             raise unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
-        ctx.extra["key_record"] = record
+        ctx.key_record = record
         model = getattr(plan, "model", None) or ctx.model
         if record is not None and model and not record.allows_model(model):
             raise forbidden(
@@ -292,7 +292,7 @@ class RateLimitHook:
             _rate_headers(request, decision, "requests")
             raise too_many("rate limit exceeded for this address", decision)
         if ctx.identity is not None:
-            record = ctx.extra.get("key_record")
+            record = ctx.key_record
             requests = self.default_requests
             tokens = self.default_tokens
             if record is not None:
@@ -314,11 +314,11 @@ class RateLimitHook:
                 _rate_headers(request, spent, "tokens")
                 if not spent.allowed:
                     raise too_many("token budget exceeded for this key", spent)
-                ctx.extra["token_reservation"] = (budget, reserve)
+                ctx.token_reservation = (budget, reserve)
         _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
-        reservation = ctx.extra.pop("token_reservation", None)
+        reservation, ctx.token_reservation = ctx.token_reservation, None
         if reservation is None:
             return
         budget, reserved = reservation

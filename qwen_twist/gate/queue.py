@@ -424,9 +424,6 @@ class SlotQueue:
             return waiter
 
 
-#: C{ctx.extra} key of the granted L{Ticket}.
-TICKET = "queue_ticket"
-
 
 def _retry_after_header(seconds: float) -> Tuple[str, str]:
     return ("Retry-After", str(max(1, int(math.ceil(seconds)))))
@@ -458,7 +455,7 @@ class AdmissionHook:
     """
     The pipeline hook: admit() waits for a slot (owner = C{ctx.identity},
     or C{"ip:" + ctx.client_ip} for anonymous calls), sets
-    C{ctx.extra["queue_wait_ms"]} and the response header C{x-queue-wait-ms}
+    C{ctx.queue_wait_ms} and the response header C{x-queue-wait-ms}
     when granted; refusals become L{errors.ApiError} 429 (queue full, code
     C{queue_full}) or 503 (waited too long, code C{queue_timeout}), both
     with C{Retry-After}; release(ctx) frees the ticket if one was granted.
@@ -486,9 +483,9 @@ class AdmissionHook:
         return d
 
     def _granted(self, ticket: Ticket, request: Any, ctx: CallContext) -> None:
-        ctx.extra[TICKET] = ticket
+        ctx.queue_ticket = ticket
         wait_ms = ticket.wait * 1000.0
-        ctx.extra["queue_wait_ms"] = wait_ms
+        ctx.queue_wait_ms = wait_ms
         try:
             request.setHeader(b"x-queue-wait-ms", b"%d" % (round(wait_ms),))
         except BaseException:
@@ -506,11 +503,11 @@ class AdmissionHook:
             error = queue_timeout(refusal.retry_after)
         else:
             error = queue_full(refusal.retry_after)
-        ctx.extra["queue_wait_ms"] = waited_ms
+        ctx.queue_wait_ms = waited_ms
         request.setHeader(b"x-queue-wait-ms", b"%d" % (round(waited_ms),))
         raise error
 
     def release(self, ctx: CallContext) -> None:
-        ticket = ctx.extra.pop(TICKET, None)
+        ticket, ctx.queue_ticket = ctx.queue_ticket, None
         if ticket is not None:
             ticket.queue.release(ticket)
