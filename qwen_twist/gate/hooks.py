@@ -25,7 +25,6 @@ nothing (the hooks run before the first upstream byte).
 
 from __future__ import annotations
 
-import math
 from typing import Any, List, Optional
 
 from twisted.internet import defer
@@ -46,33 +45,6 @@ from qwen_twist.store.interface import StoreUnavailable, build_store
 #: Rough characters per token, to reserve a prompt's share of a token
 #: budget before Ollama has counted it (settled on the real count later).
 CHARS_PER_TOKEN = 4
-
-
-def unauthorized() -> errors.ApiError:
-    """
-    The seed's 401, in the OpenAI envelope (what the SDK raises as
-    C{AuthenticationError}).
-    """
-    return errors.ApiError(
-        401, "invalid api key", "invalid_request_error", code="invalid_api_key",
-        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
-    )
-
-
-def forbidden(message: str, code: str) -> errors.ApiError:
-    return errors.ApiError(403, message, "invalid_request_error", code=code)
-
-
-def too_many(message: str, decision: Decision) -> errors.ApiError:
-    """
-    429 with C{Retry-After} computed from the bucket (whole seconds, at
-    least 1: the OpenAI SDK honours it when at most 60 s).
-    """
-    retry = max(1, int(math.ceil(decision.retry_after)))
-    return errors.ApiError(
-        429, message, "rate_limit_error", code="rate_limit_exceeded",
-        headers=(("Retry-After", str(retry)),),
-    )
 
 
 def _header(request: Any, name: bytes) -> Optional[bytes]:
@@ -120,9 +92,9 @@ class AddressHook:
         if ctx.client_ip != peer:
             # A forwarded client: the accept-time checks saw only the proxy.
             if not self.rules.permits(ctx.client_ip):
-                raise forbidden("address not allowed", "address_not_allowed")
+                raise errors.forbidden("address not allowed", "address_not_allowed")
         if self.bans.banned_for(ctx.client_ip, self.clock.seconds()) > 0:
-            raise forbidden("address temporarily banned", "address_banned")
+            raise errors.forbidden("address temporarily banned", "address_banned")
 
 
 @implementer(IAdmissionHook)
@@ -184,13 +156,13 @@ class IdentityHook:
                 # so an unknown one is simply not an identity.
                 return
             self._failed(ctx, now)
-            raise unauthorized()
+            raise errors.unauthorized()
         self.store.auth_success(ctx.client_ip)
         ctx.identity = identity
-        ctx.extra["key_record"] = record
+        ctx.key_record = record
         model = getattr(plan, "model", None) or ctx.model
         if record is not None and model and not record.allows_model(model):
-            raise forbidden(
+            raise errors.forbidden(
                 "this API key may not use model %r" % (model,), "model_not_allowed"
             )
 
@@ -286,30 +258,34 @@ class RateLimitHook:
         return defer.Deferred.fromCoroutine(self._admit(request, ctx, plan))
 
     async def _admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        limits = self.config.rate_limits
+        # The per-IP token, given back when a later limit refuses the call.
+        taken: List[Any] = []
         try:
-            await self._check(request, ctx, plan, limits)
+            await self._check(request, ctx, plan, self.config.rate_limits, taken)
         except StoreUnavailable:
             # limits.redis.on_failure: closed, and Redis cannot be asked.
-            self.store.adjust(ctx.extra.pop("ip_receipt", None), -1)
+            for receipt in taken:
+                self.store.adjust(receipt, -1)
             self.release(ctx)
             raise errors.limits_unavailable()
 
-    async def _check(self, request: Any, ctx: CallContext, plan: Any, limits: Any) -> None:
+    async def _check(self, request: Any, ctx: CallContext, plan: Any, limits: Any,
+                     taken: List[Any]) -> None:
         store = self.store
         if limits.per_ip_rate > 0:
             decision = await store.take("ip", limits.per_ip_rate, limits.per_ip_burst,
                                         ctx.client_ip)
             if not decision.allowed:
                 _rate_headers(request, decision, "requests")
-                raise too_many("rate limit exceeded for this address", decision)
-            ctx.extra["ip_receipt"] = decision.receipt
+                raise errors.rate_limited("rate limit exceeded for this address",
+                                          decision.retry_after)
+            taken.append(decision.receipt)
         else:
             burst = limits.per_ip_burst
             decision = Decision(True, burst, burst, 0.0, 0.0)
         shown = decision
         if ctx.identity is not None:
-            record = ctx.extra.get("key_record")
+            record = ctx.key_record
             requests = limits.per_key_requests
             tokens = limits.per_key_tokens_per_minute
             if record is not None:
@@ -321,23 +297,24 @@ class RateLimitHook:
                 shown = await store.take("key", requests / limits.per_key_window, requests,
                                          ctx.identity)
                 if not shown.allowed:
-                    store.adjust(ctx.extra.pop("ip_receipt", None), -1)
+                    for receipt in taken:
+                        store.adjust(receipt, -1)
                     _rate_headers(request, shown, "requests")
-                    raise too_many("rate limit exceeded for this key", shown)
+                    raise errors.rate_limited("rate limit exceeded for this key",
+                                              shown.retry_after)
             if tokens > 0:
                 max_tokens = getattr(plan, "max_tokens", None) or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
                 spent = await store.take("budget", tokens / 60.0, tokens, ctx.identity, reserve)
                 _rate_headers(request, spent, "tokens")
                 if not spent.allowed:
-                    raise too_many("token budget exceeded for this key", spent)
-                ctx.extra["token_reservation"] = (spent.receipt, reserve)
-        ctx.extra.pop("ip_receipt", None)
+                    raise errors.rate_limited("token budget exceeded for this key",
+                                              spent.retry_after)
+                ctx.token_reservation = (spent.receipt, reserve)
         _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
-        ctx.extra.pop("ip_receipt", None)
-        reservation = ctx.extra.pop("token_reservation", None)
+        reservation, ctx.token_reservation = ctx.token_reservation, None
         if reservation is None:
             return
         receipt, reserved = reservation
