@@ -40,7 +40,7 @@ from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 from qwen_twist.gate.keyfile import load_store
 from qwen_twist.gate.keys import KeyStore, presented_key
 from qwen_twist.gate.ratelimit import Decision
-from qwen_twist.store.interface import StoreUnavailable, build_store
+from qwen_twist.store.interface import StoreUnavailable, Take, build_store
 
 #: Rough characters per token, to reserve a prompt's share of a token
 #: budget before Ollama has counted it (settled on the real count later).
@@ -258,32 +258,11 @@ class RateLimitHook:
         return defer.Deferred.fromCoroutine(self._admit(request, ctx, plan))
 
     async def _admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        # The per-IP token, given back when a later limit refuses the call.
-        taken: List[Any] = []
-        try:
-            await self._check(request, ctx, plan, self.config.rate_limits, taken)
-        except StoreUnavailable:
-            # limits.redis.on_failure: closed, and Redis cannot be asked.
-            for receipt in taken:
-                self.store.adjust(receipt, -1)
-            self.release(ctx)
-            raise errors.limits_unavailable()
-
-    async def _check(self, request: Any, ctx: CallContext, plan: Any, limits: Any,
-                     taken: List[Any]) -> None:
-        store = self.store
+        limits = self.config.rate_limits
+        takes: List[Take] = []
         if limits.per_ip_rate > 0:
-            decision = await store.take("ip", limits.per_ip_rate, limits.per_ip_burst,
-                                        ctx.client_ip)
-            if not decision.allowed:
-                _rate_headers(request, decision, "requests")
-                raise errors.rate_limited("rate limit exceeded for this address",
-                                          decision.retry_after)
-            taken.append(decision.receipt)
-        else:
-            burst = limits.per_ip_burst
-            decision = Decision(True, burst, burst, 0.0, 0.0)
-        shown = decision
+            takes.append(Take("ip", limits.per_ip_rate, limits.per_ip_burst, ctx.client_ip))
+        reserve = 0
         if ctx.identity is not None:
             record = ctx.key_record
             requests = limits.per_key_requests
@@ -294,23 +273,37 @@ class RateLimitHook:
                 if record.tokens_per_minute is not None:
                     tokens = record.tokens_per_minute
             if requests > 0:
-                shown = await store.take("key", requests / limits.per_key_window, requests,
-                                         ctx.identity)
-                if not shown.allowed:
-                    for receipt in taken:
-                        store.adjust(receipt, -1)
-                    _rate_headers(request, shown, "requests")
-                    raise errors.rate_limited("rate limit exceeded for this key",
-                                              shown.retry_after)
+                if takes:
+                    # Refused by the key's bucket: the address's token back.
+                    takes[0] = takes[0]._replace(undo=len(takes))
+                takes.append(Take("key", requests / limits.per_key_window, requests,
+                                  ctx.identity))
             if tokens > 0:
                 max_tokens = getattr(plan, "max_tokens", None) or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
-                spent = await store.take("budget", tokens / 60.0, tokens, ctx.identity, reserve)
-                _rate_headers(request, spent, "tokens")
-                if not spent.allowed:
+                takes.append(Take("budget", tokens / 60.0, tokens, ctx.identity, reserve))
+        try:
+            # One step (one round trip to a shared store) for all of them.
+            decisions = await self.store.take_all(takes) if takes else []
+        except StoreUnavailable:
+            # limits.redis.on_failure: closed, and Redis cannot be asked.
+            raise errors.limits_unavailable()
+        burst = limits.per_ip_burst
+        shown = Decision(True, burst, burst, 0.0, 0.0)
+        for take, decision in zip(takes, decisions):
+            if take.family == "budget":
+                _rate_headers(request, decision, "tokens")
+                if not decision.allowed:
                     raise errors.rate_limited("token budget exceeded for this key",
-                                              spent.retry_after)
-                ctx.token_reservation = (spent.receipt, reserve)
+                                              decision.retry_after)
+                ctx.token_reservation = (decision.receipt, reserve)
+                continue
+            shown = decision
+            if not decision.allowed:
+                _rate_headers(request, decision, "requests")
+                raise errors.rate_limited(
+                    "rate limit exceeded for this %s"
+                    % ("address" if take.family == "ip" else "key",), decision.retry_after)
         _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:

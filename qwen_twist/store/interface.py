@@ -15,13 +15,32 @@ that the store keeps up to date by itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from zope.interface import Attribute, Interface
 
 from qwen_twist.store.resp import StoreUnavailable
 
-__all__ = ["ILimitStore", "ISlotLock", "StoreUnavailable", "build_store"]
+__all__ = ["ILimitStore", "ISlotLock", "StoreUnavailable", "Take", "build_store"]
+
+
+class Take(NamedTuple):
+    """
+    One bucket to take from in L{ILimitStore.take_all}.
+
+    @ivar family: the rule (C{"ip"}, C{"key"}, C{"budget"}); with C{rate}
+        and C{burst} it names the bucket table, so a changed limit starts
+        fresh buckets and an unchanged one keeps them across a reload.
+    @ivar undo: the index of the last later take whose refusal gives this
+        one's tokens back (C{-1}: never).
+    """
+
+    family: str
+    rate: float
+    burst: float
+    key: str
+    cost: float = 1.0
+    undo: int = -1
 
 
 class ILimitStore(Interface):
@@ -38,6 +57,18 @@ class ILimitStore(Interface):
         "The local view of active bans: C{banned_for(ip, now) -> seconds} and "
         "C{banned(now)}; answers at once, never waits on the network."
     )
+
+    def take_all(takes: Any) -> Any:
+        """
+        Take from several buckets in one step (one round trip to a shared
+        store), in order, stopping at the first refusal; a refusal by take
+        C{i} gives back the tokens of every earlier take C{j} whose
+        C{undo >= i}.
+
+        @param takes: a sequence of L{Take}.
+        @return: a Deferred firing with the decisions up to and including
+            the refusal, as L{take} would give them.
+        """
 
     def take(family: str, rate: float, burst: float, key: str, cost: float = 1.0) -> Any:
         """

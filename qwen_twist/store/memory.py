@@ -12,14 +12,14 @@ back to while Redis is unreachable.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from qwen_twist.gate.bans import BanList
 from qwen_twist.gate.ratelimit import TokenBuckets
-from qwen_twist.store.interface import ILimitStore
+from qwen_twist.store.interface import ILimitStore, Take
 
 BucketId = Tuple[str, float, float]
 
@@ -63,6 +63,24 @@ class MemoryStore:
 
     def take(self, family: str, rate: float, burst: float, key: str, cost: float = 1.0) -> Any:
         return defer.succeed(self.take_now(family, rate, burst, key, cost))
+
+    def take_all_now(self, takes: Sequence[Take]) -> List[Any]:
+        """
+        L{take_all} without the Deferred (the Redis store's fallback).
+        """
+        decisions: List[Any] = []
+        for i, take in enumerate(takes):
+            decision = self.take_now(take.family, take.rate, take.burst, take.key, take.cost)
+            decisions.append(decision)
+            if not decision.allowed:
+                for j in range(i):
+                    if takes[j].undo >= i:
+                        self.adjust(decisions[j].receipt, -takes[j].cost)
+                break
+        return decisions
+
+    def take_all(self, takes: Sequence[Take]) -> Any:
+        return defer.succeed(self.take_all_now(takes))
 
     def adjust(self, receipt: Any, amount: float) -> None:
         if receipt is None or receipt[0] is not self:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from qwen_twist.config import ConfigError
 from qwen_twist.gate.ratelimit import decision_at
-from qwen_twist.store.interface import ILimitStore, ISlotLock
+from qwen_twist.store.interface import ILimitStore, ISlotLock, Take
 from qwen_twist.store.memory import MemoryStore
 from qwen_twist.store.resp import (
     RedisClient,
@@ -61,27 +61,55 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-#: KEYS: bucket. ARGV: rate, burst, cost. Returns {allowed, ahead, wait}:
-#: the same arithmetic as L{qwen_twist.gate.ratelimit.TokenBuckets.take}.
+#: KEYS: buckets. ARGV: per bucket rate, burst, cost, undo (see
+#: L{qwen_twist.store.interface.Take}). Takes in order, stops at the first
+#: refusal and gives back the earlier takes it undoes. Returns {allowed,
+#: ahead, wait} per bucket up to the refusal: the arithmetic of
+#: L{qwen_twist.gate.ratelimit.TokenBuckets.take}.
 TAKE = Script(_NOW + """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local period = 1 / rate
-local full_at = tonumber(redis.call('GET', KEYS[1]) or now)
-if full_at < now then full_at = now end
-local needed = cost
-if needed > burst then needed = burst end
-local wait = full_at - now - (burst - needed) * period
-if wait > 1e-9 then
-  return {0, string.format('%.17g', full_at - now), string.format('%.17g', wait)}
+local out = {}
+local taken = {}
+for i = 1, #KEYS do
+  local base = (i - 1) * 4
+  local rate = tonumber(ARGV[base + 1])
+  local burst = tonumber(ARGV[base + 2])
+  local cost = tonumber(ARGV[base + 3])
+  if rate <= 0 then
+    out[#out + 1] = 1; out[#out + 1] = '0'; out[#out + 1] = '0'
+  else
+    local period = 1 / rate
+    local full_at = tonumber(redis.call('GET', KEYS[i]) or now)
+    if full_at < now then full_at = now end
+    local needed = cost
+    if needed > burst then needed = burst end
+    local wait = full_at - now - (burst - needed) * period
+    if wait > 1e-9 then
+      out[#out + 1] = 0
+      out[#out + 1] = string.format('%.17g', full_at - now)
+      out[#out + 1] = string.format('%.17g', wait)
+      for j = 1, i - 1 do
+        if taken[j] and tonumber(ARGV[(j - 1) * 4 + 4]) >= i - 1 then
+          local back = taken[j] - tonumber(ARGV[(j - 1) * 4 + 3]) / tonumber(ARGV[(j - 1) * 4 + 1])
+          if back <= now then
+            redis.call('DEL', KEYS[j])
+          else
+            redis.call('SET', KEYS[j], string.format('%.17g', back), 'PX',
+                       math.ceil((back - now) * 1000))
+          end
+        end
+      end
+      return out
+    end
+    full_at = full_at + cost * period
+    local ahead = full_at - now
+    if ahead > 0 then
+      redis.call('SET', KEYS[i], string.format('%.17g', full_at), 'PX', math.ceil(ahead * 1000))
+    end
+    taken[i] = full_at
+    out[#out + 1] = 1; out[#out + 1] = string.format('%.17g', ahead); out[#out + 1] = '0'
+  end
 end
-full_at = full_at + cost * period
-local ahead = full_at - now
-if ahead > 0 then
-  redis.call('SET', KEYS[1], string.format('%.17g', full_at), 'PX', math.ceil(ahead * 1000))
-end
-return {1, string.format('%.17g', ahead), '0'}
+return out
 """)
 
 #: KEYS: bucket. ARGV: rate, amount (negative refunds, positive charges).
@@ -396,31 +424,43 @@ class RedisStore:
         return None
 
     def take(self, family: str, rate: float, burst: float, key: str, cost: float = 1.0) -> Any:
-        if rate <= 0 or not self.client.connected:
-            return defer.maybeDeferred(self._take_locally, family, rate, burst, key, cost)
-        name = self._key("b", family, repr(float(rate)), repr(float(burst)), key)
-        d = self.client.run_script(TAKE, [name], [float(rate), float(burst), float(cost)])
+        d = self.take_all([Take(family, rate, burst, key, cost)])
+        d.addCallback(lambda decisions: decisions[0])
+        return d
 
-        def taken(reply: Any) -> Any:
-            allowed, ahead, wait = reply
-            decision = decision_at(bool(allowed), float(ahead), float(wait), rate, burst)
-            decision.receipt = (self, name, rate)
-            return decision
+    def take_all(self, takes: Sequence[Take]) -> Any:
+        if not self.client.connected:
+            return defer.maybeDeferred(self._take_locally, takes)
+        names = [self._key("b", t.family, repr(float(t.rate)), repr(float(t.burst)), t.key)
+                 for t in takes]
+        args: List[Any] = []
+        for t in takes:
+            args += [float(t.rate), float(t.burst), float(t.cost), t.undo]
+        d = self.client.run_script(TAKE, names, args)
+
+        def taken(reply: Any) -> List[Any]:
+            decisions = []
+            for i in range(0, len(reply), 3):
+                t, name = takes[i // 3], names[i // 3]
+                decision = decision_at(bool(reply[i]), float(reply[i + 1]),
+                                       float(reply[i + 2]), t.rate, t.burst)
+                decision.receipt = (self, name, t.rate)
+                decisions.append(decision)
+            return decisions
 
         def failed(failure: Any) -> Any:
             self._unavailable(failure)
-            return self._take_locally(family, rate, burst, key, cost)
+            return self._take_locally(takes)
 
         d.addCallbacks(taken, failed)
         return d
 
-    def _take_locally(self, family: str, rate: float, burst: float, key: str,
-                      cost: float) -> Any:
-        if rate > 0:
+    def _take_locally(self, takes: Sequence[Take]) -> List[Any]:
+        if any(t.rate > 0 for t in takes):
             if not self.fail_open:
                 raise StoreUnavailable("limits store unavailable")
             self.fallbacks += 1
-        return self.local.take_now(family, rate, burst, key, cost)
+        return self.local.take_all_now(takes)
 
     def adjust(self, receipt: Any, amount: float) -> Any:
         """

@@ -356,18 +356,12 @@ class ClosedStore:
     policy: every decision fails.
     """
 
-    def __init__(self) -> None:
-        self.adjusted = []
-
-    def take(self, family, rate, burst, key, cost=1.0):
+    def take_all(self, takes):
         from twisted.internet import defer
 
         from qwen_twist.store.resp import StoreUnavailable
 
         return defer.fail(StoreUnavailable("down"))
-
-    def adjust(self, receipt, amount):
-        self.adjusted.append((receipt, amount))
 
 
 class FailClosedTests(GateTestsMixin, SynchronousTestCase):

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from qwen_twist import config as configmod
-from qwen_twist.store.interface import ILimitStore, build_store
+from qwen_twist.store.interface import ILimitStore, Take, build_store
 from qwen_twist.store.memory import MemoryStore
 
 
@@ -65,6 +65,30 @@ class MemoryStoreTests(SynchronousTestCase):
             self.take()
         self.assertTrue(self.take(family="budget").allowed)
         self.assertTrue(self.successResultOf(self.store.take("key", 0.5, 4, "k")).allowed)
+
+    def test_take_all(self) -> None:
+        """
+        Several buckets in one step, stopping at the first refusal, which
+        gives back exactly the earlier takes that name it in C{undo}.
+        """
+        store = self.store
+        ip = Take("ip", 1.0, 5, "192.0.2.1", undo=1)
+        key = Take("key", 0.001, 1, "alice")
+        budget = Take("budget", 0.001, 10, "alice", cost=20)
+        first = self.successResultOf(store.take_all([ip, key]))
+        self.assertEqual([d.allowed for d in first], [True, True])
+        refused = self.successResultOf(store.take_all([ip, key, budget]))
+        self.assertEqual([d.allowed for d in refused], [True, False])
+        # The key's refusal gave the address its token back: 3 left now, not 2.
+        self.assertEqual(self.successResultOf(store.take("ip", 1.0, 5, "192.0.2.1")).remaining, 3)
+        # A budget refusal gives nothing back (undo -1).
+        again = self.successResultOf(store.take_all(
+            [ip._replace(undo=-1), Take("key", 0.001, 5, "bob"), budget._replace(cost=11)]))
+        self.assertEqual([d.allowed for d in again], [True, True, True])
+        last = self.successResultOf(store.take_all(
+            [ip._replace(undo=-1), Take("key", 0.001, 5, "bob"), budget]))
+        self.assertEqual([d.allowed for d in last], [True, True, False])
+        self.assertEqual(self.successResultOf(store.take("key", 0.001, 5, "bob")).remaining, 2)
 
     def test_adjust(self) -> None:
         """

@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from qwen_twist import config as configmod
+from qwen_twist.store.interface import Take
 from qwen_twist.store.redisstore import RedisStore
 from qwen_twist.store.resp import StoreUnavailable
 
@@ -67,6 +68,25 @@ class RedisStoreTests(TestCase):
         self.assertIn(b"qwengate:b:key:0.5:3.0:alice", keys)
         ttl = int(self.server.command("PTTL", "qwengate:b:key:0.5:3.0:alice")[1:-2])
         self.assertTrue(5000 < ttl <= 6000, ttl)
+
+    @async_test
+    async def test_take_all(self) -> None:
+        """
+        The one-round-trip take of several buckets keeps the memory store's
+        rules: stop at the first refusal, give back what it undoes.
+        """
+        a, b = await self.two()
+        ip = Take("ip", 1.0, 5, "192.0.2.1", undo=1)
+        key = Take("key", 0.001, 1, "alice")
+        self.assertEqual([d.allowed for d in await a.take_all([ip, key])], [True, True])
+        self.assertEqual([d.allowed for d in await b.take_all([ip, key])], [True, False])
+        self.assertEqual((await a.take("ip", 1.0, 5, "192.0.2.1")).remaining, 3)
+        budget = Take("budget", 0.001, 10, "bob", cost=20)
+        decisions = await b.take_all([ip._replace(undo=-1), Take("key", 0.001, 5, "bob"),
+                                      budget._replace(cost=11), budget])
+        self.assertEqual([d.allowed for d in decisions], [True, True, True, False])
+        self.assertEqual((await a.take("key", 0.001, 5, "bob")).remaining, 3)
+        self.assertEqual(a.fallbacks + b.fallbacks, 0)
 
     @async_test
     async def test_shared_bucket_under_concurrency(self) -> None:
