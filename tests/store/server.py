@@ -72,22 +72,35 @@ class RedisServer:
         return args
 
     def start(self) -> "RedisServer":
-        self.process = subprocess.Popen(
-            self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """
+        Start on L{port}. Another process (a parallel test run's Redis)
+        may have been handed the same port between L{free_port} and the
+        bind: then ours exits, and a PONG could come from theirs, so the
+        server is ours only when C{INFO} names our process id; otherwise
+        try another port.
+        """
+        for attempt in range(5):
+            self.process = subprocess.Popen(
+                self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._wait_ready():
+                return self
+            self.kill()
+            self.port = free_port()
+        raise RuntimeError("redis-server did not start")
+
+    def _wait_ready(self) -> bool:
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("redis-server exited with %s" % (self.process.returncode,))
+                return False
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    reply = s.recv(64)
-                if reply.startswith((b"+PONG", b"-NOAUTH")):
-                    return self
+                info = self.command("INFO", "server")
             except OSError:
-                pass
+                info = b""
+            if b"process_id:" in info:
+                return b"process_id:%d\r\n" % (self.process.pid,) in info
             time.sleep(0.02)
-        raise RuntimeError("redis-server did not start on port %d" % (self.port,))
+        return False
 
     def kill(self) -> None:
         """
@@ -116,7 +129,18 @@ class RedisServer:
                 s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
                 s.recv(64)
             s.sendall(b"".join(parts))
-            return s.recv(65536)
+            reply = s.recv(65536)
+            if reply.startswith(b"$"):
+                # A bulk string (INFO): read all of it.
+                header, _, rest = reply.partition(b"\r\n")
+                size = int(header[1:])
+                while len(rest) < size + 2:
+                    more = s.recv(65536)
+                    if not more:
+                        break
+                    rest += more
+                reply = header + b"\r\n" + rest
+            return reply
 
 
 def start_redis(testcase, password: Optional[str] = None) -> RedisServer:
