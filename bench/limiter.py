@@ -90,7 +90,7 @@ async def _measure(reactor: Any, store_url: str, requests: int) -> Dict[str, Any
 
     from qwen_twist.context import CallContext
     from qwen_twist.gate.hooks import RateLimitHook
-    from qwen_twist.store.interface import build_store
+    from qwen_twist.store.factory import build_store
 
     config = _config(store_url)
     store = build_store(config, reactor)

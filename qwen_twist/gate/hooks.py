@@ -40,7 +40,8 @@ from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 from qwen_twist.gate.keyfile import load_store
 from qwen_twist.gate.keys import KeyStore, presented_key
 from qwen_twist.gate.ratelimit import Decision
-from qwen_twist.store.interface import StoreUnavailable, Take, build_store
+from qwen_twist.store.factory import build_store
+from qwen_twist.store.interface import StoreUnavailable, Take
 
 #: Rough characters per token, to reserve a prompt's share of a token
 #: budget before Ollama has counted it (settled on the real count later).

@@ -5,8 +5,8 @@ What the gate asks of the place its counters live, whichever it is.
 Why one declared interface: the hooks, the connection filter and the fair
 queue must behave the same with one gateway (counters in this process) and
 with several sharing a Redis, so they only ever talk to an L{ILimitStore};
-which one they have is decided once, in L{build_store}, from
-C{limits.store}.
+which one they have is decided once, in
+L{qwen_twist.store.factory.build_store}, from C{limits.store}.
 
 Every operation that may need the network returns a Deferred. What must
 never wait (the accept-time ban check) reads a local view (L{ILimitStore.bans})
@@ -21,7 +21,7 @@ from zope.interface import Attribute, Interface
 
 from qwen_twist.store.resp import StoreUnavailable
 
-__all__ = ["ILimitStore", "ISlotLock", "StoreUnavailable", "Take", "build_store"]
+__all__ = ["ILimitStore", "ISlotLock", "StoreUnavailable", "Take"]
 
 
 class Take(NamedTuple):
@@ -176,16 +176,3 @@ class ISlotLock(Interface):
         Give a lease back (best effort; an unreachable store lets it
         expire).
         """
-
-
-def build_store(config: Any, clock: Any) -> Any:
-    """
-    The L{ILimitStore} named by C{limits.store}.
-    """
-    if config.limits.store == "memory":
-        from qwen_twist.store.memory import MemoryStore
-
-        return MemoryStore(config, clock)
-    from qwen_twist.store.redisstore import RedisStore
-
-    return RedisStore(config, clock)

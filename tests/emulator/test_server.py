@@ -894,6 +894,23 @@ class ClockTimingTests(SynchronousTestCase):
         lines = ndjson(self.successResultOf(self.stub.content(response)))
         self.assertEqual(lines[-1]["prompt_eval_duration"], 2_000_000_000)
 
+    def test_streams_peak(self) -> None:
+        """
+        The record reports the most streams at once (how tests check that
+        gateways sharing GPU slots never exceed them), kept after they end
+        and reset by C{reset}.
+        """
+        self.script.default = self.script.default.merged(
+            {"text": "a b c", "tokens_per_second": 10})
+        for _ in range(3):
+            self.post(chat(think=False))
+        self.assertEqual((self.record.streams_active, self.record.streams_peak), (3, 3))
+        self.advance(1.0)
+        self.assertEqual(self.record.counters()["streams_active"], 0)
+        self.assertEqual(self.record.counters()["streams_peak"], 3)
+        self.record.reset()
+        self.assertEqual(self.record.streams_peak, 0)
+
     def test_tokens_per_second(self) -> None:
         """
         Chunks arrive at the scripted pace, the done line right after the

@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from qwen_twist import config as configmod
-from qwen_twist.store.interface import ILimitStore, Take, build_store
+from qwen_twist.store.factory import build_store
+from qwen_twist.store.interface import ILimitStore, Take
 from qwen_twist.store.memory import MemoryStore
 
 
