@@ -23,6 +23,7 @@ Nothing here logs the password or the replies.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, List, Optional, Tuple
@@ -349,6 +350,9 @@ class RedisClient:
     """
 
     log = Logger()
+    #: A number in [0, 1) that scales each reconnection delay between half
+    #: and all of it (replaced in tests).
+    jitter = staticmethod(random.random)
 
     def __init__(
         self,
@@ -467,7 +471,8 @@ class RedisClient:
         self._schedule()
 
     def _schedule(self) -> None:
-        delay = backoff_delay(self.failures, *self.backoff)
+        # Jittered, so a fleet of gateways does not reconnect in lockstep.
+        delay = backoff_delay(self.failures, *self.backoff) * (0.5 + 0.5 * self.jitter())
         self._retry = self.clock.callLater(delay, self._connect)
 
     def _set_state(self, state: str, why: str) -> None:

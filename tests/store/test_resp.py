@@ -276,6 +276,50 @@ class ScriptTests(SynchronousTestCase):
         self.failureResultOf(client.execute(b"PING"), StoreUnavailable)
 
 
+class RefusingEndpoint:
+    """
+    An endpoint whose connection attempts fail, counted.
+    """
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory):
+        from twisted.internet.error import ConnectionRefusedError
+
+        self.attempts += 1
+        return defer.fail(ConnectionRefusedError())
+
+
+class ReconnectTests(SynchronousTestCase):
+    """
+    Reconnection timing with a C{Clock}.
+    """
+
+    def test_backoff(self) -> None:
+        """
+        Failed attempts are retried after doubling delays (between half
+        and all of each, jittered), capped; the state goes down once.
+        """
+        clock, endpoint, states = Clock(), RefusingEndpoint(), []
+        client = RedisClient(clock, endpoint, backoff=(0.1, 0.4),
+                             on_state=lambda state, why: states.append((state, why)))
+        client.jitter = lambda: 1.0
+        client.start()
+        self.assertEqual((endpoint.attempts, client.state), (1, "down"))
+        for delay, attempts in ((0.1, 2), (0.2, 3), (0.4, 4), (0.4, 5)):
+            clock.advance(delay - 0.001)
+            self.assertEqual(endpoint.attempts, attempts - 1)
+            clock.advance(0.001)
+            self.assertEqual(endpoint.attempts, attempts)
+        self.assertEqual(states, [("down", "ConnectionRefusedError")])
+        client.jitter = lambda: 0.0
+        clock.advance(0.2)
+        self.assertEqual(endpoint.attempts, 6)
+        client.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class LiveClientTests(TestCase):
     """
     Against a real redis-server on loopback.
