@@ -314,8 +314,10 @@ class ReconnectTests(SynchronousTestCase):
             self.assertEqual(endpoint.attempts, attempts)
         self.assertEqual(states, [("down", "ConnectionRefusedError")])
         client.jitter = lambda: 0.0
-        clock.advance(0.2)
+        clock.advance(0.4)
         self.assertEqual(endpoint.attempts, 6)
+        clock.advance(0.2)
+        self.assertEqual(endpoint.attempts, 7)
         client.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
 
