@@ -102,6 +102,32 @@ class Stack:
         return client
 
 
+    def anthropic_client(self, **kwargs: Any) -> Any:
+        """
+        An official Anthropic SDK client for this gateway (C{base_url} is
+        the gateway's root: the SDK appends C{/v1/messages}); use it from a
+        thread (L{in_thread}).
+        """
+        import ssl as stdlib_ssl
+
+        import anthropic
+
+        try:
+            import httpx2 as httpx  # type: ignore[import-not-found]
+        except ImportError:
+            import httpx  # type: ignore[no-redef]
+
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", "sk-ant-test-not-needed")
+        kwargs.setdefault("timeout", 20)
+        context = stdlib_ssl.create_default_context(cafile=self.cafile)
+        client = anthropic.Anthropic(
+            base_url=self.url, http_client=httpx.Client(verify=context), **kwargs
+        )
+        self._sdk_clients.append(client)
+        return client
+
+
 def in_thread(f: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
     """
     Run a blocking client (the openai SDK) off the reactor thread.

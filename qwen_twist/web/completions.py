@@ -17,7 +17,7 @@ from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse
-from qwen_twist.translate.common import chat_completion_id, completion_id
+from qwen_twist.translate.common import chat_completion_id, completion_id, usage
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
 from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
@@ -29,8 +29,18 @@ class GenerationResource(ApiResource):
     The shared pipeline of the two text-generation endpoints.
     """
 
+    #: What an idle stream sends to keep proxies from cutting it.
+    keepalive = sse.KEEPALIVE
+
     def translate_request(self, body: Any) -> Any:
         raise NotImplementedError()
+
+    def stream_failure(self, translator: Any, err: errors.ApiError) -> bytes:
+        """
+        The event that ends a stream which failed after its headers were
+        sent: an error event in the route's envelope, never a success end.
+        """
+        return sse.error_event(err.message, err.type, err.code)
 
     def translate_response(self, native: dict, plan: Any, now: int) -> dict:
         raise NotImplementedError()
@@ -43,13 +53,20 @@ class GenerationResource(ApiResource):
         plan = self.translate_request(body)
         ctx.model = plan.model
         ctx.stream = plan.stream
+        end_user = getattr(plan, "end_user", None)
+        if end_user:
+            # The client's own user id (Anthropic metadata.user_id,
+            # Responses user): for the audit log, never for admission.
+            ctx.extra["end_user"] = end_user
         await self.gateway.admit(request, ctx, plan)
         if plan.stream:
             await self.serve_stream(request, ctx, plan)
             return
         native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
         result = self.translate_response(native, plan, int(self.gateway.now()))
-        ctx.usage = result.get("usage")
+        # The OpenAI usage shape whatever the route's, for the token budget
+        # and the observers.
+        ctx.usage = usage(native)
         ctx.status = 200
         respond.json_body(request, 200, result)
 
@@ -57,7 +74,9 @@ class GenerationResource(ApiResource):
         gateway = self.gateway
         config = gateway.config
         translator = self.stream_translator(plan, int(gateway.now()))
-        response = SseResponse(request, gateway.clock, config.streaming.keepalive_interval)
+        response = SseResponse(
+            request, gateway.clock, config.streaming.keepalive_interval, self.keepalive
+        )
 
         def committed() -> None:
             ctx.status = 200
@@ -93,7 +112,7 @@ class GenerationResource(ApiResource):
             # Already streaming keep-alives: the failure must be an event.
             ctx.outcome = "truncated"
             ctx.error_code = err.code
-            response.write(sse.error_event(err.message, err.type, err.code))
+            response.write(self.stream_failure(translator, err))
             response.close()
             return
         response.commit()
