@@ -16,7 +16,8 @@ mapping, decided in C{docs/anthropic-responses-protocol.md}:
     C{thinking} goes to native C{thinking}, C{tool_use} to C{tool_calls}.
   - C{max_tokens} (required) is C{num_predict}; C{stop_sequences},
     C{temperature}, C{top_p}, C{top_k} go to C{options}; C{thinking}
-    C{enabled}/C{adaptive} is C{think: true}, C{disabled} C{think: false}.
+    C{enabled}/C{adaptive} is C{think: true}, C{disabled} C{think: false},
+    and without C{thinking}, C{output_config.effort} is a C{think} level.
   - C{tool_choice} C{none} sends no tools; C{any} and a named C{tool}
     cannot be enforced by Ollama: the tools are sent and the model decides
     (as for Chat Completions' C{required}).
@@ -29,7 +30,7 @@ Pure: no Twisted, no I/O.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import ApiError, invalid_request, upstream_protocol_error
 from qwen_twist.translate.common import random_token
@@ -333,10 +334,29 @@ def _tools(body: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
     return result
 
 
-def _think(body: Dict[str, Any]) -> Optional[bool]:
+#: C{output_config.effort} -> native C{think} level (C{xhigh} is lowered to
+#: C{high}, as Ollama's own layer does).
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "max"}
+
+
+def _think(body: Dict[str, Any], max_level: bool) -> object:
+    """
+    The native C{think}: C{thinking.type} decides on/off; otherwise
+    C{output_config.effort} gives a level; otherwise the model's default.
+    """
     thinking = optional_object(body, "thinking")
     if thinking is None:
-        return None
+        config = optional_object(body, "output_config")
+        effort = config.get("effort") if config is not None else None
+        if effort is None:
+            return None
+        level = _EFFORTS.get(effort) if isinstance(effort, str) else None
+        if level is None:
+            raise invalid_request(
+                "output_config.effort: use 'low', 'medium', 'high', 'xhigh' or 'max'.",
+                "output_config",
+            )
+        return "high" if level == "max" and not max_level else level
     kind = thinking.get("type")
     if kind in ("enabled", "adaptive"):
         budget = thinking.get("budget_tokens")
@@ -366,11 +386,13 @@ def _end_user(body: Dict[str, Any]) -> Optional[str]:
     return user[:256]
 
 
-def messages_request(body: object) -> AgentRequest:
+def messages_request(body: object, max_think_level: bool = True) -> AgentRequest:
     """
     Translate a C{/v1/messages} body into an C{/api/chat} request.
 
     @param body: the decoded JSON body, of any type.
+    @param max_think_level: the upstream accepts C{think: "max"}
+        (L{qwen_twist.translate.chat.ChatOptions.max_think_level}).
     @raise ApiError: a 400 naming the offending field.
     """
     body = require_object(body)
@@ -399,7 +421,7 @@ def messages_request(body: object) -> AgentRequest:
     tools = _tools(body)
     if tools is not None:
         payload["tools"] = tools
-    think = _think(body)
+    think = _think(body, max_think_level)
     if think is not None:
         payload["think"] = think
     payload["options"] = options
@@ -442,9 +464,12 @@ def anthropic_usage(native: Dict[str, Any]) -> Dict[str, int]:
     return result
 
 
-def tool_use_block(native_call: Dict[str, Any]) -> Dict[str, Any]:
+def tool_use_block(native_call: Dict[str, Any],
+                   new_call_id: Optional[Callable[[], str]] = None) -> Dict[str, Any]:
     """
     One native tool call as a C{tool_use} block (C{input} stays an object).
+
+    @param new_call_id: mints an id for a call that came without one.
     """
     function = native_call.get("function")
     if not isinstance(function, dict):
@@ -452,7 +477,7 @@ def tool_use_block(native_call: Dict[str, Any]) -> Dict[str, Any]:
     name = function.get("name")
     return {
         "type": "tool_use",
-        "id": native_call_id(native_call, "toolu_"),
+        "id": native_call_id(native_call, "toolu_", new_call_id),
         "name": name if isinstance(name, str) else "",
         "input": call_arguments(function.get("arguments")),
     }

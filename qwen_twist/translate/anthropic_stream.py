@@ -24,7 +24,7 @@ native line becomes differs. Pure: no Twisted, no I/O.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from qwen_twist.translate.anthropic import anthropic_usage, stop_reason, tool_use_block
 from qwen_twist.translate.common import usage
@@ -67,7 +67,15 @@ class MessagesStreamTranslator(_StreamTranslator):
     C{/api/chat} NDJSON -> Anthropic Messages events.
     """
 
-    def __init__(self, *, model: str, message_id: str, max_line: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, *, model: str, message_id: str,
+                 new_call_id: Optional[Callable[[], str]] = None,
+                 max_line: int = 16 * 1024 * 1024) -> None:
+        """
+        @param model: the model string the client sent (echoed).
+        @param message_id: the C{msg_} id of the streamed message.
+        @param new_call_id: mints ids for tool calls that arrive without one.
+        @param max_line: the longest NDJSON line accepted, in bytes.
+        """
         super().__init__(
             model=model, completion_id=message_id, created=0, include_usage=False,
             max_line=max_line,
@@ -79,6 +87,7 @@ class MessagesStreamTranslator(_StreamTranslator):
         self._index = 0
         self._open: Optional[str] = None
         self._tool_calls = 0
+        self._new_call_id = new_call_id
 
     def start(self) -> bytes:
         """
@@ -159,7 +168,7 @@ class MessagesStreamTranslator(_StreamTranslator):
                 if not isinstance(call, dict):
                     continue
                 self._close_block(out)
-                block = tool_use_block(call)
+                block = tool_use_block(call, self._new_call_id)
                 arguments = block["input"]
                 block["input"] = {}
                 self._emit(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from qwen_twist.errors import invalid_request
 from qwen_twist.translate.common import random_token
@@ -105,14 +105,19 @@ def compact_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def native_call_id(native_call: Dict[str, Any], prefix: str) -> str:
+def native_call_id(native_call: Dict[str, Any], prefix: str,
+                   mint: Optional[Callable[[], str]] = None) -> str:
     """
     The id of a native tool call, or a fresh C{prefix}-id when the upstream
     sent none (Ollama before 0.12.10).
+
+    @param mint: makes the fresh id instead (tests pin ids with it).
     """
     call_id = native_call.get("id")
     if isinstance(call_id, str) and call_id:
         return call_id
+    if mint is not None:
+        return mint()
     return prefix + random_token()[:24]
 
 

@@ -68,7 +68,7 @@ class MessagesResource(GenerationResource):
         return _UnknownMessagesURL()
 
     def translate_request(self, body: Any) -> Any:
-        return anthropic.messages_request(body)
+        return anthropic.messages_request(body, self.gateway.chat_options.max_think_level)
 
     def translate_response(self, native: dict, plan: Any, now: int) -> dict:
         return anthropic.messages_response(
