@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_live_agents -*-
+# -*- test-case-name: tests.web.test_agents,tests.test_live_agents -*-
 """
 C{POST /v1/messages} (Anthropic Messages), C{POST /v1/messages/count_tokens}
 and C{POST /v1/responses} (OpenAI Responses).
