@@ -30,25 +30,24 @@ Pure: no Twisted, no I/O.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from qwen_twist.errors import ApiError, invalid_request, upstream_protocol_error
-from qwen_twist.translate.common import random_token
+from qwen_twist.translate.common import random_token, usage
 from qwen_twist.translate.functions import (
     AgentRequest,
     base64_image,
     call_arguments,
+    chat_plan,
     compact_json,
     native_call_id,
-    native_tool,
+    native_tools,
+    sampling_options,
 )
 from qwen_twist.translate.validate import (
-    keep_alive_value,
-    native_options,
     optional_bool,
     optional_int,
     optional_object,
-    output_cap,
     require_object,
     require_str,
     stop_list,
@@ -162,6 +161,22 @@ def _tool_result(
     return out
 
 
+def _blocks(content: object, index: int) -> Iterator[Tuple[object, Dict[str, Any]]]:
+    """
+    The C{(type, block)} pairs of a turn's content array; a text block's
+    C{text} is checked to be a string.
+    """
+    if not isinstance(content, list):
+        raise _error(index, "content must be a string or an array of content blocks.")
+    for block in content:
+        if not isinstance(block, dict):
+            raise _error(index, "content blocks must be objects.")
+        kind = block.get("type")
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise _error(index, "a text block needs a 'text' string.")
+        yield kind, block
+
+
 def _user_turn(
     content: object, index: int, call_names: Dict[str, str], native: List[Dict[str, Any]]
 ) -> int:
@@ -171,8 +186,6 @@ def _user_turn(
     if isinstance(content, str):
         native.append({"role": "user", "content": content})
         return len(content)
-    if not isinstance(content, list):
-        raise _error(index, "content must be a string or an array of content blocks.")
     chars = 0
     texts: List[str] = []
     images: List[str] = []
@@ -186,16 +199,10 @@ def _user_turn(
             texts.clear()
             images.clear()
 
-    for block in content:
-        if not isinstance(block, dict):
-            raise _error(index, "content blocks must be objects.")
-        kind = block.get("type")
+    for kind, block in _blocks(content, index):
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise _error(index, "a text block needs a 'text' string.")
-            texts.append(text)
-            chars += len(text)
+            texts.append(block["text"])
+            chars += len(block["text"])
         elif kind == "image":
             images.append(_image(block, index))
         elif kind == "tool_result":
@@ -218,22 +225,14 @@ def _assistant_turn(
     if isinstance(content, str):
         native.append({"role": "assistant", "content": content})
         return len(content)
-    if not isinstance(content, list):
-        raise _error(index, "content must be a string or an array of content blocks.")
     texts: List[str] = []
     thoughts: List[str] = []
     calls: List[Dict[str, Any]] = []
     chars = 0
-    for block in content:
-        if not isinstance(block, dict):
-            raise _error(index, "content blocks must be objects.")
-        kind = block.get("type")
+    for kind, block in _blocks(content, index):
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise _error(index, "a text block needs a 'text' string.")
-            texts.append(text)
-            chars += len(text)
+            texts.append(block["text"])
+            chars += len(block["text"])
         elif kind == "thinking":
             thinking = block.get("thinking")
             if isinstance(thinking, str) and thinking:
@@ -313,25 +312,12 @@ def _tools(body: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
             )
         if kind == "tool" and not isinstance(choice.get("name"), str):
             raise invalid_request("tool_choice.name: required for type 'tool'.", "tool_choice")
-    tools = body.get("tools")
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
-        raise invalid_request("tools: expected an array, not %s" % (type_name(tools),), "tools")
-    result = []
-    for index, tool in enumerate(tools):
-        kind_ = tool.get("type") if isinstance(tool, dict) else None
-        if kind_ not in (None, "custom"):
-            raise invalid_request(
-                "tools[%d]: server tool %r is not available: this gateway runs only "
-                "client tools (name, description, input_schema)."
-                % (index, str(kind_)[:64]),
-                "tools",
-            )
-        result.append(native_tool(tool, index, "tools", "input_schema"))
-    if kind == "none" or not result:
-        return None
-    return result
+    tools = native_tools(
+        body, (None, "custom"), "input_schema",
+        "tools[%d]: server tool %r is not available: this gateway runs only client "
+        "tools (name, description, input_schema).",
+    )
+    return None if kind == "none" else tools
 
 
 #: C{output_config.effort} -> native C{think} level (C{xhigh} is lowered to
@@ -409,33 +395,14 @@ def messages_request(body: object, max_think_level: bool = True) -> AgentRequest
                 % (refused,),
                 refused,
             )
-    options = native_options(
-        {k: body[k] for k in ("temperature", "top_p", "top_k", "options", "num_ctx", "seed")
-         if k in body},
-        max_tokens,
-    )
+    options = sampling_options(body, max_tokens)
     stop = stop_list(body, "stop_sequences")
     if stop:
         options["stop"] = stop
-    payload: Dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-    tools = _tools(body)
-    if tools is not None:
-        payload["tools"] = tools
-    think = _think(body, max_think_level)
-    if think is not None:
-        payload["think"] = think
-    payload["options"] = options
-    keep_alive = body.get("keep_alive")
-    if keep_alive is not None:
-        payload["keep_alive"] = keep_alive_value(keep_alive)
-    return AgentRequest(
-        path="/api/chat",
-        payload=payload,
-        model=model,
-        stream=stream,
-        include_usage=False,
-        prompt_chars=chars,
-        max_tokens=output_cap(options),
+    return chat_plan(
+        body, model=model, messages=messages, prompt_chars=chars, stream=stream,
+        options=options,
+        extras={"tools": _tools(body), "think": _think(body, max_think_level)},
         end_user=_end_user(body),
     )
 
@@ -457,11 +424,9 @@ def anthropic_usage(native: Dict[str, Any]) -> Dict[str, int]:
     Anthropic's C{usage} from a final native object's counts (absent
     counts are 0, as Ollama omits zero metrics).
     """
-    result = {}
-    for key, name in (("input_tokens", "prompt_eval_count"), ("output_tokens", "eval_count")):
-        value = native.get(name)
-        result[key] = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-    return result
+    counts = usage(native)
+    return {"input_tokens": counts["prompt_tokens"],
+            "output_tokens": counts["completion_tokens"]}
 
 
 def tool_use_block(native_call: Dict[str, Any],

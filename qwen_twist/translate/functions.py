@@ -16,11 +16,16 @@ from __future__ import annotations
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import invalid_request
 from qwen_twist.translate.common import random_token
 from qwen_twist.translate.request import UpstreamRequest
+from qwen_twist.translate.validate import keep_alive_value, native_options, output_cap, type_name
+
+#: The sampling fields both APIs share with Chat Completions (plus the
+#: gateway's own extensions), read by L{native_options}.
+_SAMPLING = ("temperature", "top_p", "top_k", "seed", "options", "num_ctx")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,78 @@ class AgentRequest(UpstreamRequest):
 
     end_user: Optional[str] = None
     echo: Dict[str, Any] = field(default_factory=dict)
+
+
+def sampling_options(body: Dict[str, Any], num_predict: Optional[int]) -> Dict[str, Any]:
+    """
+    The native C{options} for the sampling fields set in C{body} and the
+    output cap (only what the client set: Modelfile defaults apply
+    otherwise). Chat Completions' own names (C{stop}, penalties) are not
+    read: these APIs spell them differently or not at all.
+    """
+    return native_options({k: body[k] for k in _SAMPLING if k in body}, num_predict)
+
+
+def chat_plan(
+    body: Dict[str, Any],
+    *,
+    model: str,
+    messages: Any,
+    prompt_chars: int,
+    stream: bool,
+    options: Dict[str, Any],
+    extras: Dict[str, Any],
+    end_user: Optional[str],
+    echo: Optional[Dict[str, Any]] = None,
+) -> AgentRequest:
+    """
+    The C{/api/chat} plan: C{stream} always explicit, C{extras} (C{tools},
+    C{format}, C{think}) only when not L{None}, C{options} only when not
+    empty, the C{keep_alive} extension checked.
+    """
+    payload: Dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    for key, value in extras.items():
+        if value is not None:
+            payload[key] = value
+    if options:
+        payload["options"] = options
+    keep_alive = body.get("keep_alive")
+    if keep_alive is not None:
+        payload["keep_alive"] = keep_alive_value(keep_alive)
+    return AgentRequest(
+        path="/api/chat",
+        payload=payload,
+        model=model,
+        stream=stream,
+        include_usage=False,
+        prompt_chars=prompt_chars,
+        max_tokens=output_cap(options),
+        end_user=end_user,
+        echo=echo if echo is not None else {},
+    )
+
+
+def native_tools(
+    body: Dict[str, Any], allowed_types: Tuple[object, ...], schema_key: str, refusal: str
+) -> Optional[List[Dict[str, Any]]]:
+    """
+    C{body["tools"]} as native function tools, or L{None} when there are
+    none. A tool whose C{type} is not in C{allowed_types} (a built-in or
+    server tool Ollama cannot run) is refused with C{refusal % (index,
+    type)}.
+    """
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise invalid_request("tools: expected an array, not %s" % (type_name(tools),), "tools")
+    result = []
+    for index, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in allowed_types:
+            raise invalid_request(refusal % (index, str(kind)[:64]), "tools")
+        result.append(native_tool(tool, index, "tools", schema_key))
+    return result or None
 
 
 def native_tool(

@@ -39,21 +39,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import ApiError, invalid_request, upstream_protocol_error
 from qwen_twist.translate.chat import ChatOptions, _think as chat_think
-from qwen_twist.translate.common import random_token
+from qwen_twist.translate.common import random_token, usage
 from qwen_twist.translate.functions import (
     AgentRequest,
     call_arguments,
+    chat_plan,
     compact_json,
     native_call_id,
-    native_tool,
+    native_tools,
+    sampling_options,
 )
 from qwen_twist.translate.validate import (
-    keep_alive_value,
-    native_options,
     optional_bool,
     optional_int,
     optional_object,
-    output_cap,
     require_object,
     require_str,
     type_name,
@@ -281,24 +280,12 @@ def _tools(body: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
                 "allowed_tools are supported.",
                 "tool_choice",
             )
-    tools = body.get("tools")
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
-        raise invalid_request("tools: expected an array, not %s" % (type_name(tools),), "tools")
-    result = []
-    for index, tool in enumerate(tools):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function":
-            raise invalid_request(
-                "tools[%d]: built-in tool %r is not available: this gateway runs only "
-                "function tools." % (index, str(kind)[:64]),
-                "tools",
-            )
-        result.append(native_tool(tool, index, "tools", "parameters"))
-    if choice == "none" or not result:
-        return None
-    return result
+    tools = native_tools(
+        body, ("function",), "parameters",
+        "tools[%d]: built-in tool %r is not available: this gateway runs only "
+        "function tools.",
+    )
+    return None if choice == "none" else tools
 
 
 def _format(body: Dict[str, Any]) -> object:
@@ -389,40 +376,17 @@ def responses_request(body: object, options: ChatOptions = ChatOptions()) -> Age
     messages, chars = _input(body)
     stream = bool(optional_bool(body, "stream"))
     max_output = optional_int(body, "max_output_tokens", minimum=1)
-    options_ = native_options(
-        {k: body[k] for k in ("temperature", "top_p", "top_k", "options", "num_ctx", "seed")
-         if k in body},
-        max_output,
-    )
-    payload: Dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-    tools = _tools(body)
-    if tools is not None:
-        payload["tools"] = tools
-    format_ = _format(body)
-    if format_ is not None:
-        payload["format"] = format_
     reasoning = optional_object(body, "reasoning")
     think_body: Dict[str, Any] = {}
     if reasoning is not None:
         think_body["reasoning"] = {"effort": reasoning.get("effort")}
     if "think" in body:
         think_body["think"] = body["think"]
-    think = chat_think(think_body, options)
-    if think is not None:
-        payload["think"] = think
-    if options_:
-        payload["options"] = options_
-    keep_alive = body.get("keep_alive")
-    if keep_alive is not None:
-        payload["keep_alive"] = keep_alive_value(keep_alive)
-    return AgentRequest(
-        path="/api/chat",
-        payload=payload,
-        model=model,
-        stream=stream,
-        include_usage=False,
-        prompt_chars=chars,
-        max_tokens=output_cap(options_),
+    return chat_plan(
+        body, model=model, messages=messages, prompt_chars=chars, stream=stream,
+        options=sampling_options(body, max_output),
+        extras={"tools": _tools(body), "format": _format(body),
+                "think": chat_think(think_body, options)},
         end_user=_end_user(body),
         echo=_echo(body),
     )
@@ -432,21 +396,16 @@ def responses_usage(native: Dict[str, Any]) -> Dict[str, Any]:
     """
     The Responses C{usage} object from a final native object's counts.
     """
-
-    def count(key: str) -> int:
-        value = native.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-    prompt, completion = count("prompt_eval_count"), count("eval_count")
+    counts = usage(native)
     return {
-        "input_tokens": prompt,
+        "input_tokens": counts["prompt_tokens"],
         "input_tokens_details": {
-            "cached_tokens": count("prompt_eval_cached_count"),
+            "cached_tokens": counts.get("prompt_tokens_details", {}).get("cached_tokens", 0),
             "cache_write_tokens": 0,
         },
-        "output_tokens": completion,
+        "output_tokens": counts["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": prompt + completion,
+        "total_tokens": counts["total_tokens"],
     }
 
 

@@ -19,25 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from qwen_twist.gate.keys import add_key
 
 from tests.web.helpers import GatewayHarness
+from tests.web.test_relay import DONE, content
 
 MESSAGES = {"model": "qwen3:8b", "max_tokens": 32, "stream": True,
             "messages": [{"role": "user", "content": "Hi"}],
             "metadata": {"user_id": "end-user-1"}}
 RESPONSES = {"model": "qwen3:8b", "input": "Hi", "stream": True}
-
-
-def line(obj: dict) -> bytes:
-    return json.dumps(obj).encode("utf-8") + b"\n"
-
-
-def content(text: str) -> bytes:
-    return line({"model": "qwen3:8b", "created_at": "2025-01-01T00:00:00Z",
-                 "message": {"role": "assistant", "content": text}, "done": False})
-
-
-DONE = line({"model": "qwen3:8b", "created_at": "2025-01-01T00:00:02Z",
-             "message": {"role": "assistant", "content": ""}, "done": True,
-             "done_reason": "stop", "prompt_eval_count": 5, "eval_count": 2})
 
 
 def named(body: bytes) -> list:
