@@ -140,6 +140,26 @@ class MessagesPipelineTests(SynchronousTestCase):
         self.assertEqual(upstream.transport.state, "stopped")
         self.assertEqual(self.harness.finished[0].outcome, "client_gone")
 
+    def test_drain_aborts_with_overloaded_error(self) -> None:
+        """
+        A stream still running when the shutdown drain times out ends with
+        an overloaded_error event, never message_stop; new calls get a 503
+        in Anthropic's envelope.
+        """
+        upstream = self.start().respond_streaming()
+        upstream.send(content("a"))
+        drained = self.harness.gateway.drain(30)
+        channel, transport = self.harness.request("POST", "/v1/messages", MESSAGES)
+        refused = self.harness.response(transport)
+        self.assertEqual((refused.status, refused.json()["error"]["type"]),
+                         (503, "overloaded_error"))
+        self.harness.clock.advance(30)
+        self.successResultOf(drained)
+        got = named(self.response().body)
+        self.assertEqual(got[-1][1]["error"]["type"], "overloaded_error")
+        self.assertNotIn("message_stop", [name for name, _ in got])
+        self.assertEqual(upstream.transport.state, "stopped")
+
     def test_count_tokens(self) -> None:
         """
         count_tokens answers without an upstream call; unknown URLs below
