@@ -44,6 +44,7 @@ from qwen_twist.translate.responses import (
 from qwen_twist.translate.stream import _StreamTranslator
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 class ResponsesStreamTranslator(_StreamTranslator):
@@ -79,6 +80,8 @@ class ResponsesStreamTranslator(_StreamTranslator):
         #: A message or function call was output (else the stream ends
         #: with an empty message, as the JSON response does).
         self._answered = False
+        self._delta_head = None
+        self._delta_tail = ""
 
     # Events --------------------------------------------------------------
 
@@ -132,6 +135,8 @@ class ResponsesStreamTranslator(_StreamTranslator):
         self._open = kind
         self._open_id = item["id"]
         self._text = []
+        self._delta_head: Optional[str] = None
+        self._delta_tail = ""
         self._emit({"type": "response.output_item.added",
                     "output_index": self._index(), "item": item}, out)
 
@@ -143,15 +148,15 @@ class ResponsesStreamTranslator(_StreamTranslator):
         where = {"item_id": self._open_id, "output_index": self._index()}
         if kind == "reasoning":
             part = {"type": "summary_text", "text": text}
-            self._emit(dict(where, type="response.reasoning_summary_text.done",
+            self._emit(dict({"type": "response.reasoning_summary_text.done"}, **where,
                             summary_index=0, text=text), out)
-            self._emit(dict(where, type="response.reasoning_summary_part.done",
+            self._emit(dict({"type": "response.reasoning_summary_part.done"}, **where,
                             summary_index=0, part=part), out)
             item = reasoning_item(self._open_id, text)
         else:
-            self._emit(dict(where, type="response.output_text.done",
+            self._emit(dict({"type": "response.output_text.done"}, **where,
                             content_index=0, text=text, logprobs=[]), out)
-            self._emit(dict(where, type="response.content_part.done",
+            self._emit(dict({"type": "response.content_part.done"}, **where,
                             content_index=0, part=output_text(text)), out)
             item = message_item(self._open_id, text)
         self._emit({"type": "response.output_item.done",
@@ -166,13 +171,13 @@ class ResponsesStreamTranslator(_StreamTranslator):
             if kind == "reasoning":
                 item = {"id": self._new_id("rs"), "type": "reasoning", "summary": []}
                 self._open_item(kind, item, out)
-                self._emit(dict(where, type="response.reasoning_summary_part.added",
+                self._emit(dict({"type": "response.reasoning_summary_part.added"}, **where,
                                 item_id=item["id"], summary_index=0,
                                 part={"type": "summary_text", "text": ""}), out)
             else:
                 item = message_item(self._new_id("msg"), "", status="in_progress")
                 self._open_item(kind, item, out)
-                self._emit(dict(where, type="response.content_part.added",
+                self._emit(dict({"type": "response.content_part.added"}, **where,
                                 item_id=item["id"], content_index=0,
                                 part=output_text("")), out)
         if kind == "message":
@@ -180,13 +185,21 @@ class ResponsesStreamTranslator(_StreamTranslator):
         if not text:
             return
         self._text.append(text)
-        where = {"item_id": self._open_id, "output_index": self._index()}
-        if kind == "reasoning":
-            self._emit(dict(where, type="response.reasoning_summary_text.delta",
-                            summary_index=0, delta=text), out)
-        else:
-            self._emit(dict(where, type="response.output_text.delta",
-                            content_index=0, delta=text, logprobs=[]), out)
+        # The hot path (one token per line): the head of this item's deltas
+        # is rendered once; the output is byte-identical to _emit's.
+        if self._delta_head is None:
+            event = ("response.reasoning_summary_text.delta" if kind == "reasoning"
+                     else "response.output_text.delta")
+            index = "summary_index" if kind == "reasoning" else "content_index"
+            self._delta_head = (
+                'event: %s\ndata: {"type":"%s","item_id":%s,"output_index":%d,"%s":0,"delta":'
+                % (event, event, _quote(self._open_id), self._index(), index)
+            )
+            self._delta_tail = ',"logprobs":[],' if kind == "message" else ","
+        self.chunks += 1
+        out.append(("%s%s%s\"sequence_number\":%d}\n\n" % (
+            self._delta_head, _quote(text), self._delta_tail, self._sequence)).encode("ascii"))
+        self._sequence += 1
 
     def _call(self, native_call: Dict[str, Any], out: List[bytes]) -> None:
         self._close(out)
@@ -198,9 +211,9 @@ class ResponsesStreamTranslator(_StreamTranslator):
         self._emit({"type": "response.output_item.added", "output_index": index,
                     "item": added}, out)
         where = {"item_id": item_id_, "output_index": index}
-        self._emit(dict(where, type="response.function_call_arguments.delta",
+        self._emit(dict({"type": "response.function_call_arguments.delta"}, **where,
                         delta=done["arguments"]), out)
-        self._emit(dict(where, type="response.function_call_arguments.done",
+        self._emit(dict({"type": "response.function_call_arguments.done"}, **where,
                         name=done["name"], arguments=done["arguments"]), out)
         self._emit({"type": "response.output_item.done", "output_index": index,
                     "item": done}, out)

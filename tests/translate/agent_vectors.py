@@ -50,6 +50,9 @@ def named_events(data: bytes) -> List[Dict[str, Any]]:
         assert payload.startswith("data: "), frame
         obj = json.loads(payload[len("data: "):])
         assert obj["type"] == name[len("event: "):], frame
+        # Byte-identical to the compact encoding of the object (the
+        # translators' pre-rendered fast paths must not drift from it).
+        assert payload[len("data: "):] == json.dumps(obj, separators=(",", ":")), frame
         events.append(obj)
     return events
 
