@@ -166,6 +166,32 @@ class AnthropicMessagesTests(TestCase):
         self.assertEqual(message.stop_reason, "tool_use")
 
     @async_test
+    async def test_pings_while_model_loads(self) -> None:
+        """
+        A slow first token (a model loading) is bridged with ping events
+        before message_start, which the SDK's stream helper skips; the
+        query string Claude Code adds (C{?beta=true}) is accepted.
+        """
+        stack = await start_stack(self, {"streaming": {"keepalive_interval": 0.1}})
+        stack.script.push(text="Loaded.", thinking="", ttft=0.5)
+        response = await stack.post("/v1/messages?beta=true", json={
+            "model": "qwen3:8b", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "x"}]})
+        body = (await response.content()).decode("ascii")
+        self.assertTrue(body.startswith('event: ping\ndata: {"type":"ping"}\n\n'), body[:80])
+        self.assertLess(body.index("event: ping"), body.index("event: message_start"))
+        self.assertTrue(body.endswith('event: message_stop\ndata: {"type":"message_stop"}\n\n'))
+        stack.script.push(text="Loaded.", thinking="", ttft=0.5)
+        client = stack.anthropic_client()
+
+        def run():
+            with client.messages.stream(model="qwen3:8b", max_tokens=16,
+                                        messages=[{"role": "user", "content": "x"}]) as stream:
+                return stream.get_final_text()
+
+        self.assertEqual(await in_thread(run), "Loaded.")
+
+    @async_test
     async def test_mid_stream_failure_raises(self) -> None:
         """
         An upstream error line mid-stream is an C{error} event: the SDK
