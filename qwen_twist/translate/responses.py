@@ -445,6 +445,10 @@ def response_object(
 
 
 def reasoning_item(item_id_: str, text: str) -> Dict[str, Any]:
+    """
+    A C{reasoning} output item whose summary is Qwen3's thinking (the
+    whole of it: Ollama has no separate summary).
+    """
     return {
         "id": item_id_,
         "type": "reasoning",
@@ -453,6 +457,10 @@ def reasoning_item(item_id_: str, text: str) -> Dict[str, Any]:
 
 
 def message_item(item_id_: str, text: str, status: str = "completed") -> Dict[str, Any]:
+    """
+    An assistant C{message} output item; C{in_progress} (a stream's
+    C{output_item.added}) has no content yet.
+    """
     return {
         "id": item_id_,
         "type": "message",
@@ -463,6 +471,9 @@ def message_item(item_id_: str, text: str, status: str = "completed") -> Dict[st
 
 
 def output_text(text: str) -> Dict[str, Any]:
+    """
+    An C{output_text} content part (no annotations, no logprobs).
+    """
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
