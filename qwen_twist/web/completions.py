@@ -26,7 +26,10 @@ from qwen_twist.web.endpoint import ApiResource, parse_json_body
 
 class GenerationResource(ApiResource):
     """
-    The shared pipeline of the two text-generation endpoints.
+    The shared pipeline of the text-generation endpoints (these two, and
+    the Anthropic Messages and Responses ones in L{qwen_twist.web.agents}).
+    Subclasses give the translators, and may change the keep-alive bytes
+    and the event that ends a failed stream.
     """
 
     #: What an idle stream sends to keep proxies from cutting it.
