@@ -1,6 +1,6 @@
 """
 Tests for L{qwen_twist.translate.anthropic}: the Anthropic Messages request
-and response mapping (vectors AV-01 to AV-14 of
+and response mapping (vectors AV-01 to AV-11 of
 C{docs/anthropic-responses-protocol.md}).
 """
 
@@ -256,29 +256,3 @@ class CountTokensTests(SynchronousTestCase):
         self.assertEqual(with_tool, {"input_tokens": -(-(1 + 1 + len('{"type":"object"}')) // 4)})
         with self.assertRaises(errors.ApiError):
             anthropic.count_tokens({"model": MODEL, "messages": "x"})
-
-
-class ErrorEnvelopeTests(SynchronousTestCase):
-    """
-    L{errors.ApiError} in Anthropic's envelope.
-    """
-
-    def test_types_by_status(self):
-        """
-        AV-12: each status maps to the type the SDK's exception expects.
-        """
-        rows = {400: "invalid_request_error", 401: "authentication_error",
-                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error",
-                502: "api_error", 503: "overloaded_error", 504: "timeout_error"}
-        for status, kind in rows.items():
-            self.assertEqual(errors.ApiError(status, "m").anthropic_type(), kind)
-
-    def test_body(self):
-        """
-        The Anthropic body has only type and error{type, message}.
-        """
-        self.assertEqual(
-            errors.ApiError(401, "invalid api key").body("anthropic"),
-            b'{"type":"error","error":{"type":"authentication_error",'
-            b'"message":"invalid api key"}}')
