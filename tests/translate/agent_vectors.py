@@ -97,3 +97,57 @@ def openai_validate(obj: Dict[str, Any], kind: str = "event") -> Any:
     if kind == "response":
         return Response.model_validate(obj)
     return pydantic.TypeAdapter(ResponseStreamEvent).validate_python(obj)
+
+
+def native_answers():
+    """
+    A hypothesis strategy: a native chat answer as stream lines (thinking,
+    content, mixed and tool-call lines in any order, then a done line) and
+    the same answer as one non-streaming object, as Ollama accumulates it.
+    """
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)
+    step = st.one_of(
+        st.tuples(st.just("thinking"), text),
+        st.tuples(st.just("content"), text),
+        st.tuples(st.just("mixed"), st.tuples(text, text)),
+        st.tuples(st.just("tool"), st.tuples(
+            st.sampled_from(["f", "get_weather"]),
+            st.dictionaries(st.sampled_from(["a", "city", "n"]),
+                            st.one_of(st.integers(-5, 5), text), max_size=2))),
+    )
+
+    def build(args):
+        steps, reason, prompt, evals = args
+        lines, thinking, content, calls = [], "", "", []
+        for kind, value in steps:
+            if kind == "thinking":
+                lines.append(line("", thinking=value))
+                thinking += value
+            elif kind == "content":
+                lines.append(line(value))
+                content += value
+            elif kind == "mixed":
+                lines.append(line(value[1], thinking=value[0]))
+                thinking += value[0]
+                content += value[1]
+            else:
+                call = {"id": "call_%d" % (len(calls),),
+                        "function": {"name": value[0], "arguments": value[1]}}
+                lines.append(line("", tool_calls=[call]))
+                calls.append(call)
+        counts = {"prompt_eval_count": prompt, "eval_count": evals}
+        lines.append(line(done=True, done_reason=reason, **counts))
+        message: Dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = calls
+        whole = dict(line(done=True, done_reason=reason, **counts), message=message)
+        return ndjson(*lines), whole
+
+    return st.tuples(
+        st.lists(step, max_size=6), st.sampled_from(["stop", "length"]),
+        st.integers(0, 50), st.integers(0, 50),
+    ).map(build)

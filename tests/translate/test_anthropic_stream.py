@@ -8,8 +8,10 @@ byte by byte with the same result.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
 from twisted.trial.unittest import SynchronousTestCase
 
+from qwen_twist.translate import anthropic
 from qwen_twist.translate.anthropic_stream import PING, MessagesStreamTranslator
 
 from tests.translate.agent_vectors import (
@@ -18,6 +20,7 @@ from tests.translate.agent_vectors import (
     feed_all,
     line,
     named_events,
+    native_answers,
     ndjson,
 )
 
@@ -173,3 +176,44 @@ class MessagesStreamTests(SynchronousTestCase):
         The keep-alive is Anthropic's ping event.
         """
         self.assertEqual(named_events(PING), [{"type": "ping"}])
+
+
+class SdkAccumulatorTests(SynchronousTestCase):
+    """
+    The C{anthropic} SDK's own stream accumulator (what C{messages.stream}
+    runs) rebuilds, from any stream, the message the non-streaming
+    translator gives for the same answer.
+    """
+
+    @settings(max_examples=40, deadline=None)
+    @given(native_answers())
+    def test_stream_equals_message(self, answer):
+        """
+        Thinking, text, tool inputs, stop reason and usage agree.
+        """
+        import pydantic
+        from anthropic.lib.streaming._messages import accumulate_event
+        from anthropic.types import RawMessageStreamEvent
+
+        body, whole = answer
+        translator = MessagesStreamTranslator(model=MODEL, message_id="msg_1")
+        adapter = pydantic.TypeAdapter(RawMessageStreamEvent)
+        snapshot = None
+        for event in named_events(feed_all(translator, body)):
+            snapshot = accumulate_event(event=adapter.validate_python(event),
+                                        current_snapshot=snapshot, json_bufs={})
+        expected = anthropic.messages_response(whole, model=MODEL, message_id="msg_1")
+
+        def summary(blocks):
+            return (
+                "".join(b["thinking"] for b in blocks if b["type"] == "thinking"),
+                "".join(b["text"] for b in blocks if b["type"] == "text"),
+                [(b["id"], b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"],
+            )
+
+        got = snapshot.to_dict()
+        self.assertEqual(summary(got["content"]), summary(expected["content"]))
+        self.assertEqual(got["stop_reason"], expected["stop_reason"])
+        self.assertEqual(
+            (got["usage"]["input_tokens"], got["usage"]["output_tokens"]),
+            (expected["usage"]["input_tokens"], expected["usage"]["output_tokens"]))

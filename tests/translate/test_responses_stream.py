@@ -7,12 +7,20 @@ C{openai} SDK's own stream event type; sequence numbers count up from 0.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.translate import responses
 from qwen_twist.translate.responses_stream import ResponsesStreamTranslator
 
-from tests.translate.agent_vectors import feed_all, line, named_events, ndjson, openai_validate
+from tests.translate.agent_vectors import (
+    feed_all,
+    line,
+    named_events,
+    native_answers,
+    ndjson,
+    openai_validate,
+)
 from tests.translate.test_responses import pinned_ids, request
 
 
@@ -166,3 +174,51 @@ class ResponsesStreamTests(SynchronousTestCase):
                                                        "response.in_progress",
                                                        "response.failed"])
         self.assertEqual(translator.fail("again"), b"")
+
+
+class SdkStateTests(SynchronousTestCase):
+    """
+    The C{openai} SDK's own stream state machine (what
+    C{responses.stream} runs, strict about item order and identity in
+    3.x) accepts any stream and ends with the response the non-streaming
+    translator gives for the same answer.
+    """
+
+    @settings(max_examples=40, deadline=None)
+    @given(native_answers())
+    def test_stream_equals_response(self, answer):
+        """
+        Status, text, reasoning, function calls and usage agree.
+        """
+        import pydantic
+        from openai import omit
+        from openai.lib.streaming.responses._responses import ResponseStreamState
+        from openai.types.responses import ResponseStreamEvent
+
+        body, whole = answer
+        plan = responses.responses_request(request(stream=True))
+        translator = ResponsesStreamTranslator(plan=plan, response_id="resp_1", created=0)
+        adapter = pydantic.TypeAdapter(ResponseStreamEvent)
+        state = ResponseStreamState(input_tools=omit, text_format=omit)
+        for event in named_events(feed_all(translator, body)):
+            [last] = state.handle_event(adapter.validate_python(event))
+        # response.completed leaves the SDK's completed response;
+        # response.incomplete is passed on with the whole response.
+        got = state._completed_response or last.response
+        expected = responses.responses_response(whole, plan=plan, response_id="resp_1",
+                                                 created=0)
+
+        def summary(response):
+            items = response["output"]
+            return (
+                response["status"],
+                "".join(s["text"] for i in items if i["type"] == "reasoning"
+                        for s in i["summary"]),
+                "".join(c["text"] for i in items if i["type"] == "message"
+                        for c in i["content"]),
+                [(i["call_id"], i["name"], i["arguments"]) for i in items
+                 if i["type"] == "function_call"],
+                response["usage"],
+            )
+
+        self.assertEqual(summary(got.to_dict()), summary(expected))
