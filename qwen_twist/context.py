@@ -63,6 +63,10 @@ class CallContext:
     shutting_down: bool = False
     #: Times the client's slowness paused reading from Ollama.
     backpressure_pauses: int = 0
+    #: The client's own id for its end user (Anthropic C{metadata.user_id},
+    #: Responses C{user}/C{safety_identifier}): for the audit log, never
+    #: for admission.
+    end_user: Optional[str] = None
 
     @property
     def duration(self) -> Optional[float]:

@@ -56,11 +56,7 @@ class GenerationResource(ApiResource):
         plan = self.translate_request(body)
         ctx.model = plan.model
         ctx.stream = plan.stream
-        end_user = getattr(plan, "end_user", None)
-        if end_user:
-            # The client's own user id (Anthropic metadata.user_id,
-            # Responses user): for the audit log, never for admission.
-            ctx.extra["end_user"] = end_user
+        ctx.end_user = getattr(plan, "end_user", None)
         await self.gateway.admit(request, ctx, plan)
         if plan.stream:
             await self.serve_stream(request, ctx, plan)

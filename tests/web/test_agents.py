@@ -16,7 +16,7 @@ from twisted.internet import error as ierror
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.web.helpers import GatewayHarness
 from tests.web.test_relay import DONE, content
@@ -72,7 +72,7 @@ class MessagesPipelineTests(SynchronousTestCase):
             "content_block_stop", "message_delta", "message_stop"])
         self.assertTrue(response.complete)
         [ctx] = self.harness.finished
-        self.assertEqual((ctx.route, ctx.outcome, ctx.extra["end_user"]),
+        self.assertEqual((ctx.route, ctx.outcome, ctx.end_user),
                          ("messages", "ok", "end-user-1"))
         self.assertEqual(ctx.usage["total_tokens"], 7)
 
