@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, List, Optional
 
+from qwen_twist import errors
 from qwen_twist.translate.anthropic import anthropic_usage, stop_reason, tool_use_block
 from qwen_twist.translate.common import usage
 from qwen_twist.translate.functions import compact_json
@@ -33,13 +34,6 @@ from qwen_twist.translate.stream import _StreamTranslator
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-
-#: Error types of the relay's own failure codes.
-_CODE_TYPES = {
-    "upstream_timeout": "timeout_error",
-    "shutting_down": "overloaded_error",
-}
-
 
 def anthropic_event(obj: Dict[str, Any]) -> bytes:
     """
@@ -56,11 +50,13 @@ def anthropic_event(obj: Dict[str, Any]) -> bytes:
 PING = anthropic_event({"type": "ping"})
 
 
-def error_event(message: str, error_type: str = "api_error") -> bytes:
+def error_event(message: str, error_type: Optional[str] = None,
+                code: Optional[str] = None) -> bytes:
     """
-    A mid-stream failure: the SDK raises it as an C{APIStatusError}.
+    A mid-stream failure (L{errors.anthropic_stream_error}): the SDK raises
+    it as an C{APIStatusError}.
     """
-    return anthropic_event({"type": "error", "error": {"type": error_type, "message": message}})
+    return anthropic_event(errors.anthropic_stream_error(message, error_type, code))
 
 
 class MessagesStreamTranslator(_StreamTranslator):
@@ -219,7 +215,5 @@ class MessagesStreamTranslator(_StreamTranslator):
         self.error_message = message
         self.chunks += 1
         self._splitter.flush()
-        if error_type is None:
-            error_type = _CODE_TYPES.get(code or "", "api_error")
-        return error_event(message, error_type)
+        return error_event(message, error_type, code)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, List, Optional
 
+from qwen_twist import errors
 from qwen_twist.translate.common import usage
 from qwen_twist.translate.functions import AgentRequest
 from qwen_twist.translate.responses import (
@@ -264,7 +265,7 @@ class ResponsesStreamTranslator(_StreamTranslator):
             "type": "response.failed",
             "response": self._response(
                 "failed", output=list(self._items),
-                error={"code": "server_error", "message": message},
+                error=errors.responses_stream_error(message),
             ),
         }, out)
         return b"".join(out)
