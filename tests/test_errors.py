@@ -207,3 +207,19 @@ class AnthropicEnvelopeTests(SynchronousTestCase):
             errors.ApiError(401, "invalid api key").body("anthropic"),
             b'{"type":"error","error":{"type":"authentication_error",'
             b'"message":"invalid api key"}}')
+
+    def test_stream_errors(self):
+        """
+        A stream's own failures: an explicit type wins, else the gateway's
+        code decides (a deadline is timeout_error, the drain
+        overloaded_error, anything else api_error); the Responses failure
+        carries server_error.
+        """
+        self.assertEqual(errors.anthropic_stream_error("m", "rate_limit_error"),
+                         {"type": "error", "error": {"type": "rate_limit_error", "message": "m"}})
+        rows = [(errors.UPSTREAM_TIMEOUT, "timeout_error"),
+                (errors.SHUTTING_DOWN, "overloaded_error"), (None, "api_error")]
+        for code, kind in rows:
+            self.assertEqual(errors.anthropic_stream_error("m", code=code)["error"]["type"], kind)
+        self.assertEqual(errors.responses_stream_error("m"),
+                         {"code": "server_error", "message": "m"})
