@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from qwen_twist.errors import ApiError, invalid_request, upstream_protocol_error
+from qwen_twist.errors import ApiError, invalid_request
 from qwen_twist.translate.common import random_token, usage
 from qwen_twist.translate.functions import (
     AgentRequest,
@@ -41,6 +41,7 @@ from qwen_twist.translate.functions import (
     chat_plan,
     compact_json,
     native_call_id,
+    native_reply,
     native_tools,
     sampling_options,
 )
@@ -456,22 +457,15 @@ def messages_response(native: object, *, model: str, message_id: str) -> Dict[st
 
     @raise ApiError: 502 if C{native} is not a JSON object.
     """
-    if not isinstance(native, dict):
-        raise upstream_protocol_error()
-    message = native.get("message")
-    if not isinstance(message, dict):
-        message = {}
+    thinking, text, native_calls = native_reply(native)
     content: List[Dict[str, Any]] = []
-    thinking = message.get("thinking")
-    if isinstance(thinking, str) and thinking:
+    if thinking:
         # No signature: nothing here is signed, and the SDK's type needs
         # the field.
         content.append({"type": "thinking", "thinking": thinking, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, str) and text:
+    if text:
         content.append({"type": "text", "text": text})
-    raw_calls = message.get("tool_calls")
-    calls = [tool_use_block(c) for c in raw_calls if isinstance(c, dict)] if isinstance(raw_calls, list) else []
+    calls = [tool_use_block(c) for c in native_calls]
     content.extend(calls)
     return {
         "id": message_id,

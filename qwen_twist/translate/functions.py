@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qwen_twist.errors import invalid_request
+from qwen_twist.errors import invalid_request, upstream_protocol_error
 from qwen_twist.translate.common import random_token
 from qwen_twist.translate.request import UpstreamRequest
 from qwen_twist.translate.validate import keep_alive_value, native_options, output_cap, type_name
@@ -155,6 +155,28 @@ def native_tool(
     else:
         function["parameters"] = {"type": "object", "properties": {}}
     return {"type": "function", "function": function}
+
+
+def native_reply(native: object) -> Tuple[str, str, List[Dict[str, Any]]]:
+    """
+    The C{(thinking, content, tool calls)} of a non-streaming C{/api/chat}
+    reply, each empty when absent or malformed.
+
+    @raise ApiError: 502 if C{native} is not a JSON object.
+    """
+    if not isinstance(native, dict):
+        raise upstream_protocol_error()
+    message = native.get("message")
+    if not isinstance(message, dict):
+        return "", "", []
+    thinking = message.get("thinking")
+    content = message.get("content")
+    calls = message.get("tool_calls")
+    return (
+        thinking if isinstance(thinking, str) else "",
+        content if isinstance(content, str) else "",
+        [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else [],
+    )
 
 
 def call_arguments(value: object) -> Dict[str, Any]:

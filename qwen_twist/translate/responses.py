@@ -37,7 +37,7 @@ import binascii
 import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qwen_twist.errors import ApiError, invalid_request, upstream_protocol_error
+from qwen_twist.errors import ApiError, invalid_request
 from qwen_twist.translate.chat import ChatOptions, _think as chat_think
 from qwen_twist.translate.common import random_token, usage
 from qwen_twist.translate.functions import (
@@ -46,6 +46,7 @@ from qwen_twist.translate.functions import (
     chat_plan,
     compact_json,
     native_call_id,
+    native_reply,
     native_tools,
     sampling_options,
 )
@@ -524,19 +525,10 @@ def responses_response(
 
     @raise ApiError: 502 if C{native} is not a JSON object.
     """
-    if not isinstance(native, dict):
-        raise upstream_protocol_error()
-    message = native.get("message")
-    if not isinstance(message, dict):
-        message = {}
+    thinking, text, calls = native_reply(native)
     output: List[Dict[str, Any]] = []
-    thinking = message.get("thinking")
-    if isinstance(thinking, str) and thinking:
+    if thinking:
         output.append(reasoning_item(new_id("rs"), thinking))
-    text = message.get("content")
-    text = text if isinstance(text, str) else ""
-    raw_calls = message.get("tool_calls")
-    calls = [c for c in raw_calls if isinstance(c, dict)] if isinstance(raw_calls, list) else []
     if text or not calls:
         output.append(message_item(new_id("msg"), text))
     for call in calls:
