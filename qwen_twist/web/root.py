@@ -103,4 +103,3 @@ def build_root(gateway: Gateway) -> resource.Resource:
     v1.putChild(b"messages", MessagesResource(gateway))
     v1.putChild(b"responses", ResponsesResource(gateway))
     return root
-
