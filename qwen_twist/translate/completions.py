@@ -100,7 +100,9 @@ def completion_request(body: object) -> UpstreamRequest:
     )
 
 
-def legacy_logprobs(native_logprobs: object) -> Optional[Dict[str, List[Any]]]:
+def legacy_logprobs(
+    native_logprobs: object, offset: int = 0
+) -> Optional[Dict[str, List[Any]]]:
     """
     Native C{logprobs} in the legacy completions shape (C{tokens},
     C{token_logprobs}, C{top_logprobs} as token->logprob maps,
@@ -109,6 +111,8 @@ def legacy_logprobs(native_logprobs: object) -> Optional[Dict[str, List[Any]]]:
 
     @param native_logprobs: the native list of C{{token, logprob,
         top_logprobs?}}.
+    @param offset: the C{text_offset} of the first token (a stream passes
+        the characters its earlier chunks described).
     """
     if not isinstance(native_logprobs, list) or not native_logprobs:
         return None
@@ -116,7 +120,6 @@ def legacy_logprobs(native_logprobs: object) -> Optional[Dict[str, List[Any]]]:
     token_logprobs: List[float] = []
     top_logprobs: List[Dict[str, float]] = []
     text_offset: List[int] = []
-    offset = 0
     for item in native_logprobs:
         if not isinstance(item, dict):
             continue
