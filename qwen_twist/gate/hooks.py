@@ -265,7 +265,10 @@ class RateLimitHook:
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         now = self.clock.seconds()
         decision = self.per_ip.take(ctx.client_ip, now)
-        shown = decision
+        # Headers describe only a limit that applies: an unlimited per-IP
+        # bucket would advertise its unused burst, and clients that pace
+        # themselves from x-ratelimit-* would slow down for nothing.
+        shown: Optional[Decision] = decision if self.per_ip.rate > 0 else None
         if not decision.allowed:
             _rate_headers(request, decision, "requests")
             raise too_many("rate limit exceeded for this address", decision)
@@ -293,7 +296,8 @@ class RateLimitHook:
                 if not spent.allowed:
                     raise too_many("token budget exceeded for this key", spent)
                 ctx.extra["token_reservation"] = (budget, reserve)
-        _rate_headers(request, shown, "requests")
+        if shown is not None:
+            _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
         reservation = ctx.extra.pop("token_reservation", None)
