@@ -201,3 +201,71 @@ def from_upstream(status: int, body: bytes, model_endpoint: bool = True) -> ApiE
     # Ollama's 500s are runner or load failures; retrying them only triples
     # the load on a struggling GPU, so tell the OpenAI SDK not to.
     return ApiError(500, message, "server_error", headers=(("x-should-retry", "false"),))
+
+
+def _retry_after(seconds: float) -> str:
+    # Whole seconds, rounded up so a client that honours it is not refused
+    # again for arriving a fraction early; at least 1.
+    whole = int(seconds)
+    return str(max(1, whole + (1 if seconds > whole else 0)))
+
+
+def address_banned(seconds: float, until: str) -> ApiError:
+    """
+    403 for a connection from an address banned after failed
+    authentications: what happened and until when, never which credential
+    was tried (whoever shares the address learns nothing about it).
+
+    @param seconds: ban time left.
+    @param until: when it ends, as an RFC 3339 UTC time.
+    """
+    return ApiError(
+        403,
+        "this address is banned until %s (%s s from now) after repeated failed "
+        "authentication from it; retry then with a valid API key"
+        % (until, _retry_after(seconds)),
+        "invalid_request_error",
+        code="address_banned",
+        headers=(("Retry-After", _retry_after(seconds)),),
+    )
+
+
+def too_many_connections(why: str, seconds: float) -> ApiError:
+    """
+    429 for a connection refused at accept time (too many open connections
+    from the address or in all, or too many new ones per second).
+
+    @param why: which limit, in words.
+    @param seconds: when a retry may succeed (the bucket's refill time).
+    """
+    return ApiError(
+        429,
+        "%s; close idle connections or retry later" % (why,),
+        "rate_limit_error",
+        code="too_many_connections",
+        headers=(("Retry-After", _retry_after(seconds)),),
+    )
+
+
+def https_required() -> ApiError:
+    """
+    400 for plain HTTP sent to the TLS port (a client configured with
+    C{http://}).
+    """
+    return ApiError(
+        400, "this port speaks HTTPS: use an https:// base URL", code="https_required"
+    )
+
+
+def body_too_slow(timeout: float, min_rate: int) -> ApiError:
+    """
+    408: a request body stalled (fewer than C{min_rate} bytes per second
+    over C{timeout} seconds).
+    """
+    return ApiError(
+        408,
+        "request body not received: less than %d bytes arrived in %g seconds"
+        % (int(min_rate * timeout), timeout),
+        "invalid_request_error",
+        code="request_timeout",
+    )

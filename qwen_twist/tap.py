@@ -26,7 +26,7 @@ from twisted.python import usage
 from qwen_twist import __version__, config as configmod
 from qwen_twist.gate import hooks as gate, tls
 from qwen_twist.pipeline import Gateway
-from qwen_twist.gate.peerfilter import PeerFilterFactory
+from qwen_twist.gate.peerfilter import PeerFilterFactory, TrustedConnectionHook
 from qwen_twist.upstream.client import OllamaClient
 from qwen_twist.upstream.pool import UpstreamPool
 from qwen_twist.web.request import GatewaySite
@@ -102,14 +102,17 @@ class GatewayService(service.MultiService):
         self._notices = notices or []
         self.upstream = build_upstream(reactor, config.upstream)
         self.gate = gate.Gate(config, reactor, identities)
-        self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks)
+        self.gateway = Gateway(config, reactor, self.upstream,
+                               hooks=with_trust_hook(self.gate.hooks, self.gate.identity))
         self.site = GatewaySite(
             build_root(self.gateway), config, reactor=reactor
         )
         self.server_tls = tls.ReloadableServerTLS(certificate_options)
         self.factory = build_listener_factory(self.server_tls, self.site)
         self.peer_filter = PeerFilterFactory(
-            self.factory, self.gate.rules, self.gate.bans, config.connections, reactor
+            self.factory, self.gate.rules, self.gate.bans, config, reactor,
+            answer_tls=answer_tls(self.factory),
+            response_headers=self.site.response_headers,
         )
         endpoint = listen_endpoint(reactor, config.listen)
         self.listener = internet.StreamServerEndpointService(endpoint, self.peer_filter)
@@ -151,6 +154,7 @@ class GatewayService(service.MultiService):
             return False
         self.gate.reload(config, identities)
         self.peer_filter.set_rules(self.gate.rules)
+        self.peer_filter.reconfigure(config)
         # New connections get the new certificate; open ones keep theirs.
         self.server_tls.options = certificate_options
         if config.upstream != self.config.upstream:
@@ -242,6 +246,30 @@ def build_listener_factory(certificate_options: Any, site: Any) -> Any:
     any handshake work; see style.md section 1.3).
     """
     return TLSMemoryBIOFactory(certificate_options, False, site)
+
+
+def answer_tls(tls_factory: Any) -> Any:
+    """
+    How the peer filter wraps the inner protocol that answers a refused
+    connection: in a server TLS protocol of the listener's own TLS factory
+    (same certificate and settings), which never reaches the HTTP site.
+    """
+    def wrap(inner: Any) -> Any:
+        return tls_factory.protocol(tls_factory, inner)
+
+    return wrap
+
+
+def with_trust_hook(hooks: List[Any], identity_hook: Any) -> List[Any]:
+    """
+    The admission hooks with L{TrustedConnectionHook} right after the
+    identity hook: a request with an identity protects its connection
+    from eviction before it waits in any queue.
+    """
+    hooks = list(hooks)
+    position = hooks.index(identity_hook) + 1 if identity_hook in hooks else len(hooks)
+    hooks.insert(position, TrustedConnectionHook())
+    return hooks
 
 
 def listen_endpoint(reactor: Any, listen: configmod.ListenConfig) -> Any:
