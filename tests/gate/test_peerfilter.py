@@ -11,6 +11,7 @@ handshakes: a refused peer must cost neither.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import ssl as stdlib_ssl
@@ -35,8 +36,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from qwen_twist.gate import tls
 from qwen_twist.gate.addresses import AddressRules
 from qwen_twist.gate.bans import BanList
-from qwen_twist.config import ConnectionsConfig, TLSConfig
-from qwen_twist.gate.peerfilter import FilteredConnection, PeerFilterFactory, classify
+from qwen_twist.config import Config, ConnectionsConfig, TLSConfig
+from qwen_twist.gate.peerfilter import (
+    FilteredConnection,
+    PeerFilterFactory,
+    RefusalAnswer,
+    TrustedConnectionHook,
+    classify,
+)
+from qwen_twist.tap import answer_tls
 
 GREETING = b"hello\n"
 HTTP_REQUEST = b"GET /v1/models HTTP/1.1\r\nHost: localhost:18789\r\n\r\n"
@@ -46,6 +54,13 @@ WEBSOCKET_UPGRADE = (
     b"Sec-WebSocket-Version: 13\r\n\r\n"
 )
 CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+def connections_config(**settings: Any) -> Config:
+    """
+    A whole configuration with these C{connections} settings.
+    """
+    return dataclasses.replace(Config(), connections=ConnectionsConfig(**settings))
 
 
 def addr(host: str, port: int = 40000) -> Any:
@@ -113,16 +128,19 @@ class FilterFixture:
         self.clock = Clock()
         self.inner = RecorderFactory(handshake_done)
         self.bans = bans if bans is not None else BanList(3, 600.0)
-        settings = dict(max_total=1000, max_per_ip=1000, rate=1000.0, burst=1000)
+        settings = dict(max_total=1000, max_per_ip=1000, rate=1000.0, burst=1000,
+                        evict_strangers=False)
         settings.update(limits)
         log_lines = settings.pop("log_lines", 100)
+        answer_tls = settings.pop("answer_tls", None)
         self.factory = PeerFilterFactory(
             self.inner,
             AddressRules(allow, deny, trusted),
             self.bans,
-            ConnectionsConfig(**settings),
+            connections_config(**settings),
             self.clock,
             log_lines=log_lines,
+            answer_tls=answer_tls,
         )
         self.events: List[dict] = []
         self.factory.log = Logger(namespace="test", observer=self.events.append)
@@ -192,7 +210,7 @@ class PeerFilterFactoryTests(FilterFixture, SynchronousTestCase):
         self.connect("192.0.2.1")
         self.connect("::ffff:192.0.2.1")
         self.connect("2001:DB8::1")
-        self.assertEqual(self.factory.per_ip, {"192.0.2.1": 2, "2001:db8::1": 1})
+        self.assertEqual(self.factory.per_ip, {"192.0.2.1": 2, "2001:db8::/64": 1})
         self.assertIsNone(self.connect("::ffff:203.0.113.1"))
 
     def test_not_an_ip_address(self) -> None:
@@ -331,7 +349,7 @@ class RefusalLogTests(FilterFixture, SynchronousTestCase):
         A thousand refusals of one peer for one reason give one line per
         window; another reason or another peer gets its own line.
         """
-        self.make(deny=("192.0.2.0/24",), max_total=1)
+        self.make(deny=("192.0.2.0/24",), max_total=1, handshake_timeout=1000.0)
         for _ in range(1000):
             self.connect("192.0.2.1")
         self.assertEqual(self.lines(), ["refused connection from 192.0.2.1: address not allowed"])
@@ -625,14 +643,17 @@ class BeforeHandshakeTests(TestCase):
         reactor = _reactor()
         self.app = EchoFactory()
         self.tls = CountingTLSFactory(self.options, False, self.app)
-        settings = dict(max_total=200, max_per_ip=50, rate=10.0, burst=20)
+        settings = dict(max_total=200, max_per_ip=50, rate=10.0, burst=20,
+                        evict_strangers=False)
         settings.update(limits)
+        answer = settings.pop("answer", False)
         self.filter = PeerFilterFactory(
             self.tls,
             rules or AddressRules([], [], []),
             bans or BanList(3, 600.0),
-            ConnectionsConfig(**settings),
+            connections_config(**settings),
             reactor,
+            answer_tls=answer_tls(self.tls) if answer else None,
         )
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.filter)
 
@@ -784,7 +805,8 @@ class BeforeHandshakeTests(TestCase):
             ],
         )
         self.assertEqual(
-            self.filter.dropped, {"http": 2, "websocket": 1, "not_tls": 1, "handshake": 1}
+            self.filter.dropped, {"http": 2, "websocket": 1, "not_tls": 1, "handshake": 1,
+                                  "handshake_timeout": 0, "evicted": 0}
         )
         self.assertEqual(self.app.handshakes, 1)
         self.assert_quiet()
