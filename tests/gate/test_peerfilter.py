@@ -399,6 +399,259 @@ class RefusalLogTests(FilterFixture, SynchronousTestCase):
         self.assertEqual(self.factory.prune(), 50)
 
 
+class FakeAnswerTLS:
+    """
+    Stands in for the listener's TLS factory: records the inner
+    L{RefusalAnswer}s it is asked to wrap and returns them unwrapped.
+    """
+
+    def __init__(self) -> None:
+        self.inners: List[RefusalAnswer] = []
+
+    def __call__(self, inner: RefusalAnswer) -> RefusalAnswer:
+        self.inners.append(inner)
+        return inner
+
+
+def answer_of(inner: RefusalAnswer) -> Any:
+    """
+    What a refused client reads: the parsed HTTP answer of C{inner}.
+    """
+    from tests.web.helpers import parse_response
+
+    transport = StringTransport()
+    inner.makeConnection(transport)
+    inner.dataReceived(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.disconnecting
+    return parse_response(transport.value())
+
+
+class RefusalAnswerTests(FilterFixture, SynchronousTestCase):
+    """
+    Refused peers get one readable answer (403/429 with Retry-After) within
+    a per-peer and a global budget, and are dropped at accept beyond it.
+    """
+
+    def test_banned_answer(self) -> None:
+        """
+        A banned peer's connection is handed to the answering protocol
+        (not to the site's TLS factory), whose answer is a 403
+        C{address_banned} saying until when, with the ban's remaining time
+        in C{Retry-After}; it is not counted as an open connection.
+        """
+        fake = FakeAnswerTLS()
+        self.make(bans=BanList(1, 600.0), answer_tls=fake)
+        self.clock.advance(1000)
+        self.bans.failure("192.0.2.1", self.clock.seconds())
+        self.clock.advance(100)
+        inner = self.factory.buildProtocol(addr("192.0.2.1"))
+        self.assertIsInstance(inner, RefusalAnswer)
+        self.assertEqual((self.inner.built, self.factory.active), ([], 0))
+        response = answer_of(inner)
+        self.assertEqual(response.status, 403)
+        self.assertEqual(response.headers["retry-after"], "500")
+        error = response.json()["error"]
+        self.assertEqual(error["code"], "address_banned")
+        self.assertIn("banned until 1970-01-01T00:26:41Z", error["message"])
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertEqual(self.factory.answered["banned"], 1)
+
+    def test_rate_and_caps_answered(self) -> None:
+        """
+        Over the connection rate, the per-address cap or the total cap the
+        answer is a 429 C{too_many_connections}; for the rate,
+        C{Retry-After} is the bucket's refill time.
+        """
+        fake = FakeAnswerTLS()
+        self.make(answer_tls=fake, rate=0.25, burst=1, max_per_ip=1, max_total=2)
+        self.connect("192.0.2.1")
+        response = answer_of(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertEqual((response.status, response.headers["retry-after"]), (429, "4"))
+        self.assertEqual(response.json()["error"]["code"], "too_many_connections")
+        self.clock.advance(4)
+        response = answer_of(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertIn("from this address", response.json()["error"]["message"])
+        self.connect("192.0.2.2")
+        response = answer_of(self.factory.buildProtocol(addr("192.0.2.3")))
+        self.assertIn("in all", response.json()["error"]["message"])
+        self.assertEqual(self.factory.answered, {"banned": 0, "rate": 1, "per_ip": 1,
+                                                 "total": 1})
+
+    def test_per_peer_budget(self) -> None:
+        """
+        A peer gets C{refusal_answers} answers per minute; beyond that it is
+        dropped at accept (no TLS protocol at all), and a token comes back
+        after a third of a minute with the default 3.
+        """
+        fake = FakeAnswerTLS()
+        self.make(bans=BanList(1, 600.0), answer_tls=fake)
+        self.bans.failure("192.0.2.1", 0.0)
+        results = [self.factory.buildProtocol(addr("192.0.2.1")) for _ in range(50)]
+        self.assertEqual(len([r for r in results if r is not None]), 3)
+        self.assertEqual(results[3:], [None] * 47)
+        self.assertEqual((len(fake.inners), self.factory.refused["banned"]), (3, 50))
+        self.clock.advance(20)
+        self.assertIsNotNone(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertIsNone(self.factory.buildProtocol(addr("192.0.2.1")))
+
+    def test_global_budget(self) -> None:
+        """
+        Over all peers only C{refusal_budget} answers are given per minute.
+        """
+        fake = FakeAnswerTLS()
+        self.make(max_total=1, answer_tls=fake, refusal_budget=5)
+        self.connect("198.51.100.1")
+        results = [self.factory.buildProtocol(addr("192.0.2.%d" % (i,))) for i in range(1, 21)]
+        self.assertEqual(len([r for r in results if r is not None]), 5)
+        self.assertEqual(len(fake.inners), 5)
+
+    def test_zero_answers(self) -> None:
+        """
+        With C{refusal_answers: 0} every refusal is dropped at accept.
+        """
+        fake = FakeAnswerTLS()
+        self.make(bans=BanList(1, 600.0), answer_tls=fake, refusal_answers=0)
+        self.bans.failure("192.0.2.1", 0.0)
+        self.assertIsNone(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertEqual(fake.inners, [])
+
+    def test_denied_address_not_answered(self) -> None:
+        """
+        An address outside the access rules is still only closed.
+        """
+        fake = FakeAnswerTLS()
+        self.make(deny=("192.0.2.0/24",), answer_tls=fake)
+        self.assertIsNone(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertEqual(fake.inners, [])
+
+    def test_answer_reads_request_first(self) -> None:
+        """
+        The answer waits for the request head and a small declared body
+        (so the client is not reset while sending), then closes; a peer
+        that sends nothing is aborted at the handshake deadline.
+        """
+        clock = Clock()
+        inner = RefusalAnswer(b"ANSWER", clock, 10.0)
+        transport = StringTransport()
+        inner.makeConnection(transport)
+        inner.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 4\r\n")
+        inner.dataReceived(b"\r\nab")
+        self.assertEqual(transport.value(), b"")
+        inner.dataReceived(b"cd")
+        self.assertEqual(transport.value(), b"ANSWER")
+        self.assertTrue(transport.disconnecting)
+        inner.connectionLost(lost())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        silent = RefusalAnswer(b"ANSWER", clock, 10.0)
+        transport = StringTransport()
+        silent.makeConnection(transport)
+        clock.advance(10)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnected)
+
+
+class ExhaustionTests(FilterFixture, SynchronousTestCase):
+    """
+    Connections cannot hold slots without a handshake, and a few addresses
+    cannot fill the total cap.
+    """
+
+    def test_handshake_deadline(self) -> None:
+        """
+        A bare connect, or a handshake that does not complete, is aborted
+        C{handshake_timeout} seconds after accept and logged; a completed
+        handshake stops the deadline.
+        """
+        self.make(handshake_done=False, handshake_timeout=5.0)
+        bare = self.connect("192.0.2.1")
+        stalled = self.connect("192.0.2.2")
+        stalled.dataReceived(CLIENT_HELLO_START)
+        self.clock.advance(4.9)
+        self.assertFalse(bare.transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(bare.transport.disconnected)
+        self.assertTrue(stalled.transport.disconnected)
+        self.assertEqual(self.factory.dropped["handshake_timeout"], 2)
+        stalled.connectionLost(lost())
+        self.assertEqual(self.factory.dropped["handshake"], 0)
+        self.assertIn("dropped connection from 192.0.2.1: TLS handshake not completed in time",
+                      self.lines())
+        self.make(handshake_done=True, handshake_timeout=5.0)
+        done = self.connect()
+        done.dataReceived(CLIENT_HELLO_START)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertFalse(done.transport.disconnected)
+
+    def test_evicts_oldest_stranger(self) -> None:
+        """
+        At C{max_total}, a new connection closes the oldest connection that
+        has not made an authenticated request and takes its place; trusted
+        connections are never evicted; with nothing to evict it is refused.
+        """
+        self.make(max_total=3, evict_strangers=True)
+        first, second, third = (self.connect("192.0.2.%d" % (i,)) for i in (1, 2, 3))
+        second.trust()
+        fourth = self.connect("192.0.2.4")
+        self.assertIsNotNone(fourth)
+        self.assertTrue(first.transport.disconnected)
+        self.assertEqual((self.factory.active, self.factory.dropped["evicted"]), (3, 1))
+        first.connectionLost(lost())
+        self.assertEqual(self.factory.active, 3)
+        self.assertIsNotNone(self.connect("192.0.2.5"))
+        self.assertTrue(third.transport.disconnected)
+        self.assertFalse(second.transport.disconnected)
+        fourth.trust()
+        self.factory.strangers.popitem()[0].trust()
+        self.assertIsNone(self.connect("192.0.2.6"))
+        self.assertEqual(self.factory.refused["total"], 1)
+
+    def test_no_eviction_when_off(self) -> None:
+        """
+        With C{evict_strangers: false} the total cap refuses as before.
+        """
+        self.make(max_total=1, evict_strangers=False)
+        first = self.connect("192.0.2.1")
+        self.assertIsNone(self.connect("192.0.2.2"))
+        self.assertFalse(first.transport.disconnected)
+
+    def test_ipv6_prefix_groups(self) -> None:
+        """
+        IPv6 peers in one /64 share the per-address cap and bucket; another
+        /64 does not; C{ipv6_prefix: 128} counts each address.
+        """
+        self.make(max_per_ip=2)
+        self.connect("2001:db8::1")
+        self.connect("2001:db8::2")
+        self.assertIsNone(self.connect("2001:db8::ffff:3"))
+        self.assertEqual(self.factory.refused["per_ip"], 1)
+        self.assertIsNotNone(self.connect("2001:db8:0:1::1"))
+        self.assertEqual(self.factory.connections_from("2001:db8::77"), 2)
+        self.make(max_per_ip=2, ipv6_prefix=128)
+        for i in range(3):
+            self.assertIsNotNone(self.connect("2001:db8::%d" % (i + 1,)))
+
+    def test_trust_hook(self) -> None:
+        """
+        L{TrustedConnectionHook} finds the connection under a request
+        (channel -> TLS -> filter) and marks it when the request has an
+        identity, not otherwise.
+        """
+        import types
+
+        self.make()
+        connection = self.connect()
+        tls_layer = types.SimpleNamespace(transport=connection)
+        request = types.SimpleNamespace(channel=types.SimpleNamespace(transport=tls_layer))
+        hook = TrustedConnectionHook()
+        hook.admit(request, types.SimpleNamespace(identity=None), None)
+        self.assertFalse(connection.trusted)
+        hook.admit(request, types.SimpleNamespace(identity="key:alice"), None)
+        self.assertTrue(connection.trusted)
+        self.assertNotIn(connection, self.factory.strangers)
+        hook.admit(types.SimpleNamespace(), types.SimpleNamespace(identity="key:a"), None)
+
+
 class NotTLSTests(FilterFixture, SynchronousTestCase):
     """
     What happens to connections that do not start with a TLS handshake.
@@ -591,6 +844,25 @@ def tls_exchange(port: int, message: Optional[bytes] = None,
         return b"refused: " + type(e).__name__.encode()
 
 
+def tls_request(port: int) -> bytes:
+    """
+    Blocking: handshake, send one HTTP request, read until the server
+    closes. Returns the bytes read, or a C{b"refused: ..."} marker.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with tls_client().wrap_socket(raw, server_hostname="localhost") as conn:
+                conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return data
+                    data += chunk
+    except (OSError, stdlib_ssl.SSLError) as e:
+        return b"refused: " + type(e).__name__.encode()
+
+
 def raw_exchange(port: int, payload: bytes) -> bytes:
     """
     Blocking: send C{payload} as is and read until the server closes.
@@ -699,6 +971,38 @@ class BeforeHandshakeTests(TestCase):
         self.assertEqual(result, GREETING + b"ping\n")
         self.assertEqual((self.tls.built, self.app.handshakes), (1, 1))
         self.assert_quiet()
+
+    @defer.inlineCallbacks
+    def test_banned_flood_costs_no_tls_past_budget(self) -> None:
+        """
+        A banned address opening 40 connections gets its 3 readable 403
+        answers (3 TLS handshakes, none reaching the application); the
+        other 37 are closed at accept without any TLS work.
+        """
+        bans = BanList(1, 600.0)
+        bans.failure("127.0.0.1", _reactor().seconds())
+        port = yield self.listen(bans=bans, answer=True)
+        wrapped = []
+        wrap = self.filter.answer_tls
+
+        def counting(inner: Any) -> Any:
+            wrapped.append(inner)
+            return wrap(inner)
+
+        self.filter.answer_tls = counting
+        results = []
+        for _ in range(40):
+            result = yield threads.deferToThread(tls_request, port)
+            results.append(result)
+        answers = [r for r in results if r.startswith(b"HTTP/1.1 403")]
+        self.assertEqual(len(answers), 3)
+        self.assertIn(b"address_banned", answers[0])
+        self.assertIn(b"Retry-After: 60", answers[0])
+        self.assertEqual(len(wrapped), 3)
+        self.assertEqual((self.tls.built, self.app.handshakes), (0, 0))
+        self.assertEqual(self.filter.refused["banned"], 40)
+        self.assertTrue(all(r.startswith(b"refused") for r in results
+                            if not r.startswith(b"HTTP/")))
 
     @defer.inlineCallbacks
     def test_denied_address_no_tls(self) -> None:
