@@ -314,7 +314,7 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "bad": [0, -1, float("inf")],
     },
     "connections.evict_strangers": {
-        "valid": [(True, True), (False, False)],
+        "valid": [(False, False), (True, True)],
         "wrong_type": ["yes", 1, None],
         "bad": [],
     },
