@@ -15,7 +15,7 @@ from typing import Any, List
 from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
 from twisted.trial.unittest import TestCase
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.support import async_test, in_thread, settle, start_stack
 
@@ -81,6 +81,9 @@ class Attacker:
             reactor.callLater(0.05, attacker.open, idle)
 
         def connected(p: Any) -> None:
+            if not attacker.running:
+                p.transport.abortConnection()
+                return
             self.opened += 1
             self.connections.append(p)
             lost = p.connectionLost
@@ -131,7 +134,13 @@ class ExhaustionTests(TestCase):
         async def stop_attack() -> None:
             for attacker in attackers:
                 attacker.stop()
-            await settle(50)
+            # Until the gateway has seen every connection go (answers to
+            # refused reconnections included).
+            deadline = time.monotonic() + 10
+            while (stack.service.peer_filter.active or stack.service.factory.protocols) \
+                    and time.monotonic() < deadline:
+                await settle(5)
+            await settle(20)
 
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop_attack()))
         for attacker in attackers:
@@ -150,13 +159,17 @@ class ExhaustionTests(TestCase):
         await in_thread(warm.close)
         await task.deferLater(reactor, 1.0, lambda: None)
         timings = []
+        clients = []
         for _ in range(3):
             client = stack.openai_client(api_key=key, timeout=5)
+            clients.append(client)
             started = time.monotonic()
             reply = await in_thread(client.chat.completions.create, model="qwen3:8b",
                                     messages=[{"role": "user", "content": "Hi"}])
             timings.append(time.monotonic() - started)
             self.assertTrue(reply.choices[0].message.content)
+        self.assertGreaterEqual(peer_filter.per_ip.get("127.0.0.1", 0), 1)
+        for client in clients:
+            await in_thread(client.close)
         self.assertLess(max(timings), 1.0, timings)
         self.assertGreater(peer_filter.dropped["evicted"], 0)
-        self.assertGreaterEqual(peer_filter.per_ip.get("127.0.0.1", 0), 1)

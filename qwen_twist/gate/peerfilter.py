@@ -64,12 +64,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.config import Config
 from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.bans import BanList
 from qwen_twist.gate.ratelimit import TokenBuckets
+from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 from qwen_twist.web import respond
 
 #: Why a connection was refused at accept time, as counted in
@@ -275,6 +277,7 @@ def _rfc3339(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@implementer(IReconfigurable)
 class PeerFilterFactory(WrappingFactory):
     """
     Wraps the TLS factory from outside and refuses before any handshake.
@@ -296,7 +299,8 @@ class PeerFilterFactory(WrappingFactory):
     protocol = FilteredConnection  # type: ignore[assignment]
     noisy = False
     log = Logger()
-    uses = ("connections",)
+    #: What L{reconfigure} reads (bans are the shared L{BanList}'s).
+    uses = ("connections", "access")
 
     def __init__(
         self,
@@ -343,14 +347,19 @@ class PeerFilterFactory(WrappingFactory):
         self.buckets = TokenBuckets(0, 1)
         self._answers_per_peer = TokenBuckets(0, 1)
         self._answers = TokenBuckets(0, 1)
-        self.config = config
+        self.config: Optional[Config] = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """
-        Take new limits; buckets whose limits did not change are kept, so a
-        reload does not hand every peer a fresh burst.
+        New caps, connection rate, answer budgets and address rules for
+        connections accepted from now on; open connections are not dropped
+        (the request-level address hook re-checks the rules per request).
+        Buckets whose limits did not change are kept, so a reload does not
+        hand every peer a fresh burst.
         """
+        if self.config is not None:
+            self.rules = AddressRules.from_config(config.access)
         self.config = config
         connections = config.connections
         if (self.buckets.rate, self.buckets.burst) != (connections.rate, connections.burst):
@@ -610,6 +619,7 @@ def connection_of(request: Any) -> Optional[FilteredConnection]:
     return None
 
 
+@implementer(IAdmissionHook)
 class TrustedConnectionHook:
     """
     An admission hook, placed right after the identity hook: a request
@@ -623,3 +633,8 @@ class TrustedConnectionHook:
         connection = connection_of(request)
         if connection is not None:
             connection.trust()
+
+    def release(self, ctx: Any) -> None:
+        """
+        Nothing is reserved: a connection stays trusted until it closes.
+        """
