@@ -269,3 +269,37 @@ def body_too_slow(timeout: float, min_rate: int) -> ApiError:
         "invalid_request_error",
         code="request_timeout",
     )
+
+
+def head_too_large(limit: int) -> ApiError:
+    """
+    431: the request line and headers together exceed C{limit} bytes.
+    """
+    return ApiError(
+        431,
+        "request headers too large, max %d bytes" % (limit,),
+        "invalid_request_error",
+        code="request_headers_too_large",
+    )
+
+
+def head_too_slow(timeout: float) -> ApiError:
+    """
+    408: the request head did not arrive within C{timeout} seconds.
+    """
+    return ApiError(
+        408,
+        "request headers not received within %g seconds" % (timeout,),
+        "invalid_request_error",
+        code="request_timeout",
+    )
+
+
+def malformed_request() -> ApiError:
+    """
+    400 for a request Twisted's parser refuses (bad request line, bad
+    header, bad C{Content-Length}, broken chunked framing).
+    """
+    return ApiError(
+        400, "malformed HTTP request", "invalid_request_error", code="bad_request"
+    )
