@@ -157,6 +157,7 @@ class FilteredConnection(ProtocolWrapper):
         self.peer = peer
         self.group = group
         self.trusted = False
+        self._busy = 0
         self._state = _SNIFFING
         self._counted = True
         self._deadline: Optional[Any] = None
@@ -207,6 +208,21 @@ class FilteredConnection(ProtocolWrapper):
         if not self.trusted:
             self.trusted = True
             self.factory.strangers.pop(self, None)
+
+    def busy(self, delta: int) -> None:
+        """
+        A request without an identity (C{auth.required: false}) was admitted
+        on this connection (C{+1}) or ended (C{-1}): while one is being
+        answered, the connection is not evicted, so a flood cannot cut an
+        anonymous client's stream.
+        """
+        self._busy += delta
+        if self.trusted or not self._counted:
+            return
+        if self._busy > 0:
+            self.factory.strangers.pop(self, None)
+        else:
+            self.factory.strangers[self] = None
 
     def release(self) -> None:
         """
@@ -624,17 +640,24 @@ class TrustedConnectionHook:
     """
     An admission hook, placed right after the identity hook: a request
     that has an identity marks its connection as trusted, so it is never
-    evicted to make room at C{max_total}.
+    evicted to make room at C{max_total}; an admitted request without one
+    protects its connection while it is answered.
     """
 
     def admit(self, request: Any, ctx: Any, plan: Any) -> None:
-        if ctx.identity is None:
-            return
         connection = connection_of(request)
-        if connection is not None:
+        if connection is None:
+            return
+        if ctx.identity is not None:
             connection.trust()
+        else:
+            connection.busy(1)
+            ctx.extra["busy_connection"] = connection
 
     def release(self, ctx: Any) -> None:
         """
-        Nothing is reserved: a connection stays trusted until it closes.
+        An anonymous call ended: its connection may be evicted again.
         """
+        connection = ctx.extra.pop("busy_connection", None)
+        if connection is not None:
+            connection.busy(-1)

@@ -606,6 +606,29 @@ class ExhaustionTests(FilterFixture, SynchronousTestCase):
         self.assertIsNone(self.connect("192.0.2.6"))
         self.assertEqual(self.factory.refused["total"], 1)
 
+    def test_answered_anonymous_call_not_evicted(self) -> None:
+        """
+        Without authentication, a connection whose request is being
+        answered (a stream) is not evicted; once the call ends it is again.
+        """
+        import types
+
+        self.make(max_total=2, evict_strangers=True)
+        streaming = self.connect("192.0.2.1")
+        idle = self.connect("192.0.2.2")
+        request = types.SimpleNamespace(channel=types.SimpleNamespace(
+            transport=types.SimpleNamespace(transport=streaming)))
+        ctx = types.SimpleNamespace(identity=None, extra={})
+        TrustedConnectionHook().admit(request, ctx, None)
+        self.connect("192.0.2.3")
+        self.assertTrue(idle.transport.disconnected)
+        self.assertFalse(streaming.transport.disconnected)
+        TrustedConnectionHook().release(ctx)
+        self.assertIn(streaming, self.factory.strangers)
+        self.connect("192.0.2.4")
+        self.connect("192.0.2.5")
+        self.assertTrue(streaming.transport.disconnected)
+
     def test_no_eviction_when_off(self) -> None:
         """
         With C{evict_strangers: false} the total cap refuses as before.
@@ -644,8 +667,12 @@ class ExhaustionTests(FilterFixture, SynchronousTestCase):
         tls_layer = types.SimpleNamespace(transport=connection)
         request = types.SimpleNamespace(channel=types.SimpleNamespace(transport=tls_layer))
         hook = TrustedConnectionHook()
-        hook.admit(request, types.SimpleNamespace(identity=None), None)
+        anonymous = types.SimpleNamespace(identity=None, extra={})
+        hook.admit(request, anonymous, None)
         self.assertFalse(connection.trusted)
+        self.assertNotIn(connection, self.factory.strangers)
+        hook.release(anonymous)
+        self.assertIn(connection, self.factory.strangers)
         hook.admit(request, types.SimpleNamespace(identity="key:alice"), None)
         self.assertTrue(connection.trusted)
         self.assertNotIn(connection, self.factory.strangers)
