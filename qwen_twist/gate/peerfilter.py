@@ -478,7 +478,11 @@ class PeerFilterFactory(WrappingFactory):
             return False
         if not self._answers.peek(None, now).allowed:
             return False
-        if not self._answers_per_peer.take(peer, now).allowed:
+        address = parse_address(peer)
+        # Per address group: a host rotating through its IPv6 /64 gets no
+        # more answers than one address.
+        key = peer if address is None else self.group_of(address)
+        if not self._answers_per_peer.take(key, now).allowed:
             return False
         self._answers.take(None, now)
         return True
