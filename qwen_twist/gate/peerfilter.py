@@ -118,7 +118,6 @@ _HTTP_METHODS = frozenset(
 _SNIFF = 8192
 
 
-_HTTPS_REQUIRED = respond.raw_error(errors.https_required(), ())
 
 
 def classify(data: bytes) -> str:
@@ -531,7 +530,7 @@ class PeerFilterFactory(WrappingFactory):
         if kind == "not_tls":
             transport.abortConnection()
         else:
-            transport.write(_HTTPS_REQUIRED)
+            transport.write(respond.raw_error(errors.https_required(), self.response_headers))
             transport.loseConnection()
 
     def handshake_timed_out(self, connection: FilteredConnection) -> None:
@@ -656,12 +655,12 @@ class TrustedConnectionHook:
             connection.trust()
         else:
             connection.busy(1)
-            ctx.extra["busy_connection"] = connection
+            ctx.busy_connection = connection
 
     def release(self, ctx: Any) -> None:
         """
         An anonymous call ended: its connection may be evicted again.
         """
-        connection = ctx.extra.pop("busy_connection", None)
+        connection, ctx.busy_connection = ctx.busy_connection, None
         if connection is not None:
             connection.busy(-1)

@@ -25,6 +25,7 @@ import os
 import tempfile
 from typing import Callable, List, Optional
 
+from qwen_twist import errors
 from qwen_twist.errors import invalid_request
 from qwen_twist.translate.validate import type_name
 
@@ -118,7 +119,7 @@ def decode_token_arrays(
             "Invalid '%s': token arrays are not supported by this server (no "
             "offline %s encoding); %s." % (param, DEFAULT_ENCODING, AVOID[param]),
             param,
-            "token_arrays_unsupported",
+            errors.TOKEN_ARRAYS_UNSUPPORTED,
         )
     texts = []
     for array in arrays:

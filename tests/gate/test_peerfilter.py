@@ -618,7 +618,7 @@ class ExhaustionTests(FilterFixture, SynchronousTestCase):
         idle = self.connect("192.0.2.2")
         request = types.SimpleNamespace(channel=types.SimpleNamespace(
             transport=types.SimpleNamespace(transport=streaming)))
-        ctx = types.SimpleNamespace(identity=None, extra={})
+        ctx = types.SimpleNamespace(identity=None, busy_connection=None)
         TrustedConnectionHook().admit(request, ctx, None)
         self.connect("192.0.2.3")
         self.assertTrue(idle.transport.disconnected)
@@ -667,7 +667,7 @@ class ExhaustionTests(FilterFixture, SynchronousTestCase):
         tls_layer = types.SimpleNamespace(transport=connection)
         request = types.SimpleNamespace(channel=types.SimpleNamespace(transport=tls_layer))
         hook = TrustedConnectionHook()
-        anonymous = types.SimpleNamespace(identity=None, extra={})
+        anonymous = types.SimpleNamespace(identity=None, busy_connection=None)
         hook.admit(request, anonymous, None)
         self.assertFalse(connection.trusted)
         self.assertNotIn(connection, self.factory.strangers)
