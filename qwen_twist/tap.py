@@ -122,7 +122,6 @@ class GatewayService(service.MultiService):
         self.peer_filter = PeerFilterFactory(
             self.factory, self.gate.rules, self.gate.bans, config, reactor,
             answer_tls=answer_tls(self.factory),
-            response_headers=self.site.response_headers,
         )
         # The order a request meets them: the connection filter and TLS,
         # then the HTTP limits, the gate's hooks, the pipeline, upstream.

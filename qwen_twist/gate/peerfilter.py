@@ -72,7 +72,7 @@ from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.bans import BanList
 from qwen_twist.gate.ratelimit import TokenBuckets
 from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
-from qwen_twist.web import respond
+from qwen_twist.web import hygiene, respond
 
 #: Why a connection was refused at accept time, as counted in
 #: L{PeerFilterFactory.refused} and logged.
@@ -315,7 +315,7 @@ class PeerFilterFactory(WrappingFactory):
     noisy = False
     log = Logger()
     #: What L{reconfigure} reads (bans are the shared L{BanList}'s).
-    uses = ("connections", "access")
+    uses = ("connections", "access", "response.hsts_max_age")
 
     def __init__(
         self,
@@ -327,7 +327,6 @@ class PeerFilterFactory(WrappingFactory):
         log_window: float = LOG_WINDOW,
         log_lines: int = LOG_LINES,
         answer_tls: Optional[Callable[[Protocol], Any]] = None,
-        response_headers: Any = respond.DEFAULT_HEADERS,
     ) -> None:
         """
         @param wrapped_factory: the TLS factory (C{TLSMemoryBIOFactory}).
@@ -341,14 +340,13 @@ class PeerFilterFactory(WrappingFactory):
         @param answer_tls: wraps a L{RefusalAnswer} in a server TLS protocol
             (the same certificate as the listener); L{None} drops every
             refused connection silently.
-        @param response_headers: the security headers of the answers.
         """
         WrappingFactory.__init__(self, wrapped_factory)
         self.rules = rules
         self.bans = bans
         self.clock = clock
         self.answer_tls = answer_tls
-        self.response_headers = response_headers
+        self.response_headers = respond.DEFAULT_HEADERS
         self.active = 0
         self.per_ip: Dict[str, int] = {}
         self.strangers: "OrderedDict[FilteredConnection, None]" = OrderedDict()
@@ -376,6 +374,8 @@ class PeerFilterFactory(WrappingFactory):
         if self.config is not None:
             self.rules = AddressRules.from_config(config.access)
         self.config = config
+        # The security headers of the answers, as the site sends them.
+        self.response_headers = hygiene.security_headers(config.response.hsts_max_age)
         connections = config.connections
         if (self.buckets.rate, self.buckets.burst) != (connections.rate, connections.burst):
             self.buckets = TokenBuckets(connections.rate, connections.burst)

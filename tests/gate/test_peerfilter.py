@@ -454,6 +454,8 @@ class RefusalAnswerTests(FilterFixture, SynchronousTestCase):
         self.assertEqual(error["code"], "address_banned")
         self.assertIn("banned until 1970-01-01T00:26:41Z", error["message"])
         self.assertEqual(response.headers["connection"], "close")
+        self.assertIn("strict-transport-security", response.headers)
+        self.assertEqual(response.headers["x-content-type-options"], "nosniff")
         self.assertEqual(self.factory.answered["banned"], 1)
 
     def test_rate_and_caps_answered(self) -> None:
