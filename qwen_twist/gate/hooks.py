@@ -34,6 +34,7 @@ from zope.interface import implementer
 from qwen_twist import errors
 from qwen_twist.gate.addresses import AddressRules
 from qwen_twist.gate.queue import AdmissionHook, SlotQueue
+from qwen_twist.gate.peerfilter import TrustedConnectionHook
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
@@ -289,8 +290,10 @@ class RateLimitHook:
         except StoreUnavailable:
             # limits.redis.on_failure: closed, and Redis cannot be asked.
             raise errors.limits_unavailable()
-        burst = limits.per_ip_burst
-        shown = Decision(True, burst, burst, 0.0, 0.0)
+        # Headers describe only a limit that applies: an unlimited per-IP
+        # bucket would advertise its unused burst, and clients that pace
+        # themselves from x-ratelimit-* would slow down for nothing.
+        shown: Optional[Decision] = None
         for take, decision in zip(takes, decisions):
             if take.family == "budget":
                 _rate_headers(request, decision, "tokens")
@@ -305,7 +308,8 @@ class RateLimitHook:
                 raise errors.rate_limited(
                     "rate limit exceeded for this %s"
                     % ("address" if take.family == "ip" else "key",), decision.retry_after)
-        _rate_headers(request, shown, "requests")
+        if shown is not None:
+            _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
         reservation, ctx.token_reservation = ctx.token_reservation, None
@@ -409,6 +413,9 @@ class Gate:
         self.identity = IdentityHook(config, keys, jwt, self.store, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock, self.store)
+        # Right after identity: a request with one protects its connection
+        # from eviction at connections.max_total before it waits anywhere.
+        self.trust = TrustedConnectionHook()
         self.hooks: List[Any] = []
         self.queue: Optional[SlotQueue] = None
         self.reconfigure(config)
@@ -428,7 +435,7 @@ class Gate:
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)
         admission = config.admission
-        hooks: List[Any] = [self.address, self.identity, self.prompt, self.rates]
+        hooks: List[Any] = [self.address, self.identity, self.trust, self.prompt, self.rates]
         if admission.slots > 0:
             if self.queue is None:
                 self.queue = SlotQueue(
