@@ -127,6 +127,34 @@ def upstream_unavailable(where: str) -> ApiError:
     )
 
 
+def breaker_open(name: str, retry_after: str) -> ApiError:
+    """
+    503 with C{Retry-After}: the circuit breaker of upstream C{name} (which
+    may name a model) is open, so the gateway answers at once instead of
+    waiting for a deadline (the OpenAI SDKs honour C{Retry-After}).
+    """
+    where = (" at %s" % (name,)) if name else ""
+    return ApiError(
+        503,
+        "Ollama%s is failing; not retrying it for %s s" % (where, retry_after),
+        "server_error",
+        code="upstream_unavailable",
+        headers=(("Retry-After", retry_after),),
+    )
+
+
+def no_upstream(retry_after: int) -> ApiError:
+    """
+    503 with C{Retry-After}: every upstream of the pool is unhealthy or has
+    its breaker open.
+    """
+    return ApiError(
+        503, "no Ollama upstream is available; retry after %d s" % (retry_after,),
+        "server_error", code="upstream_unavailable",
+        headers=(("Retry-After", str(retry_after)),),
+    )
+
+
 def upstream_timeout(what: str) -> ApiError:
     """
     504: the upstream did not answer in time. C{what} says which deadline.

@@ -48,23 +48,11 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from qwen_twist import errors
-from qwen_twist.upstream.breaker import BreakerOpen, counts_as_failure
-from qwen_twist.upstream.client import read_body
+from qwen_twist.upstream.failures import BreakerOpen, retryable
+from qwen_twist.upstream.client import model_key, read_body
 
 #: Largest health-check body read (C{/api/tags} of a well-stocked server).
 HEALTH_BODY_LIMIT = 4 * 1024 * 1024
-
-
-def model_key(name: str) -> str:
-    """
-    The name under which a model is matched: lower case, with the implicit
-    C{:latest} tag (C{"qwen3"} and C{"qwen3:latest"} are one model; the
-    tag is after the last C{/}, so C{"host:5000/m"} has none).
-    """
-    name = name.lower()
-    if ":" not in name[name.rfind("/") + 1:]:
-        name += ":latest"
-    return name
 
 
 def _model_names(document: Any) -> FrozenSet[str]:
@@ -100,9 +88,21 @@ class Member:
         self.loaded: FrozenSet[str] = frozenset()
         self.outstanding = 0
 
-    def breaker_state(self) -> str:
+    def breaker_state(self, model: Optional[str] = None) -> str:
+        """
+        The server breaker's state, or for C{model} the worse of the
+        server's and that model's (L{OllamaClient.model_breaker}).
+        """
         breaker = self.client.breaker
-        return "disabled" if breaker is None else breaker.state
+        state = "disabled" if breaker is None else breaker.state
+        if model is not None and state != "open":
+            scoped = getattr(self.client, "model_breaker", None)
+            own = scoped(model) if scoped is not None else None
+            if own is not None:
+                own_state = own.state
+                if own_state != "closed":
+                    state = own_state
+        return state
 
     def may_have(self, model: Optional[str]) -> bool:
         return model is None or self.models is None or model in self.models
@@ -185,11 +185,6 @@ class _CountedResponse:
             raise
 
 
-def _retryable(failure: Failure) -> bool:
-    # counts_as_failure is False for cancellations and for gateway bugs.
-    return bool(failure.check(BreakerOpen)) or counts_as_failure(failure)
-
-
 class _Call:
     # One request through the pool: at most two dispatches, one result.
 
@@ -243,7 +238,7 @@ class _Call:
         flight.release()
         if self.cancelled:
             return None
-        if _retryable(failure):
+        if retryable(failure):
             other = self._alternative()
             if other is not None:
                 self.pool.log.info("retrying {path} on {to} after {why} from {frm}",
@@ -332,7 +327,7 @@ class UpstreamPool:
             member = members[(start + i) % count]
             if member is exclude or not member.healthy:
                 continue
-            state = member.breaker_state()
+            state = member.breaker_state(model)
             if state == "open":
                 continue
             key = (not member.may_have(model), state == "half_open",
@@ -374,11 +369,7 @@ class UpstreamPool:
                 else:
                     breaker.neutral()  # the cool-down just ended: undo the admission
         wait = max(1, math.ceil(min(waits) - 1e-9)) if waits else 1
-        return errors.ApiError(
-            503, "no Ollama upstream is available; retry after %d s" % (wait,),
-            "server_error", code="upstream_unavailable",
-            headers=(("Retry-After", str(wait)),),
-        )
+        return errors.no_upstream(wait)
 
     # Health checks -----------------------------------------------------------
 
