@@ -38,10 +38,13 @@ class AccessLog:
 
     log = Logger(namespace="qwengate.access")
 
+    _FORMAT = ("{client_ip} {method} {path} {status} {outcome} {duration_ms:.1f}ms"
+               " model={model} stream={stream} request_id={request_id}")
+
     def call_finished(self, ctx: CallContext) -> None:
         self.log.info(
-            "{client_ip} {method} {path} {status} {outcome} {duration_ms:.1f}ms"
-            " model={model} stream={stream} request_id={request_id}",
+            self._FORMAT if ctx.cause is None else self._FORMAT + " cause={cause}",
+            cause=ctx.cause,
             client_ip=ctx.client_ip,
             method=ctx.method,
             path=ctx.path,
