@@ -208,3 +208,52 @@ class BreakerTests(SynchronousTestCase):
             self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
             self.successResultOf(d)
         self.assertEqual(self.upstream.breaker.state, "closed")
+
+
+class ChurnTests(SynchronousTestCase):
+    """
+    The breaker with its default settings under concurrency (issue 10).
+    """
+
+    def setUp(self) -> None:
+        self.upstream, self.agent, self.clock = client()
+
+    def test_burst_of_failures_among_concurrent_calls(self) -> None:
+        """
+        100 concurrent calls of which 10 fail at once (refused twice, reset)
+        do not open the breaker.
+        """
+        calls = [self.upstream.send("POST", "/api/chat", {"model": "m"}) for _ in range(100)]
+        pending = [r["deferred"] for r in self.agent.requests]
+        for d in pending[:5]:
+            d.errback(Failure(ierror.ConnectionRefusedError()))
+        for r in self.agent.requests[100:]:
+            r["deferred"].errback(Failure(ierror.ConnectionRefusedError()))
+        for d in pending[5:10]:
+            d.errback(Failure(ierror.ConnectionLost()))
+        for d in pending[10:]:
+            d.callback(FakeResponse(200))
+        for d in calls[:10]:
+            self.failureResultOf(d)
+        for d in calls[10:]:
+            self.successResultOf(d)
+        self.assertEqual(self.upstream.breaker.state, "closed")
+
+    def test_dead_ollama_opens_within_a_second(self) -> None:
+        """
+        Ollama dead for real (every connection refused) at 20 calls a
+        second opens the breaker within a second; the next call fails fast
+        without touching the upstream.
+        """
+        while self.upstream.breaker.state == "closed":
+            self.assertLess(self.clock.seconds(), 1.0)
+            d = self.upstream.send("POST", "/api/chat", {"model": "m"})
+            for _ in range(2):
+                self.agent.requests[-1]["deferred"].errback(
+                    Failure(ierror.ConnectionRefusedError()))
+            self.failureResultOf(d)
+            self.clock.advance(0.05)
+        seen = len(self.agent.requests)
+        err = map_failure(self.failureResultOf(self.upstream.send("POST", "/api/chat", {})), "x")
+        self.assertEqual(err.status, 503)
+        self.assertEqual(len(self.agent.requests), seen)
