@@ -218,6 +218,9 @@ class _EmulatorSite(Site):
 
     def channel_opened(self, channel: HTTPChannel) -> None:
         self.accepted += 1
+        record = getattr(self.resource, "record", None)
+        if record is not None:
+            record.connection_opened()
         self._channels.add(channel)
 
     def channel_closed(self, channel: HTTPChannel) -> None:
