@@ -205,6 +205,13 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
                                                  options.tool, log)
             results["requests"] = result
             outputs.append(with_notes(result["table"], result["notes"]))
+            if options.cpu_profile == "py-spy" and "qwengate" in options.fronts:
+                case = requests_bench.ProfiledPoint(max(profile.concurrency),
+                                                    profile.duration)
+                result = stream_bench.profile_case(stack, case, "qwengate", log,
+                                                   phase=requests_bench.profiled_phase)
+                results["requests_cpu_profile"] = result
+                outputs.append(result.get("table") or "CPU profile: %s" % (result.get("error"),))
         if cprofile and stack.cprofile_path is not None:
             stack.stop_gateway()
             if stack.cprofile_path.exists():
