@@ -33,7 +33,7 @@ class ReuseTests(TestCase):
             body = await treq.content(response)
             self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
         self.assertLessEqual(stack.emulator.accepted, 3)
-        self.assertLessEqual(stack.service.upstream.opened, 3)
+        self.assertLessEqual(stack.service.upstream.members[0].client.opened, 3)
 
     @async_test
     async def test_cut_stream_closes(self) -> None:
@@ -72,7 +72,7 @@ class ReuseTests(TestCase):
         self.assertEqual(len(stack.emulator._site._channels), 1)
         for channel in list(stack.emulator._site._channels):
             channel.transport.abortConnection()
-        upstream = stack.service.upstream
+        upstream = stack.service.upstream.members[0].client
         opened = upstream.opened
         response = await upstream.send("POST", "/api/chat", CHAT)
         self.assertEqual(response.code, 200)
