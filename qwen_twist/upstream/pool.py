@@ -309,7 +309,7 @@ class UpstreamPool(service.Service):
         model = model_key(model) if isinstance(model, str) else None
         member = self.pick(model)
         if member is None:
-            return defer.fail(self._unavailable())
+            return defer.fail(self._unavailable(model))
         call = _Call(self, method, path, payload, headers_timeout, model)
         call.dispatch(member)
         return call.result
@@ -356,22 +356,33 @@ class UpstreamPool(service.Service):
             if path != "/api/show" and model not in member.loaded:
                 member.loaded = member.loaded | {model}
 
-    def _unavailable(self) -> errors.ApiError:
+    def _unavailable(self, model: Optional[str] = None) -> errors.ApiError:
+        # Retry-After: the soonest any member may take the call again (its
+        # next health check, or its server's or this model's breaker). A
+        # lone member refused by a breaker answers with that breaker's 503.
         now = self._reactor.seconds()
         waits = []
+        refusals: List[BreakerOpen] = []
         for member in self.members:
             if not member.healthy:
                 waits.append(self.health_interval if self._next_check is None
                              else self._next_check - now)
                 continue
-            breaker = member.client.breaker
-            if breaker is not None:
+            scoped = getattr(member.client, "model_breaker", None)
+            for breaker in (member.client.breaker,
+                            scoped(model) if scoped is not None and model else None):
+                if breaker is None:
+                    continue
                 try:
                     breaker.before_call()
                 except BreakerOpen as e:
                     waits.append(e.retry_after)
+                    refusals.append(e)
+                    break
                 else:
                     breaker.neutral()  # the cool-down just ended: undo the admission
+        if len(self.members) == 1 and refusals:
+            return refusals[0].api_error()
         wait = max(1, math.ceil(min(waits) - 1e-9)) if waits else 1
         return errors.no_upstream(wait)
 
