@@ -26,6 +26,10 @@ from bench.processes import Stack
 from bench.report import fmt, ratio, table
 from bench.stream import PROMPT, front_cpu, per_us, token_script, watched_pids
 
+#: Seconds a stream may still run after the end of a phase before it is
+#: cut (and counted as unfinished): a slow front must not stall the run.
+GRACE = 10.0
+
 #: The issue's targets for qwengate in this case.
 CHUNKS_PER_S_TARGET = 25_000
 CPU_PER_CHUNK_TARGET_US = 25.0
@@ -78,7 +82,8 @@ def measure(stack: Stack, front: Front, case: ChurnCase) -> Dict[str, Any]:
     transitions0 = breaker_transitions(log_path)
     emulator.reset()
     job = front.job("churn", PROMPT, True, concurrency=case.concurrency,
-                    duration=case.duration, warmup=case.warmup)
+                    duration=case.duration, warmup=case.warmup, grace=GRACE,
+                    timeout=case.duration + case.warmup + 2 * GRACE)
     lg, sampler = stack.run_loadgen(job, watched_pids(stack, front), interval=0.25)
     counters = emulator.counters()
     t0, t1 = lg["t_start"], lg["t_end"]
@@ -110,6 +115,9 @@ def notes_for(case: ChurnCase, runs: Dict[str, Dict[str, Any]]) -> List[str]:
             errors = "; ".join("%dx %s" % (n, e) for e, n in list(lg["errors"].items())[:3])
             notes.append("%s: %d of %d streams failed (%s) %s" % (
                 name, lg["failed"], lg["streams"], statuses or "incomplete", errors))
+        if lg.get("unfinished"):
+            notes.append("%s: %d streams still running %g s after the end were cut"
+                         % (name, lg["unfinished"], GRACE))
         if run.get("breaker_transitions"):
             notes.append("%s: %d circuit breaker transitions during the run"
                          % (name, run["breaker_transitions"]))

@@ -744,10 +744,25 @@ async def run_churn_job(job: Dict[str, Any]) -> Dict[str, Any]:
             if not client.dead:
                 return
 
-    async def phase(seconds: float) -> None:
+    grace = job.get("grace", 10.0)
+
+    async def phase(seconds: float) -> int:
+        # Streams still running `grace` seconds after the deadline (a slow
+        # front) are cut and counted as unfinished.
         run.deadline = clock() + seconds
-        await asyncio.wait([asyncio.ensure_future(slot()) for _ in range(job["concurrency"])],
-                           timeout=seconds + 30.0)
+        tasks = [asyncio.ensure_future(slot()) for _ in range(job["concurrency"])]
+        await asyncio.wait(tasks, timeout=seconds + grace)
+        unfinished = 0
+        for client in live:
+            if not client.idle.done():
+                unfinished += 1
+                client.dead = True
+                if client.transport is not None:
+                    client.transport.abort()
+                client.idle.set_result(None)
+        for task in tasks:
+            task.cancel()
+        return unfinished
 
     if job.get("warmup", 0.0) > 0:
         await phase(job["warmup"])
@@ -759,7 +774,7 @@ async def run_churn_job(job: Dict[str, Any]) -> Dict[str, Any]:
     run.connections = 0
     cpu0 = cpu_seconds()
     t0 = clock()
-    await phase(job["duration"])
+    unfinished = await phase(job["duration"])
     t1 = clock()
     cpu1 = cpu_seconds()
     for client in live:
@@ -776,6 +791,7 @@ async def run_churn_job(job: Dict[str, Any]) -> Dict[str, Any]:
         "ok": ok,
         "failed": failed,
         "incomplete": run.incomplete,
+        "unfinished": unfinished,
         "statuses": run.statuses,
         "errors": run.errors,
         "frames": run.frames,

@@ -38,9 +38,10 @@ from bench.processes import (
 #: Where C{--install-peers} puts LiteLLM (beside the other venvs).
 LITELLM_VENV = REPO_ROOT / ".venv" / "litellm"
 
-#: What C{--install-peers} installs there (1.107.0 was a compromised
-#: release; this one is later and clean).
-LITELLM_REQUIREMENT = "litellm[proxy]==1.110.2"
+#: What C{--install-peers} installs there: the last release before the
+#: compromised 1.107.0 whose C{[proxy]} extra installs from PyPI alone
+#: (later ones need a C{litellm-proxy} distribution PyPI does not have).
+LITELLM_REQUIREMENT = "litellm[proxy]==1.106.12"
 
 
 def nginx_config(workdir: Path, port: int, upstream_port: int, cert: Path, key: Path,
@@ -85,7 +86,8 @@ http {
 def litellm_config(upstream_url: str, model: str = MODEL) -> str:
     """
     LiteLLM's proxy configuration: one model, C{ollama_chat/} to the
-    emulator, no telemetry.
+    emulator, no telemetry, no master key (as qwengate runs without API
+    keys in the benchmark).
     """
     return """model_list:
   - model_name: "%(model)s"
@@ -95,6 +97,9 @@ def litellm_config(upstream_url: str, model: str = MODEL) -> str:
 litellm_settings:
   telemetry: false
   drop_params: true
+general_settings:
+  # Loopback only, and qwengate runs without API keys in the benchmark too.
+  dangerously_permit_weak_or_unset_master_key: true
 """ % {"model": model, "url": upstream_url}
 
 
