@@ -229,7 +229,7 @@ class UpstreamFailureTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         AccessLog().call_finished(ctx)
-        [line] = [formatEvent(e) for e in events if "request_id=" in e.get("log_format", "")]
+        [line] = [formatEvent(e) for e in events if e.get("log_namespace") == "qwengate.access"]
         self.assertIn(" 502 error ", line)
         self.assertTrue(line.endswith(
             " cause=ResponseNeverReceived [ConnectionLost] from 10.0.0.7:11434"), line)
