@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 from bench import churn as churn_bench, requests as requests_bench, stream as stream_bench
 from bench.peers import ALL_FRONTS as FRONTS
 from bench.processes import BenchError, Stack
-from bench.report import environment, profile_table, save, top_pstats
+from bench.report import environment, fmt, profile_table, save, table, top_pstats
 
 
 def _concurrency(text: str) -> tuple:
@@ -220,6 +220,12 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
                 text = profile_table(profile_result, "Gateway CPU by function (cProfile, "
                                                      "whole run, own time)")
                 outputs.append(text)
+        startup = stack.startup()
+        results["startup_s"] = startup
+        if startup:
+            outputs.append(table(("front", "start to first answer s"),
+                                 [(name, fmt(seconds, 2)) for name, seconds in startup.items()],
+                                 "Cold start (process start to its first HTTP answer)"))
     results["seconds"] = round(time.monotonic() - started, 1)
     results["report"] = "\n\n".join(outputs)
     return results

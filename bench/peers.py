@@ -133,7 +133,7 @@ def self_signed(workdir: Path) -> Tuple[Path, Path]:
 
 
 def _wait_http(process: ManagedProcess, host: str, port: int, path: str, timeout: float,
-               context: Optional[ssl.SSLContext] = None) -> None:
+               context: Optional[ssl.SSLContext] = None, started: float = 0.0) -> None:
     deadline = clock() + timeout
     last = "no answer"
     while clock() < deadline:
@@ -148,6 +148,7 @@ def _wait_http(process: ManagedProcess, host: str, port: int, path: str, timeout
             status = conn.getresponse().status
             conn.close()
             if status == 200:
+                process.startup_s = clock() - (started or clock())  # type: ignore[attr-defined]
                 return
             last = "GET %s: HTTP %d" % (path, status)
         except (OSError, ssl.SSLError, http.client.HTTPException) as e:
@@ -176,9 +177,10 @@ class Nginx(ManagedProcess):
         super().__init__("nginx", [binary, "-p", str(workdir), "-c", str(conf)], workdir)
 
     def start(self, timeout: float = 20.0) -> None:
+        started = clock()
         super().start()
         context = ssl.create_default_context(cafile=str(self.cafile))
-        _wait_http(self, self.host, self.port, "/api/version", timeout, context)
+        _wait_http(self, self.host, self.port, "/api/version", timeout, context, started)
 
     def pids(self) -> Tuple[int, ...]:
         return (self.pid,) + tuple(children(self.pid))
@@ -205,8 +207,9 @@ class LiteLLM(ManagedProcess):
         # No downloads at start (model cost map) and no telemetry.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        started = clock()
         super().start()
-        _wait_http(self, self.host, self.port, "/health/liveliness", timeout)
+        _wait_http(self, self.host, self.port, "/health/liveliness", timeout, started=started)
 
     def pids(self) -> Tuple[int, ...]:
         return (self.pid,) + tuple(children(self.pid))

@@ -327,6 +327,7 @@ class Gateway(ManagedProcess):
         return str(self.state_dir / "tls" / "cert.pem")
 
     def start(self, timeout: float = 60.0) -> None:
+        started = clock()
         super().start()
         deadline = clock() + timeout
         last = "no answer"
@@ -342,6 +343,7 @@ class Gateway(ManagedProcess):
                     status = conn.getresponse().status
                     conn.close()
                     if status == 200:
+                        self.startup_s = clock() - started
                         return
                     last = "GET /health: HTTP %d" % (status,)
                 except (OSError, ssl.SSLError, http.client.HTTPException) as e:
@@ -468,6 +470,18 @@ class Stack:
             process.start()
             self._peers[name] = process
         return process
+
+    def startup(self) -> Dict[str, float]:
+        """
+        Seconds from process start to the first answer, per started front
+        (qwengate and the peers).
+        """
+        out: Dict[str, float] = {}
+        for process in [self._gateway] + list(self._peers.values()):
+            seconds = getattr(process, "startup_s", None)
+            if seconds is not None:
+                out["qwengate" if process is self._gateway else process.name] = seconds
+        return out
 
     def front_log(self, name: str) -> Optional[Path]:
         """

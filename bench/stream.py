@@ -49,7 +49,9 @@ from bench.fronts import Front
 from bench.procfs import Sampler
 from bench.processes import Stack
 from bench.stats import frames_between
-from bench.report import diff, fmt, mb, profile_table, ratio, table, top_functions
+from bench.report import (
+    diff, fmt, layer_shares, layer_table, mb, profile_table, ratio, table, top_functions,
+)
 
 PROMPT = "Say hello."
 
@@ -116,9 +118,10 @@ PROFILES: Dict[str, Tuple[Tuple[StreamCase, ...], SlowReaderCase]] = {
 def token_script(rate: float, tokens: int) -> Dict[str, Any]:
     """
     The emulator script of a streaming case: C{tokens} one-word chunks at
-    C{rate} per second, no thinking.
+    C{rate} per second, no thinking. The words differ (C{w0 w1 ...}):
+    LiteLLM ends a stream that repeats one chunk as a degenerate model.
     """
-    text = " ".join(["token"] * tokens)
+    text = " ".join("w%d" % (i,) for i in range(tokens))
     return {"default": {"tokens_per_second": rate, "tokens": tokens, "text": text,
                         "thinking": ""}}
 
@@ -492,6 +495,8 @@ def profile_case(stack: Stack, case: Any, front_name: str = "qwengate",
         return {"error": "py-spy failed: %s" % (spy_log.read_text("utf-8", "replace")[-500:],)}
     with open(raw, encoding="utf-8", errors="replace") as f:
         profile = top_functions(f, 10, focus="/qwen_twist/")
+    with open(raw, encoding="utf-8", errors="replace") as f:
+        profile["layers"] = layer_shares(f)["layers"]
     profile["tool"] = ("py-spy --gil at %d Hz: samples holding the GIL (Python work), not "
                        "syscalls that release it" % (PY_SPY_RATE,))
     profile["raw"] = str(raw)
@@ -500,5 +505,7 @@ def profile_case(stack: Stack, case: Any, front_name: str = "qwengate",
                       "time, py-spy, %d samples" % (front_name, case.label, profile["samples"])),
         profile_table(profile, "The same samples, qwen_twist's own functions by inclusive "
                       "time", key="focus_top"),
+        layer_table({"layers": profile["layers"]}, "The same samples by layer (where the "
+                    "floor is)"),
     ])
     return profile

@@ -790,3 +790,46 @@ class PeerTests(SynchronousTestCase):
         skipped = []
         self.assertIsNone(stack.available_front("litellm", skipped))
         self.assertEqual(skipped, ["litellm skipped: not installed"])
+
+
+class MicroTests(SynchronousTestCase):
+    """
+    C{python -m bench.micro}: the in-process hot-path measurements run.
+    """
+
+    def test_in_process_cases(self):
+        """
+        The access log and relay cases measure a positive CPU time per
+        iteration (the upstream case needs a running reactor: it is left to
+        the command line).
+        """
+        from bench import micro
+
+        self.assertGreater(micro.best_of(lambda n: None, 10, rounds=2), -1.0)
+        self.assertGreater(micro.relay_chunk(50), 0.0)
+        self.assertGreater(micro.access_log(50), 0.0)
+        self.assertEqual(set(micro.CASES), {"access_log", "relay_chunk", "upstream_call"})
+
+
+class LayerTests(SynchronousTestCase):
+    """
+    py-spy samples grouped by layer of the stack.
+    """
+
+    def test_layers(self):
+        """
+        The leaf frame's file decides the layer; unknown files are other.
+        """
+        raw = [
+            "run (twisted/internet/base.py:1);dataReceived (qwen_twist/web/relay.py:9) 3\n",
+            "run (twisted/internet/base.py:1);send (OpenSSL/SSL.py:2050) 1\n",
+            "run (twisted/internet/base.py:1);untilConcludes (twisted/python/util.py:760) 4\n",
+            "run (twisted/internet/base.py:1);x (somewhere/else.py:1) 2\n",
+            "garbage\n",
+        ]
+        shares = report.layer_shares(raw)
+        self.assertEqual(shares["samples"], 10)
+        got = {e["layer"].split(" (")[0]: e["pct"] for e in shares["layers"]}
+        self.assertEqual(got, {"reactor and sockets": 40.0, "qwen_twist": 30.0,
+                               "other": 20.0, "TLS": 10.0})
+        self.assertIn("share of samples", report.layer_table(shares, "t"))
