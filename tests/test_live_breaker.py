@@ -72,6 +72,10 @@ class TenantTests(TestCase):
         body = await treq.json_content(response)
         self.assertEqual(body["error"]["code"], "upstream_unavailable")
         self.assertEqual(len(stack.record.for_path("/api/chat")), seen)
+        error = stack.service.upstream.send("POST", "/api/chat", chat("qwen2.5:7b"))
+        cause = self.failureResultOf(error).value.cause
+        self.assertTrue(cause.startswith("BreakerOpen: circuit breaker "), cause)
+        self.assertIn("model qwen2.5:7b", cause)
         response = await stack.post("/v1/chat/completions", json=chat("qwen3:8b"))
         self.assertEqual(response.code, 200)
         await treq.content(response)

@@ -382,9 +382,16 @@ class UpstreamPool(service.Service):
                 else:
                     breaker.neutral()  # the cool-down just ended: undo the admission
         if len(self.members) == 1 and refusals:
-            return refusals[0].api_error()
-        wait = max(1, math.ceil(min(waits) - 1e-9)) if waits else 1
-        return errors.no_upstream(wait)
+            error = refusals[0].api_error()
+        else:
+            wait = max(1, math.ceil(min(waits) - 1e-9)) if waits else 1
+            error = errors.no_upstream(wait)
+        # The access log's cause for this 503 (qwen_twist.context.CallContext).
+        error.cause = "; ".join(
+            ["%s: %s" % (type(e).__name__, e) for e in refusals]
+            + ["unhealthy: %s" % (m.url,) for m in self.members if not m.healthy]
+        ) or "no upstream available"
+        return error
 
     # Health checks -----------------------------------------------------------
 

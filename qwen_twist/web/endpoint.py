@@ -190,7 +190,7 @@ class ApiResource(resource.Resource):
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
         if err.status >= 500 and ctx.cause is None:
-            ctx.cause = err.code or err.type
+            ctx.cause = getattr(err, "cause", None) or err.code or err.type
         ctx.status = err.status
         ctx.outcome = "error"
         ctx.error_type = err.type
