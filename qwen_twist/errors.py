@@ -17,13 +17,49 @@ not Ollama's C{{"error": "..."}} shape is reduced to trimmed text.
 from __future__ import annotations
 
 import json
+import math
 from typing import Iterable, Optional, Tuple
 
 Headers = Tuple[Tuple[str, str], ...]
 
+# Error codes (C{error.code}): what clients and the gateway's own control
+# flow compare against; never spelt out elsewhere.
+INVALID_API_KEY = "invalid_api_key"
+RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+REQUEST_TOO_LARGE = "request_too_large"
+REQUEST_HEADERS_TOO_LARGE = "request_headers_too_large"
+REQUEST_TIMEOUT = "request_timeout"
+BAD_REQUEST = "bad_request"
+HTTPS_REQUIRED = "https_required"
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+MODEL_NOT_FOUND = "model_not_found"
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+UPSTREAM_TIMEOUT = "upstream_timeout"
+UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"
+QUEUE_FULL = "queue_full"
+QUEUE_TIMEOUT = "queue_timeout"
+ADDRESS_BANNED = "address_banned"
+TOO_MANY_CONNECTIONS = "too_many_connections"
+TOKEN_ARRAYS_UNSUPPORTED = "token_arrays_unsupported"
+SHUTTING_DOWN = "shutting_down"
+INTERNAL_ERROR = "internal_error"
+
 #: Longest upstream error text passed on to a client; the rest is cut so a
 #: misbehaving upstream cannot make us echo megabytes.
 MAX_UPSTREAM_MESSAGE = 2048
+
+
+def retry_after(seconds: float) -> str:
+    """
+    The C{Retry-After} value for a wait of C{seconds}: whole seconds,
+    rounded up (a client that waits exactly that long is admitted), at
+    least 1. The one rounding every refusal uses.
+    """
+    return str(max(1, math.ceil(seconds - 1e-9)))
+
+
+def _retry_headers(seconds: float) -> Headers:
+    return (("Retry-After", retry_after(seconds)),)
 
 
 class ApiError(Exception):
@@ -69,11 +105,29 @@ class ApiError(Exception):
             }
         }
 
-    def body(self) -> bytes:
+    def anthropic_type(self) -> str:
         """
-        The response body: the envelope as compact UTF-8 JSON.
+        The Anthropic error type for this failure (L{anthropic_error_type}).
         """
-        return json.dumps(self.envelope(), separators=(",", ":")).encode("utf-8")
+        return anthropic_error_type(self.status)
+
+    def anthropic_envelope(self) -> dict:
+        """
+        The same failure in Anthropic's envelope, C{{"type": "error",
+        "error": {"type", "message"}}}: what C{/v1/messages} answers, so the
+        C{anthropic} SDK raises the exception class its users catch (it picks
+        the class from the status, and shows C{error.type}). Also the
+        payload of a mid-stream C{error} event.
+        """
+        return anthropic_stream_error(self.message, self.anthropic_type())
+
+    def body(self, style: str = "openai") -> bytes:
+        """
+        The response body: the envelope (C{style} C{"openai"} or
+        C{"anthropic"}) as compact UTF-8 JSON.
+        """
+        envelope = self.anthropic_envelope() if style == "anthropic" else self.envelope()
+        return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
 
     def __repr__(self) -> str:
         return "<ApiError %d %s param=%r code=%r: %s>" % (
@@ -83,6 +137,37 @@ class ApiError(Exception):
             self.code,
             self.message,
         )
+
+
+#: Anthropic error types by HTTP status (the statuses the C{anthropic} SDK
+#: maps to C{BadRequestError}, C{AuthenticationError}, ...).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """
+    Anthropic's C{error.type} for one of our failures. The status decides,
+    as it does for the SDK; a 503 is C{overloaded_error} (a busy or
+    draining gateway, an open breaker: retry later), other 4xx are
+    C{invalid_request_error}, other 5xx C{api_error}.
+    """
+    known = _ANTHROPIC_TYPES.get(status)
+    if known is not None:
+        return known
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
 
 
 def invalid_request(
@@ -123,35 +208,7 @@ def upstream_unavailable(where: str) -> ApiError:
         502,
         "cannot reach Ollama at %s" % (where,),
         "server_error",
-        code="upstream_unavailable",
-    )
-
-
-def breaker_open(name: str, retry_after: str) -> ApiError:
-    """
-    503 with C{Retry-After}: the circuit breaker of upstream C{name} (which
-    may name a model) is open, so the gateway answers at once instead of
-    waiting for a deadline (the OpenAI SDKs honour C{Retry-After}).
-    """
-    where = (" at %s" % (name,)) if name else ""
-    return ApiError(
-        503,
-        "Ollama%s is failing; not retrying it for %s s" % (where, retry_after),
-        "server_error",
-        code="upstream_unavailable",
-        headers=(("Retry-After", retry_after),),
-    )
-
-
-def no_upstream(retry_after: int) -> ApiError:
-    """
-    503 with C{Retry-After}: every upstream of the pool is unhealthy or has
-    its breaker open.
-    """
-    return ApiError(
-        503, "no Ollama upstream is available; retry after %d s" % (retry_after,),
-        "server_error", code="upstream_unavailable",
-        headers=(("Retry-After", str(retry_after)),),
+        code=UPSTREAM_UNAVAILABLE,
     )
 
 
@@ -159,14 +216,14 @@ def upstream_timeout(what: str) -> ApiError:
     """
     504: the upstream did not answer in time. C{what} says which deadline.
     """
-    return ApiError(504, what, "server_error", code="upstream_timeout")
+    return ApiError(504, what, "server_error", code=UPSTREAM_TIMEOUT)
 
 
 def upstream_protocol_error(message: str = "upstream sent an invalid response") -> ApiError:
     """
     502: the upstream answered, but not in a form we can translate.
     """
-    return ApiError(502, message, "server_error", code="upstream_invalid_response")
+    return ApiError(502, message, "server_error", code=UPSTREAM_INVALID_RESPONSE)
 
 
 def shutting_down() -> ApiError:
@@ -175,7 +232,7 @@ def shutting_down() -> ApiError:
     after a restart) can take the retry.
     """
     return ApiError(
-        503, "gateway is shutting down", "server_error", code="shutting_down",
+        503, "gateway is shutting down", "server_error", code=SHUTTING_DOWN,
         headers=(("Retry-After", "1"),),
     )
 
@@ -185,7 +242,7 @@ def internal_error() -> ApiError:
     500 for a bug in the gateway. The details go to the log, never to the
     client.
     """
-    return ApiError(500, "internal gateway error", "server_error", code="internal_error")
+    return ApiError(500, "internal gateway error", "server_error", code=INTERNAL_ERROR)
 
 
 def upstream_message(body: bytes) -> str:
@@ -217,7 +274,7 @@ def from_upstream(status: int, body: bytes, model_endpoint: bool = True) -> ApiE
     """
     message = upstream_message(body)
     if status == 404 and model_endpoint:
-        return ApiError(404, message, "invalid_request_error", code="model_not_found")
+        return ApiError(404, message, "invalid_request_error", code=MODEL_NOT_FOUND)
     if status == 429:
         return ApiError(429, message, "rate_limit_error", headers=(("Retry-After", "1"),))
     if status == 503:
@@ -229,3 +286,223 @@ def from_upstream(status: int, body: bytes, model_endpoint: bool = True) -> ApiE
     # Ollama's 500s are runner or load failures; retrying them only triples
     # the load on a struggling GPU, so tell the OpenAI SDK not to.
     return ApiError(500, message, "server_error", headers=(("x-should-retry", "false"),))
+
+
+# The gate's refusals ---------------------------------------------------------
+
+
+def unauthorized() -> ApiError:
+    """
+    The seed's 401, in the OpenAI envelope (what the SDK raises as
+    C{AuthenticationError}).
+    """
+    return ApiError(
+        401, "invalid api key", "invalid_request_error", code=INVALID_API_KEY,
+        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
+    )
+
+
+def forbidden(message: str, code: str) -> ApiError:
+    """
+    403: the caller is known but may not do this (address, model, scope).
+    """
+    return ApiError(403, message, "invalid_request_error", code=code)
+
+
+def rate_limited(message: str, wait: float) -> ApiError:
+    """
+    429 with C{Retry-After} for a wait of C{wait} seconds (the OpenAI SDK
+    honours it when at most 60 s).
+    """
+    return ApiError(429, message, "rate_limit_error", code=RATE_LIMIT_EXCEEDED,
+                    headers=_retry_headers(wait))
+
+
+def queue_full(wait: float) -> ApiError:
+    """
+    429: too many calls already wait for the model. The OpenAI SDKs retry
+    it after C{Retry-After}.
+    """
+    return ApiError(
+        429, "too many requests are waiting for the model; retry later",
+        "rate_limit_error", code=QUEUE_FULL, headers=_retry_headers(wait),
+    )
+
+
+def queue_timeout(wait: float) -> ApiError:
+    """
+    503: the call waited the longest allowed time without getting a slot.
+    """
+    return ApiError(
+        503, "timed out waiting for a free model slot; retry later",
+        "server_error", code=QUEUE_TIMEOUT, headers=_retry_headers(wait),
+    )
+
+
+def breaker_open(where: str, wait: float) -> ApiError:
+    """
+    503 while an upstream's circuit breaker is open, with C{Retry-After}
+    the cool-down left (the OpenAI SDKs honour it before retrying).
+    """
+    where = (" at %s" % (where,)) if where else ""
+    return ApiError(
+        503, "Ollama%s is failing; not retrying it for %s s" % (where, retry_after(wait)),
+        "server_error", code=UPSTREAM_UNAVAILABLE, headers=_retry_headers(wait),
+    )
+
+
+def no_upstream_available(wait: float) -> ApiError:
+    """
+    503 when no Ollama server of the pool may take the call now.
+    """
+    return ApiError(
+        503, "no Ollama upstream is available; retry after %s s" % (retry_after(wait),),
+        "server_error", code=UPSTREAM_UNAVAILABLE, headers=_retry_headers(wait),
+    )
+
+
+# HTTP-level refusals ---------------------------------------------------------
+
+
+def body_too_large(limit: int) -> ApiError:
+    """
+    413: the request body is over C{limits.max_body_bytes}.
+    """
+    return ApiError(413, "request body too large, max %d bytes" % (limit,),
+                    "invalid_request_error", code=REQUEST_TOO_LARGE)
+
+
+def head_too_large(limit: int) -> ApiError:
+    """
+    431: the request line and headers together exceed C{limit} bytes.
+    """
+    return ApiError(431, "request headers too large, max %d bytes" % (limit,),
+                    "invalid_request_error", code=REQUEST_HEADERS_TOO_LARGE)
+
+
+def head_too_slow(timeout: float) -> ApiError:
+    """
+    408: the request head did not arrive within C{timeout} seconds.
+    """
+    return ApiError(408, "request headers not received within %g seconds" % (timeout,),
+                    "invalid_request_error", code=REQUEST_TIMEOUT)
+
+
+def malformed_request() -> ApiError:
+    """
+    400 for a request Twisted's parser refuses (bad request line, bad
+    header, bad C{Content-Length}, broken chunked framing).
+    """
+    return ApiError(400, "malformed HTTP request", "invalid_request_error", code=BAD_REQUEST)
+
+
+def https_required() -> ApiError:
+    """
+    400 for plain HTTP sent to the TLS port.
+    """
+    return ApiError(400, "this port speaks HTTPS: use an https:// base URL",
+                    code=HTTPS_REQUIRED)
+
+
+def origin_refused(origin: bytes) -> ApiError:
+    """
+    The 403 for a preflight from an origin that is not configured.
+    """
+    shown = origin.decode("latin-1")[:256]
+    return ApiError(
+        403, "origin %s is not allowed to call this API (see response.cors_origins)" % (shown,),
+        "invalid_request_error", code=ORIGIN_NOT_ALLOWED,
+    )
+
+
+def stream_error(message: str, type: str = "server_error",
+                 code: Optional[str] = None) -> ApiError:
+    """
+    The error a stream ends with once it has started (sent as an SSE error
+    event, never as a status).
+    """
+    return ApiError(500, message, type, None, code)
+
+
+#: Anthropic error types of the failures a stream itself ends with (the
+#: relay's deadlines, the shutdown drain); any other is C{api_error}.
+_ANTHROPIC_STREAM_TYPES = {
+    UPSTREAM_TIMEOUT: "timeout_error",
+    SHUTTING_DOWN: "overloaded_error",
+}
+
+
+def anthropic_stream_error(message: str, error_type: Optional[str] = None,
+                           code: Optional[str] = None) -> dict:
+    """
+    Anthropic's error envelope: the payload of a mid-stream C{error} event
+    of C{/v1/messages} (which the C{anthropic} SDK raises), and the body of
+    that route's error responses (L{ApiError.anthropic_envelope}). Without
+    C{error_type}, the type follows the gateway's C{code}.
+    """
+    if error_type is None:
+        error_type = _ANTHROPIC_STREAM_TYPES.get(code or "", "api_error")
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def responses_stream_error(message: str) -> dict:
+    """
+    The C{error} of a C{response.failed} event of C{/v1/responses}: the
+    Responses API's C{server_error} code (the SDK's C{ResponseError} type
+    admits only its own codes), with the gateway's message.
+    """
+    return {"code": "server_error", "message": message}
+
+
+# Refusals at the connection level --------------------------------------------
+
+
+def address_banned(seconds: float, until: str) -> ApiError:
+    """
+    403 for a connection from an address banned after failed
+    authentications: what happened and until when, never which credential
+    was tried (whoever shares the address learns nothing about it).
+
+    @param seconds: ban time left.
+    @param until: when it ends, as an RFC 3339 UTC time.
+    """
+    return ApiError(
+        403,
+        "this address is banned until %s (%s s from now) after repeated failed "
+        "authentication from it; retry then with a valid API key"
+        % (until, retry_after(seconds)),
+        "invalid_request_error",
+        code=ADDRESS_BANNED,
+        headers=_retry_headers(seconds),
+    )
+
+
+def too_many_connections(why: str, seconds: float) -> ApiError:
+    """
+    429 for a connection refused at accept time (too many open connections
+    from the address or in all, or too many new ones per second).
+
+    @param why: which limit, in words.
+    @param seconds: when a retry may succeed (the bucket's refill time).
+    """
+    return ApiError(
+        429,
+        "%s; close idle connections or retry later" % (why,),
+        "rate_limit_error",
+        code=TOO_MANY_CONNECTIONS,
+        headers=_retry_headers(seconds),
+    )
+
+
+def body_too_slow(timeout: float, min_rate: int) -> ApiError:
+    """
+    408: a request body stalled (fewer than C{min_rate} bytes per second
+    over C{timeout} seconds).
+    """
+    return ApiError(
+        408,
+        "request body not received: less than %d bytes arrived in %g seconds"
+        % (int(min_rate * timeout), timeout),
+        "invalid_request_error",
+        code=REQUEST_TIMEOUT,
+    )

@@ -27,7 +27,6 @@ The questions, and who asks them:
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from twisted.internet import defer, error
@@ -101,18 +100,12 @@ class BreakerOpen(Exception):
     def __str__(self) -> str:
         return "circuit breaker %s open; retry after %.3f s" % (self.name, self.retry_after)
 
-    def retry_after_header(self) -> str:
-        """
-        The C{Retry-After} value: whole seconds, rounded up, at least 1.
-        """
-        return str(max(1, math.ceil(self.retry_after - 1e-9)))
-
     def api_error(self) -> errors.ApiError:
         """
         The client's answer: 503 with C{Retry-After} (the OpenAI SDKs honour
         it before retrying).
         """
-        return errors.breaker_open(self.name, self.retry_after_header())
+        return errors.breaker_open(self.name, self.retry_after)
 
 
 # Agent failures that wrap the real reasons (in C{reasons}); cancelling an

@@ -37,7 +37,6 @@ through L{read_body} or C{deliverBody}); only C{deliverBody} is counted.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from twisted.application import service
@@ -384,8 +383,7 @@ class UpstreamPool(service.Service):
         if len(self.members) == 1 and refusals:
             error = refusals[0].api_error()
         else:
-            wait = max(1, math.ceil(min(waits) - 1e-9)) if waits else 1
-            error = errors.no_upstream(wait)
+            error = errors.no_upstream_available(min(waits) if waits else 1.0)
         # The access log's cause for this 503 (qwen_twist.context.CallContext).
         error.cause = "; ".join(
             ["%s: %s" % (type(e).__name__, e) for e in refusals]

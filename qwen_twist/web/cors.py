@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
-from qwen_twist.errors import ApiError
+from qwen_twist import errors
 from qwen_twist.web import respond
 
 Header = Tuple[bytes, bytes]
@@ -47,8 +47,9 @@ EXPOSE_HEADERS = (
     b"x-ratelimit-reset-tokens"
 )
 
-#: Request headers a page may send. The OpenAI JS SDK adds its own
-#: C{x-stainless-*} family (OS, runtime, retry count), allowed by prefix.
+#: Request headers a page may send. The OpenAI and Anthropic JS SDKs add
+#: their own C{x-stainless-*} family (OS, runtime, retry count), allowed by
+#: prefix.
 ALLOWED_REQUEST_HEADERS = frozenset(
     {
         b"authorization",
@@ -59,6 +60,10 @@ ALLOWED_REQUEST_HEADERS = frozenset(
         b"openai-organization",
         b"openai-project",
         b"idempotency-key",
+        # The Anthropic JS SDK's headers (browser use needs the last one).
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"anthropic-dangerous-direct-browser-access",
     }
 )
 _STAINLESS = b"x-stainless-"
@@ -188,19 +193,6 @@ def is_preflight(request: Any) -> bool:
     return request.method == b"OPTIONS" and request.getHeader(b"origin") is not None
 
 
-def origin_refused(origin: bytes) -> ApiError:
-    """
-    The 403 for a preflight from an origin that is not configured.
-    """
-    shown = origin.decode("latin-1")[:256]
-    return ApiError(
-        403,
-        "origin %s is not allowed to call this API (see response.cors_origins)" % (shown,),
-        "invalid_request_error",
-        code="origin_not_allowed",
-    )
-
-
 class PreflightResource(resource.Resource):
     """
     Answers every CORS preflight: 204 with the allowed methods and headers
@@ -215,7 +207,7 @@ class PreflightResource(resource.Resource):
         policy = getattr(site, "cors", None) or _NO_CORS
         origin = request.getHeader(b"origin") or b""
         if policy.allowed(origin) is None:
-            respond.error(request, origin_refused(origin))
+            respond.error(request, errors.origin_refused(origin))
         else:
             requested = request.getHeader(b"access-control-request-headers")
             respond.empty(request, 204, policy.preflight_headers(requested))

@@ -51,12 +51,7 @@ def parse_json_body(request: Any) -> Any:
     """
     if getattr(request, "body_too_large", False):
         limit = getattr(request.channel.site, "max_body_bytes", 0)
-        raise errors.ApiError(
-            413,
-            "request body too large, max %d bytes" % (limit,),
-            "invalid_request_error",
-            code="request_too_large",
-        )
+        raise errors.body_too_large(limit)
     request.content.seek(0)
     raw = request.content.read()
     if not raw.strip():
@@ -85,6 +80,10 @@ class ApiResource(resource.Resource):
     methods: Tuple[str, ...] = ("POST",)
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
+    #: The envelope of this route's error responses (L{errors.ApiError.body}):
+    #: C{"anthropic"} for the Anthropic Messages routes, whose SDK would
+    #: otherwise not recognise the refusals of the gate (401, 429, ...).
+    error_style = "openai"
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:
@@ -122,10 +121,10 @@ class ApiResource(resource.Resource):
         def abort(message: str) -> None:
             # Shutdown ran out of time: the streaming code replaces this with
             # an error event once a stream has begun.
-            ctx.extra["shutting_down"] = True
+            ctx.shutting_down = True
             call.cancel()
 
-        ctx.extra["abort"] = abort
+        ctx.abort = abort
 
         def client_gone(reason: Failure) -> None:
             if not ctx.finished_at:
@@ -145,7 +144,7 @@ class ApiResource(resource.Resource):
         except BaseException as e:
             if ctx.client_gone:
                 pass
-            elif ctx.extra.get("shutting_down") and not request.startedWriting:
+            elif ctx.shutting_down and not request.startedWriting:
                 self._fail(request, ctx, errors.shutting_down())
             elif isinstance(e, errors.ApiError):
                 self._fail(request, ctx, e)
@@ -173,7 +172,7 @@ class ApiResource(resource.Resource):
         """
         where = self.gateway.upstream.where
         mapped = map_failure(failure, where)
-        if mapped.code == "internal_error":
+        if mapped.code == errors.INTERNAL_ERROR:
             self.log.failure("Unhandled error in {route}", failure, route=self.route)
         if ctx is not None and mapped.status >= 500 and ctx.cause is None:
             ctx.cause = "%s from %s" % (failures.describe(failure),
@@ -195,7 +194,7 @@ class ApiResource(resource.Resource):
         ctx.outcome = "error"
         ctx.error_type = err.type
         ctx.error_code = err.code
-        respond.error(request, err)
+        respond.error(request, err, self.error_style)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()
