@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_bench -*-
 """
-C{python -m bench [all|stream|churn|requests] [options]} (C{./qwengate-dev bench}).
+C{python -m bench [all|stream|churn|burst|requests] [options]} (C{./qwengate-dev bench}).
 
 Why one entry point with a quick default: developers run C{./qwengate-dev
 bench} before and after a change and compare; the default (C{all} with the
@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from bench import churn as churn_bench, requests as requests_bench, stream as stream_bench
+from bench import burst as burst_bench, churn as churn_bench, requests as requests_bench
+from bench import stream as stream_bench
 from bench.peers import ALL_FRONTS as FRONTS
 from bench.processes import BenchError, Stack
 from bench.report import environment, fmt, profile_table, save, table, top_pstats
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="S streams x R tokens/s, direct vs fronts; slow-reader check")
     sub.add_parser("churn", parents=[common, churn_opts],
                    help="100 clients opening full-speed streams of 100 tokens back to back")
+    sub.add_parser("burst", parents=[common],
+                   help="100 new TLS clients at once, one request each")
     sub.add_parser("requests", parents=[common, request_opts],
                    help="non-streaming requests/s and added latency at c=1,16,64")
     return parser
@@ -195,6 +198,10 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
                                                    phase=churn_bench.measure)
                 results["churn_cpu_profile"] = result
                 outputs.append(result.get("table") or "CPU profile: %s" % (result.get("error"),))
+        if command in ("all", "burst"):
+            result = burst_bench.run_burst(stack, burst_bench.BurstCase(), options.fronts, log)
+            results["burst"] = result
+            outputs.append(with_notes(result["table"], result["notes"]))
         if command in ("all", "requests"):
             profile = requests_bench.PROFILES[options.profile]
             if options.concurrency or options.request_duration:

@@ -806,6 +806,58 @@ async def run_churn_job(job: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+async def run_burst_job(job: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    C{clients} new clients at once, each opening its own connection (TCP
+    and TLS) and sending one request: time to first byte counted from the
+    connect, so the handshake is included, and the time to the whole answer.
+    """
+    loop = asyncio.get_running_loop()
+    request = job["request"].encode("latin-1")
+    ctx = make_ssl_context(job.get("tls"))
+    separator = SEPARATORS[job["framing"]]
+    ttfb = array("d")
+    total = array("d")
+    errors: Dict[str, int] = {}
+    statuses: Dict[str, int] = {}
+
+    async def one() -> None:
+        t0 = clock()
+        try:
+            client = await open_connection(loop, lambda: StreamClient(separator, loop), job, ctx)
+        except Exception as e:
+            key = ("connect: %s: %s" % (type(e).__name__, e))[:200]
+            errors[key] = errors.get(key, 0) + 1
+            return
+        client.send(request)
+        try:
+            await asyncio.wait_for(client.finished, job.get("timeout", 60.0))
+        except asyncio.TimeoutError:
+            client.abort("timed out")
+        record = client.record
+        key = str(record.status)
+        statuses[key] = statuses.get(key, 0) + 1
+        if record.error:
+            errors[record.error[:200]] = errors.get(record.error[:200], 0) + 1
+        elif record.first_byte:
+            ttfb.append(record.first_byte - t0)
+            total.append((record.times[-1] if len(record.times) else record.first_byte) - t0)
+
+    t_start = clock()
+    await asyncio.gather(*(one() for _ in range(job["clients"])))
+    t_end = clock()
+    return {
+        "clients": job["clients"],
+        "ok": len(ttfb),
+        "statuses": statuses,
+        "errors": errors,
+        "ttfb_ms": summarize_ms(ttfb),
+        "total_ms": summarize_ms(total),
+        "t_start": t_start,
+        "t_end": t_end,
+    }
+
+
 def raise_fd_limit() -> None:
     """
     Lift the soft open-files limit to the hard one (a thousand streams).
@@ -831,7 +883,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         job = json.load(f)
     raise_fd_limit()
     runner = {"stream": run_stream_job, "requests": run_requests_job,
-              "churn": run_churn_job}[job["kind"]]
+              "churn": run_churn_job, "burst": run_burst_job}[job["kind"]]
     result = asyncio.run(runner(job))
     with open(argv[1], "w", encoding="utf-8") as f:
         json.dump(result, f)

@@ -833,3 +833,31 @@ class LayerTests(SynchronousTestCase):
         self.assertEqual(got, {"reactor and sockets": 40.0, "qwen_twist": 30.0,
                                "other": 20.0, "TLS": 10.0})
         self.assertIn("share of samples", report.layer_table(shares, "t"))
+
+
+class BurstTests(SynchronousTestCase):
+    """
+    The burst case's report.
+    """
+
+    def test_table_and_notes(self):
+        """
+        Every front gets a column; qwengate's first byte more than 50 ms
+        after nginx's is noted, and so are clients left unanswered.
+        """
+        from bench import burst
+
+        def run(p50, ok=100):
+            return {"loadgen": {"clients": 100, "ok": ok, "errors": {"reset": 100 - ok} if ok < 100
+                                else {}, "ttfb_ms": {"p50": p50, "p99": p50 * 2},
+                                "total_ms": {"p50": p50, "p99": p50 * 2}},
+                    "front_cpu_s": 0.05}
+
+        runs = {"nginx": run(300.0), "qwengate": run(400.0, ok=99)}
+        text = burst.burst_table(burst.BurstCase(), runs)
+        self.assertIn("99/100", text)
+        self.assertIn("400.0", text)
+        notes = burst.notes_for(runs)
+        self.assertTrue(any("100.0 ms after nginx's" in n for n in notes), notes)
+        self.assertTrue(any("99 of 100 clients answered (1x reset)" in n for n in notes), notes)
+        self.assertEqual(burst.notes_for({"nginx": run(300.0), "qwengate": run(320.0)}), [])
