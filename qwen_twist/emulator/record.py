@@ -82,6 +82,8 @@ class Record:
     @ivar streams_peak: the most streams active at once since L{reset} (how
         several gateways sharing GPU slots are checked).
     @ivar pauses: how often the transport paused a stream (backpressure).
+    @ivar connections: connections accepted (a gateway that pools its
+        upstream connections opens few).
     @ivar faults: scripted faults that struck.
     """
 
@@ -107,6 +109,7 @@ class Record:
         self.requests_abandoned = 0
         self.pauses = 0
         self.faults = 0
+        self.connections = 0
         self.streams_peak = self.streams_active
 
     # recording
@@ -144,6 +147,9 @@ class Record:
 
     def paused(self) -> None:
         self.pauses += 1
+
+    def connection_opened(self) -> None:
+        self.connections += 1
 
     def fault_struck(self) -> None:
         self.faults += 1
@@ -183,6 +189,7 @@ class Record:
             "requests_abandoned": self.requests_abandoned,
             "pauses": self.pauses,
             "faults": self.faults,
+            "connections": self.connections,
         }
 
     def to_dict(self) -> Dict[str, Any]:
