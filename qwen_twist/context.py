@@ -13,7 +13,7 @@ key id, never by key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
 
 @dataclass
@@ -46,6 +46,36 @@ class CallContext:
     chunks: int = 0
     identity: Optional[str] = None
     extra: dict = field(default_factory=dict)
+    # What the audit log and the metrics read (issue 11). ------------------
+    #: The key's owner from the keys file (never the key).
+    key_owner: Optional[str] = None
+    #: The OpenAI C{user} field (or trusted front end's user header),
+    #: bounded by L{qwen_twist.observe.ids.clean_user}.
+    user: Optional[str] = None
+    #: How the caller authenticated (C{api_key}, C{jwt}, C{certificate}) or
+    #: tried to; with C{auth_failure} (C{missing}, C{invalid},
+    #: C{model_not_allowed}) when it failed.
+    auth_method: Optional[str] = None
+    auth_failure: Optional[str] = None
+    #: Characters of prompt text the body carried.
+    prompt_chars: Optional[int] = None
+    #: Seconds the call waited for a GPU slot.
+    queue_wait: Optional[float] = None
+    #: The C{host:port} of the Ollama server that answered.
+    upstream: Optional[str] = None
+    #: When the upstream request was sent and when it was over (headers
+    #: and body read, or the stream ended): the gateway's overhead is the
+    #: call's duration minus this span and the queue wait.
+    upstream_started: Optional[float] = None
+    upstream_finished: Optional[float] = None
+    #: Response body bytes written to the client.
+    bytes_out: int = 0
+    #: Times the client's slow reading paused the upstream stream.
+    backpressure_pauses: int = 0
+    #: Ollama's own timings from its final answer (nanoseconds, as sent):
+    #: C{load_duration}, C{prompt_eval_duration}, C{eval_duration},
+    #: C{eval_count}.
+    ollama_timings: Optional[Dict[str, Any]] = None
 
     @property
     def duration(self) -> Optional[float]:
@@ -55,3 +85,21 @@ class CallContext:
         if self.finished_at is None:
             return None
         return self.finished_at - self.started
+
+    def upstream_time(self, now: float) -> float:
+        """
+        Seconds spent waiting for Ollama so far (or in all, once over).
+        """
+        began = self.upstream_started
+        if began is None:
+            return 0.0
+        ended = self.upstream_finished
+        return (now if ended is None else ended) - began
+
+    def overhead(self, now: float) -> float:
+        """
+        Seconds of the call so far that were the gateway's own work: the
+        time since arrival minus the time Ollama took and the queue wait.
+        """
+        spent = now - self.started - self.upstream_time(now) - (self.queue_wait or 0.0)
+        return spent if spent > 0.0 else 0.0

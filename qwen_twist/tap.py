@@ -27,6 +27,7 @@ from qwen_twist import __version__, config as configmod
 from qwen_twist.gate import hooks as gate, tls
 from qwen_twist.pipeline import Gateway
 from qwen_twist.gate.peerfilter import PeerFilterFactory
+from qwen_twist.observe.service import Observability
 from qwen_twist.upstream.client import OllamaClient
 from qwen_twist.upstream.pool import UpstreamPool
 from qwen_twist.web.request import GatewaySite
@@ -114,6 +115,9 @@ class GatewayService(service.MultiService):
         endpoint = listen_endpoint(reactor, config.listen)
         self.listener = internet.StreamServerEndpointService(endpoint, self.peer_filter)
         self.listener.setServiceParent(self)
+        self.observe = Observability(config, reactor, self.gateway, self.peer_filter,
+                                     self.gate, self.upstream)
+        self.observe.setServiceParent(self)
         pruning = internet.TimerService(PRUNE_INTERVAL, self.prune)
         pruning.clock = reactor
         pruning.setServiceParent(self)
@@ -155,6 +159,7 @@ class GatewayService(service.MultiService):
         self.server_tls.options = certificate_options
         if config.upstream != self.config.upstream:
             self._replace_upstream(build_upstream(self.reactor, config.upstream))
+        self.observe.reconfigure(config)
         self.config = config
         self.log.info("reloaded {path}: {keys} API keys", path=self.config_path,
                       keys=len(identities[0]))
@@ -167,6 +172,7 @@ class GatewayService(service.MultiService):
         """
         old, self.upstream = self.upstream, upstream
         self.gateway.upstream = upstream
+        self.observe.watch_upstream(upstream)
         if isinstance(upstream, UpstreamPool) and self.running:
             upstream.start()
         old.close()
@@ -261,11 +267,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     """
     Build the service twistd runs.
     """
+    under_twistd = reactor is None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    return GatewayService(
+    gateway = GatewayService(
         options.config,
         options.certificate_options,
         reactor,
@@ -273,3 +280,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         getattr(options, "identities", None),
         options["config"],
     )
+    # Under twistd: redact secrets from every log observer (not the test
+    # runner's).
+    gateway.observe.redact_logs = under_twistd
+    return gateway

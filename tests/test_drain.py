@@ -129,7 +129,8 @@ class ServiceStopTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = GatewayService(config, tls.certificate_options(config.tls, state), reactor)
         service.startService()
-        [(port, factory, backlog, interface)] = reactor.tcpServers
+        # The API listener (the metrics listener is the second).
+        (port, factory, backlog, interface) = reactor.tcpServers[0]
         ctx = type("Ctx", (), {"request_id": "r1", "extra": {}})()
         service.gateway.call_started(ctx)
         stopped = service.stopService()

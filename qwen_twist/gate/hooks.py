@@ -31,12 +31,13 @@ from typing import Any, Dict, Optional
 from twisted.logger import Logger
 
 from qwen_twist import errors
-from qwen_twist.gate.addresses import AddressRules
+from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.queue import AdmissionHook, SlotQueue
 from qwen_twist.gate.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.gate.keys import presented_key
+from qwen_twist.observe.ids import clean_user
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 #: Rough characters per token, to reserve a prompt's share of a token
@@ -78,6 +79,10 @@ def _header(request: Any, name: bytes) -> Optional[bytes]:
     return b",".join(values)
 
 
+def _header_name(name: Optional[str]) -> Optional[bytes]:
+    return name.lower().encode("ascii", "replace") if name else None
+
+
 def _text(value: Optional[bytes]) -> Optional[str]:
     if value is None:
         return None
@@ -92,13 +97,20 @@ class AddressHook:
     Resolves and checks the client address of each request.
     """
 
-    def __init__(self, rules: AddressRules, bans: BanList, clock: Any) -> None:
+    def __init__(self, rules: AddressRules, bans: BanList, clock: Any,
+                 user_header: Optional[str] = None) -> None:
         self.rules = rules
         self.bans = bans
         self.clock = clock
+        #: C{audit.user_header}: believed only from a trusted proxy.
+        self.user_header = _header_name(user_header)
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         peer = ctx.client_ip
+        if self.user_header is not None and self.rules.trusted_proxies:
+            address = parse_address(peer)
+            if address is not None and address in self.rules.trusted_proxies:
+                ctx.user = clean_user(_header(request, self.user_header)) or ctx.user
         ctx.client_ip = self.rules.client_ip(
             peer,
             _text(_header(request, b"x-forwarded-for")),
@@ -148,25 +160,34 @@ class IdentityHook:
         )
         if presented is not None:
             if self.jwt is not None and self.jwt.looks_like_jwt(presented):
+                ctx.auth_method = "jwt"
                 identity = self._verify_jwt(presented, now)
             elif self.use_keys:
+                ctx.auth_method = "api_key"
                 record = self.keys.authenticate(presented, now)
                 if record is not None:
                     identity = "key:" + record.id
         if identity is None and self.cert_identity:
             identity = _certificate_identity(request)
+            if identity is not None:
+                ctx.auth_method = "certificate"
         if identity is None:
             if not self.required:
                 # Anonymous access is allowed; SDKs always send some key,
                 # so an unknown one is simply not an identity.
+                ctx.auth_method = None
                 return
+            ctx.auth_failure = "invalid" if presented is not None else "missing"
             self._failed(ctx, now)
             raise unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
         ctx.extra["key_record"] = record
+        if record is not None:
+            ctx.key_owner = record.owner
         model = getattr(plan, "model", None) or ctx.model
         if record is not None and model and not record.allows_model(model):
+            ctx.auth_failure = "model_not_allowed"
             raise forbidden(
                 "this API key may not use model %r" % (model,), "model_not_allowed"
             )
@@ -370,7 +391,7 @@ class Gate:
         self.clock = clock
         self.bans = BanList(config.bans.failures, config.bans.duration)
         self.rules = AddressRules.from_config(config.access)
-        self.address = AddressHook(self.rules, self.bans, clock)
+        self.address = AddressHook(self.rules, self.bans, clock, config.audit.user_header)
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock)
@@ -393,6 +414,7 @@ class Gate:
         keys, jwt = identities
         self.rules = AddressRules.from_config(config.access)
         self.address.rules = self.rules
+        self.address.user_header = _header_name(config.audit.user_header)
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)

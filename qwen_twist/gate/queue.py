@@ -486,6 +486,7 @@ class AdmissionHook:
         ctx.extra[TICKET] = ticket
         wait_ms = ticket.wait * 1000.0
         ctx.extra["queue_wait_ms"] = wait_ms
+        ctx.queue_wait = ticket.wait
         try:
             request.setHeader(b"x-queue-wait-ms", b"%d" % (round(wait_ms),))
         except BaseException:
@@ -504,6 +505,7 @@ class AdmissionHook:
         else:
             error = queue_full(refusal.retry_after)
         ctx.extra["queue_wait_ms"] = waited_ms
+        ctx.queue_wait = waited_ms / 1000.0
         request.setHeader(b"x-queue-wait-ms", b"%d" % (round(waited_ms),))
         raise error
 

@@ -20,7 +20,7 @@ connection, which is how Ollama learns to stop generating.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error as ierror
@@ -117,6 +117,9 @@ class OllamaClient:
                 reactor, connectTimeout=config.timeouts.connect, pool=self._pool
             )
         self._http = treq.client.HTTPClient(agent)
+        #: Called as C{listener(name, old, new)} after each breaker state
+        #: change (the metrics); must not raise.
+        self.breaker_listeners: List[Callable[[str, str, str], Any]] = []
         self.breaker: Optional[CircuitBreaker] = None
         if config.breaker.threshold > 0:
             self.breaker = CircuitBreaker(
@@ -127,10 +130,12 @@ class OllamaClient:
     def _breaker_moved(self, name: str, old: str, new: str) -> None:
         log = self.log.warn if new == "open" else self.log.info
         log("circuit breaker for Ollama at {name}: {old} -> {new}", name=name, old=old, new=new)
+        for listener in self.breaker_listeners:
+            listener(name, old, new)
 
     def send(
         self, method: str, path: str, payload: Optional[dict] = None,
-        headers_timeout: Optional[float] = None,
+        headers_timeout: Optional[float] = None, request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         """
         Start a request and fire with the response once its headers arrive.
@@ -140,14 +145,16 @@ class OllamaClient:
             C{upstream.timeouts.headers}. On expiry the request is cancelled
             (its connection closed) and the Deferred fails with
             L{UpstreamTimeout}.
+        @param request_id: sent as C{X-Request-ID} (already validated), so
+            Ollama's side of a call can be traced too.
         @return: a cancellable Deferred; its failures are mapped by
             L{map_failure}.
         """
         if self.breaker is None:
-            return self._send(method, path, payload, headers_timeout)
+            return self._send(method, path, payload, headers_timeout, request_id)
 
         def start() -> defer.Deferred:
-            d = self._send(method, path, payload, headers_timeout)
+            d = self._send(method, path, payload, headers_timeout, request_id)
             return d.addCallback(_raise_server_error)
 
         def is_failure(failure: Failure) -> bool:
@@ -158,7 +165,8 @@ class OllamaClient:
         return d
 
     def _send(
-        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float]
+        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float],
+        request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         body = None
         if payload is not None:
@@ -169,7 +177,7 @@ class OllamaClient:
             method,
             self.base_url + path,
             data=body,
-            headers=_JSON_HEADERS,
+            headers=_request_headers(request_id),
             unbuffered=True,
         )
         if headers_timeout is None:
@@ -192,6 +200,14 @@ class OllamaClient:
         if self._pool is None:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
+
+
+def _request_headers(request_id: Optional[str]) -> Headers:
+    if not request_id:
+        return _JSON_HEADERS
+    headers = _JSON_HEADERS.copy()
+    headers.setRawHeaders(b"X-Request-ID", [request_id.encode("ascii")])
+    return headers
 
 
 def _raise_server_error(response: IResponse) -> IResponse:

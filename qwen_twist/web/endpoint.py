@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Tuple
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -26,6 +27,22 @@ from qwen_twist.context import CallContext
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
+
+
+#: The status recorded for a call whose client left before any response
+#: was sent (nginx's convention); never sent to anyone.
+CLIENT_CLOSED = 499
+
+
+def upstream_of(response: Any) -> Any:
+    """
+    The C{host:port} of the Ollama server that sent C{response} (which of a
+    pool answered), or L{None}.
+    """
+    uri = getattr(getattr(response, "request", None), "absoluteURI", None)
+    if not isinstance(uri, bytes):
+        return None
+    return urlsplit(uri.decode("ascii", "replace")).netloc or None
 
 
 def client_ip(request: Any) -> str:
@@ -99,6 +116,8 @@ class ApiResource(resource.Resource):
             client_ip=client_ip(request),
             started=self.gateway.now(),
         )
+        request.call = ctx
+        request.call_clock = self.gateway.clock
         finished = request.notifyFinish()
         method = ctx.method
         if method == "HEAD" and "GET" in self.methods:
@@ -159,8 +178,13 @@ class ApiResource(resource.Resource):
             else:
                 self._fail(request, ctx, self.api_error(Failure()))
         finally:
-            if not ctx.status:
+            if ctx.client_gone and not request.startedWriting:
+                # Nothing reached the client: not the 200 it would have got
+                # (nginx's 499, "client closed request").
+                ctx.status = CLIENT_CLOSED
+            elif not ctx.status:
                 ctx.status = request.code
+            ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
 
     def api_error(self, failure: Failure) -> errors.ApiError:
@@ -195,9 +219,12 @@ class ApiResource(resource.Resource):
             or from the transport failure.
         """
         gateway = self.gateway
+        ctx.upstream_started = gateway.now()
         try:
-            response = await gateway.upstream.send(method, path, payload)
+            response = await gateway.upstream.send(method, path, payload,
+                                                   request_id=ctx.request_id)
             ctx.upstream_status = response.code
+            ctx.upstream = upstream_of(response)
             body = await read_body(response)
         except errors.ApiError:
             raise
@@ -207,6 +234,8 @@ class ApiResource(resource.Resource):
             if ctx.client_gone:
                 raise
             raise self.api_error(Failure())
+        finally:
+            ctx.upstream_finished = gateway.now()
         if response.code != 200:
             raise errors.from_upstream(response.code, body, model_endpoint)
         try:

@@ -156,6 +156,9 @@ class UpstreamRelay(Protocol):
         self._idle_call: Optional[Any] = None
         self._total_call: Optional[Any] = None
         self.pauses = 0
+        #: Called with the seconds since the previous upstream read, for
+        #: each read after the first (the inter-token gap metric).
+        self.on_gap: Optional[Any] = None
 
     # IProtocol ----------------------------------------------------------
 
@@ -177,7 +180,10 @@ class UpstreamRelay(Protocol):
         translator = self.translator
         if translator.finished:
             return
-        self._last_data = self.clock.seconds()
+        now = self.clock.seconds()
+        if self._got_data and self.on_gap is not None:
+            self.on_gap(now - self._last_data)
+        self._last_data = now
         if not self._got_data:
             self._got_data = True
             if self._idle_call is not None and self._idle_call.active():
