@@ -138,12 +138,13 @@ class Observability(service.MultiService):
             return
         reactor = self.reactor
         get_pool = getattr(reactor, "getThreadPool", None)
-        in_thread = None
-        if get_pool is not None:
-            def in_thread(job: Any) -> Any:
-                return threads.deferToThreadPool(reactor, get_pool(), job)
+
+        def in_thread(job: Any) -> Any:
+            return threads.deferToThreadPool(reactor, get_pool(), job)
+
         path = audit_path(self.config)
-        sink = DailyFile(path, reactor, audit.retention, audit.compress, in_thread)
+        sink = DailyFile(path, reactor, audit.retention, audit.compress,
+                         in_thread if get_pool is not None else None)
         try:
             sink.open()
         except OSError as e:
