@@ -121,7 +121,7 @@ class Observability(service.MultiService):
     def startService(self) -> None:
         if self.redact_logs:
             redact.install()
-        self._open_audit()
+        self.open_audit()
         install_signal("SIGUSR1", self.reactor, self.reopen)
         super().startService()
         if self.config.metrics.enabled:
@@ -129,7 +129,7 @@ class Observability(service.MultiService):
             self.log.info("metrics on http://{address}:{port}/metrics",
                           address=metrics.address, port=metrics.port)
 
-    def _open_audit(self) -> None:
+    def open_audit(self) -> None:
         audit = self.config.audit
         if not audit.enabled:
             return
