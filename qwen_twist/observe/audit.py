@@ -61,15 +61,28 @@ FIELDS = (
 _OUTCOMES = {"ok": "complete"}
 
 
+_second = [-1, ""]
+
+
 def iso_time(when: float) -> str:
     """
     C{when} as ISO 8601 UTC with milliseconds (C{2026-12-06T23:05:48.123Z}).
+    The date and time of the current second are formatted once (calls
+    arrive in time order, many per second).
     """
-    return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    second = int(when)
+    if second != _second[0]:
+        _second[0] = second
+        _second[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    return "%s%03dZ" % (_second[1], int((when - second) * 1000.0))
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _count(value: Any) -> Optional[int]:
+    return value if type(value) is int else None
 
 
 def record(ctx: CallContext) -> Dict[str, Any]:
@@ -99,14 +112,14 @@ def record(ctx: CallContext) -> Dict[str, Any]:
         "status": ctx.status or None,
         "error_code": ctx.error_code,
         "outcome": _OUTCOMES.get(ctx.outcome, ctx.outcome),
-        "prompt_chars": ctx.prompt_chars,
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
+        "prompt_chars": _count(ctx.prompt_chars),
+        "prompt_tokens": _count(usage.get("prompt_tokens")),
+        "completion_tokens": _count(usage.get("completion_tokens")),
         "ttft_ms": _ms(ttft),
         "duration_ms": _ms(ctx.duration),
         "queue_wait_ms": _ms(ctx.queue_wait),
         "upstream": ctx.upstream,
-        "bytes_out": ctx.bytes_out,
+        "bytes_out": _count(ctx.bytes_out),
     }
 
 
@@ -115,7 +128,69 @@ def encode(rec: Dict[str, Any]) -> bytes:
     One line: compact JSON, ASCII only (a client-named model cannot break
     the line or the encoding), newline-terminated.
     """
-    return json.dumps(rec, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
+    return _ENCODER.encode(rec).encode("ascii") + b"\n"
+
+
+#: One encoder for every line (C{json.dumps} with options builds a new one
+#: per call, which costs more than the encoding).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
+_escape = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _str(value: Optional[str]) -> str:
+    return "null" if value is None else _escape(value)
+
+
+def _num(value: Any) -> str:
+    # Integers as integers; floats as JSON floats; anything else is null
+    # (a count that is not a number must not break the line).
+    if value is None or value is True or value is False:
+        return "null"
+    if type(value) is int:
+        return "%d" % (value,)
+    if type(value) is float and value == value and value not in (_INF, -_INF):
+        return repr(value)
+    return "null"
+
+
+_INF = float("inf")
+
+_LINE = ('{"time":"%s","request_id":%s,"client_ip":%s,"identity":%s,"key_owner":%s,'
+         '"user":%s,"method":%s,"route":%s,"model":%s,"stream":%s,"status":%s,'
+         '"error_code":%s,"outcome":%s,"prompt_chars":%s,"prompt_tokens":%s,'
+         '"completion_tokens":%s,"ttft_ms":%s,"duration_ms":%s,"queue_wait_ms":%s,'
+         '"upstream":%s,"bytes_out":%s}\n')
+
+
+def encode_call(ctx: CallContext) -> bytes:
+    """
+    C{encode(record(ctx))}, built directly: one format and a C-escaped
+    string per text field, about a third of the cost of building the
+    dict and running the JSON encoder over it (C{python -m bench.observe}).
+    """
+    usage = ctx.usage or _EMPTY
+    ttft = None
+    if ctx.first_byte_at is not None and ctx.stream:
+        ttft = ctx.first_byte_at - ctx.started
+    duration = None if ctx.finished_at is None else ctx.finished_at - ctx.started
+    queue = ctx.queue_wait
+    return (_LINE % (
+        iso_time(ctx.started), _str(ctx.request_id), _str(ctx.client_ip), _str(ctx.identity),
+        _str(ctx.key_owner), _str(ctx.user), _str(ctx.method), _str(ctx.route),
+        _str(ctx.model), "true" if ctx.stream else "false", _num(ctx.status or None),
+        _str(ctx.error_code), _escape(_OUTCOMES.get(ctx.outcome, ctx.outcome)),
+        _num(ctx.prompt_chars), _num(usage.get("prompt_tokens")),
+        _num(usage.get("completion_tokens")),
+        _num(None if ttft is None else round(ttft * 1000.0, 3)),
+        _num(None if duration is None else round(duration * 1000.0, 3)),
+        _num(None if queue is None else round(queue * 1000.0, 3)),
+        _str(ctx.upstream), _num(ctx.bytes_out),
+    )).encode("ascii")
+
+
+_EMPTY: Dict[str, Any] = {}
 
 
 class AuditLog:
@@ -149,7 +224,7 @@ class AuditLog:
     def call_finished(self, ctx: CallContext) -> None:
         sink = self.sink
         if sink is not None:
-            sink.write(encode(record(ctx)))
+            sink.write(encode_call(ctx))
 
 
 class StreamSink:

@@ -6,8 +6,9 @@ Two kinds of numbers, two mechanisms:
 
   - What happens per call (requests, latencies, tokens, refusals, auth
     failures) is counted by L{Metrics.call_finished}, a pipeline observer
-    reading the call's L{CallContext}. Label children are cached in plain
-    dicts, so a call costs a few dict look-ups and C{inc}/C{observe}s.
+    reading the call's L{CallContext}, into the reactor-thread accumulators
+    of L{qwen_twist.observe.accumulate} (no lock, one C{bisect} per
+    observation: a call costs a few microseconds, C{python -m bench.observe}).
   - What the gateway's parts already count or hold (the peer filter's
     refusals and drops, the queue's depth and statistics, calls in flight,
     upstream health, breakers, C{/api/ps}, the certificate's expiry) is read
@@ -29,14 +30,17 @@ import os
 import platform
 from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from qwen_twist import __version__
 from qwen_twist.context import CallContext
+from qwen_twist.observe.accumulate import CounterVec, HistogramVec
 
 #: Distinct model label values at most (the rest are C{other}).
 MAX_MODELS = 200
+#: Client-supplied model strings whose label is remembered.
+MODEL_LABEL_CACHE = 1024
 #: Distinct upstream label values at most.
 MAX_UPSTREAMS = 64
 
@@ -168,63 +172,55 @@ class Metrics:
         )
         self.sources = _Sources()
 
-        build = Gauge("qwengate_build_info", "qwengate build and runtime versions (always 1)",
-                      ("version", "twisted", "python"), registry=reg)
-        build.labels(__version__, _twisted_version(), platform.python_version()).set(1)
-        self.requests = Counter(
-            "qwengate_requests", "API calls by route, method, status code and model",
-            ("route", "method", "code", "model"), registry=reg)
-        self.duration = Histogram(
-            "qwengate_request_duration_seconds", "time from arrival to the end of the response",
-            ("route",), buckets=DURATION_BUCKETS, registry=reg)
-        self.ttft = Histogram(
-            "qwengate_time_to_first_token_seconds",
-            "streams: time from arrival to the first event sent",
-            ("route", "model"), buckets=TTFT_BUCKETS, registry=reg)
-        self.gap = Histogram(
-            "qwengate_inter_token_gap_seconds",
-            "streams: time between consecutive reads from Ollama",
-            buckets=GAP_BUCKETS, registry=reg)
-        self.overhead = Histogram(
-            "qwengate_gateway_overhead_seconds",
-            "time spent in the gateway itself (excluding Ollama and the queue)",
-            ("route",), buckets=OVERHEAD_BUCKETS, registry=reg)
-        self.prompt_tokens = Counter(
-            "qwengate_prompt_tokens", "prompt tokens counted by Ollama", ("model", "key"),
-            registry=reg)
-        self.completion_tokens = Counter(
-            "qwengate_completion_tokens", "completion tokens counted by Ollama",
-            ("model", "key"), registry=reg)
-        self.queue_wait = Histogram(
-            "qwengate_queue_wait_seconds", "time a call waited for a GPU slot",
-            buckets=QUEUE_BUCKETS, registry=reg)
-        self.upstream_requests = Counter(
-            "qwengate_upstream_requests", "upstream calls by upstream and outcome",
-            ("upstream", "outcome"), registry=reg)
-        self.breaker_transitions = Counter(
-            "qwengate_upstream_breaker_transitions", "circuit breaker state changes",
-            ("upstream", "to"), registry=reg)
-        self.auth_failures = Counter(
-            "qwengate_auth_failures", "authentication failures by method and reason",
-            ("method", "reason"), registry=reg)
-        self.backpressure = Counter(
-            "qwengate_backpressure_pauses", "times a slow client paused an upstream stream",
-            registry=reg)
-        self.ollama_load = Histogram(
-            "qwengate_ollama_load_duration_seconds", "Ollama's model load time per call",
-            ("model",), buckets=OLLAMA_BUCKETS, registry=reg)
-        self.ollama_prompt_eval = Histogram(
-            "qwengate_ollama_prompt_eval_duration_seconds", "Ollama's prompt evaluation time",
-            ("model",), buckets=OLLAMA_BUCKETS, registry=reg)
-        self.ollama_eval = Histogram(
-            "qwengate_ollama_eval_duration_seconds", "Ollama's generation (decode) time",
-            ("model",), buckets=OLLAMA_BUCKETS, registry=reg)
-        self.ollama_tps = Histogram(
-            "qwengate_ollama_decode_tokens_per_second", "Ollama's decode speed per call",
-            ("model",), buckets=TPS_BUCKETS, registry=reg)
+        C, H = CounterVec, HistogramVec
+        self.requests = C("qwengate_requests",
+                          "API calls by route, method, status code and model",
+                          ("route", "method", "code", "model"))
+        self.duration = H("qwengate_request_duration_seconds",
+                          "time from arrival to the end of the response", ("route",),
+                          DURATION_BUCKETS)
+        self.ttft = H("qwengate_time_to_first_token_seconds",
+                      "streams: time from arrival to the first event sent", ("route", "model"),
+                      TTFT_BUCKETS)
+        self.gap = H("qwengate_inter_token_gap_seconds",
+                     "streams: time between consecutive reads from Ollama", (), GAP_BUCKETS)
+        self.overhead = H("qwengate_gateway_overhead_seconds",
+                          "time spent in the gateway itself (excluding Ollama and the queue)",
+                          ("route",), OVERHEAD_BUCKETS)
+        self.prompt_tokens = C("qwengate_prompt_tokens", "prompt tokens counted by Ollama",
+                               ("model", "key"))
+        self.completion_tokens = C("qwengate_completion_tokens",
+                                   "completion tokens counted by Ollama", ("model", "key"))
+        self.queue_wait = H("qwengate_queue_wait_seconds", "time a call waited for a GPU slot",
+                            (), QUEUE_BUCKETS)
+        self.upstream_requests = C("qwengate_upstream_requests",
+                                   "upstream calls by upstream and outcome",
+                                   ("upstream", "outcome"))
+        self.breaker_transitions = C("qwengate_upstream_breaker_transitions",
+                                     "circuit breaker state changes", ("upstream", "to"))
+        self.auth_failures = C("qwengate_auth_failures",
+                               "authentication failures by method and reason",
+                               ("method", "reason"))
+        self.backpressure = C("qwengate_backpressure_pauses",
+                              "times a slow client paused an upstream stream")
+        self.ollama_load = H("qwengate_ollama_load_duration_seconds",
+                             "Ollama's model load time per call", ("model",), OLLAMA_BUCKETS)
+        self.ollama_prompt_eval = H("qwengate_ollama_prompt_eval_duration_seconds",
+                                    "Ollama's prompt evaluation time", ("model",),
+                                    OLLAMA_BUCKETS)
+        self.ollama_eval = H("qwengate_ollama_eval_duration_seconds",
+                             "Ollama's generation (decode) time", ("model",), OLLAMA_BUCKETS)
+        self.ollama_tps = H("qwengate_ollama_decode_tokens_per_second",
+                            "Ollama's decode speed per call", ("model",), TPS_BUCKETS)
+        self.families = [
+            self.requests, self.duration, self.ttft, self.gap, self.overhead,
+            self.prompt_tokens, self.completion_tokens, self.queue_wait,
+            self.upstream_requests, self.breaker_transitions, self.auth_failures,
+            self.backpressure, self.ollama_load, self.ollama_prompt_eval, self.ollama_eval,
+            self.ollama_tps,
+        ]
         reg.register(_StateCollector(self))
-        # Cached label children: a dict look-up instead of labels() per call.
-        self._children: Dict[Tuple[Any, ...], Any] = {}
+        self._model_labels: Dict[Optional[str], str] = {}
 
     # Configuration ---------------------------------------------------------
 
@@ -248,19 +244,33 @@ class Metrics:
         Model names from Ollama (C{/api/tags}, C{/api/ps}, a 200 answer):
         the model label set, up to L{MAX_MODELS}.
         """
-        models = self._models
         for name in names:
-            if len(models) >= MAX_MODELS:
+            if len(self._models) >= MAX_MODELS:
                 return
-            models.add(model_key(name))
+            self._learn(name)
 
     # Labels ------------------------------------------------------------------
 
     def model_label(self, model: Optional[str]) -> str:
-        if not model:
-            return "none"
-        name = model_key(model)
-        return name if name in self._models else OTHER
+        cache = self._model_labels
+        label = cache.get(model)
+        if label is None:
+            if not model:
+                label = "none"
+            else:
+                name = model_key(model)
+                label = name if name in self._models else OTHER
+            if len(cache) < MODEL_LABEL_CACHE:
+                # Cleared whenever the model set grows (L{_learn}).
+                cache[model] = label
+        return label
+
+    def _learn(self, model: str) -> None:
+        if len(self._models) < MAX_MODELS:
+            name = model_key(model)
+            if name not in self._models:
+                self._models.add(name)
+                self._model_labels.clear()
 
     def upstream_label(self, name: Optional[str]) -> str:
         if name is None:
@@ -269,49 +279,41 @@ class Metrics:
             return "unknown"
         return name if name in self._upstreams else OTHER
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric),) + labels
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     # Observers ---------------------------------------------------------------
 
     def call_finished(self, ctx: CallContext) -> None:
         """
         Count one finished call (a L{qwen_twist.pipeline.Gateway} observer).
         """
-        child = self._child
         route = ctx.route
         if ctx.upstream_status == 200 and ctx.model:
-            if len(self._models) < MAX_MODELS:
-                self._models.add(model_key(ctx.model))
+            self._learn(ctx.model)
         model = self.model_label(ctx.model)
         method = ctx.method if ctx.method in METHODS else OTHER
         status = str(ctx.status)
         code = status if status in CODES else OTHER
-        child(self.requests, route, method, code, model).inc()
+        self.requests.inc((route, method, code, model))
         finished = ctx.finished_at
+        route_labels = (route,)
         if finished is not None:
-            child(self.duration, route).observe(finished - ctx.started)
-            child(self.overhead, route).observe(ctx.overhead(finished))
+            self.duration.observe(route_labels, finished - ctx.started)
+            self.overhead.observe(route_labels, ctx.overhead(finished))
         if ctx.stream and ctx.first_byte_at is not None:
-            child(self.ttft, route, model).observe(ctx.first_byte_at - ctx.started)
+            self.ttft.observe((route, model), ctx.first_byte_at - ctx.started)
         if ctx.queue_wait is not None:
-            self.queue_wait.observe(ctx.queue_wait)
+            self.queue_wait.observe((), ctx.queue_wait)
         usage = ctx.usage
         if usage:
-            key = key_label(ctx.identity)
+            key = (model, key_label(ctx.identity))
             prompt = usage.get("prompt_tokens")
             if prompt:
-                child(self.prompt_tokens, model, key).inc(prompt)
+                self.prompt_tokens.inc(key, prompt)
             completion = usage.get("completion_tokens")
             if completion:
-                child(self.completion_tokens, model, key).inc(completion)
+                self.completion_tokens.inc(key, completion)
         outcome = upstream_outcome(ctx)
         if outcome is not None:
-            child(self.upstream_requests, self.upstream_label(ctx.upstream), outcome).inc()
+            self.upstream_requests.inc((self.upstream_label(ctx.upstream), outcome))
         if ctx.error_code is not None:
             reason = REQUEST_REFUSALS.get(ctx.error_code)
             if reason is not None:
@@ -319,40 +321,39 @@ class Metrics:
         if ctx.auth_failure is not None:
             method_label = ctx.auth_method if ctx.auth_method in AUTH_METHODS else "none"
             reason = ctx.auth_failure if ctx.auth_failure in AUTH_FAILURES else OTHER
-            child(self.auth_failures, method_label, reason).inc()
+            self.auth_failures.inc((method_label, reason))
         if ctx.backpressure_pauses:
-            self.backpressure.inc(ctx.backpressure_pauses)
+            self.backpressure.inc((), ctx.backpressure_pauses)
         timings = ctx.ollama_timings
         if timings:
-            self._ollama(model, timings)
+            self._ollama((model,), timings)
 
-    def _ollama(self, model: str, timings: Dict[str, int]) -> None:
-        child = self._child
+    def _ollama(self, model: Tuple[str], timings: Dict[str, int]) -> None:
         load = timings.get("load_duration")
         if load is not None:
-            child(self.ollama_load, model).observe(load / 1e9)
+            self.ollama_load.observe(model, load / 1e9)
         prompt = timings.get("prompt_eval_duration")
         if prompt is not None:
-            child(self.ollama_prompt_eval, model).observe(prompt / 1e9)
+            self.ollama_prompt_eval.observe(model, prompt / 1e9)
         decode = timings.get("eval_duration")
         if decode is not None:
-            child(self.ollama_eval, model).observe(decode / 1e9)
+            self.ollama_eval.observe(model, decode / 1e9)
             count = timings.get("eval_count")
             if count and decode > 0:
-                child(self.ollama_tps, model).observe(count * 1e9 / decode)
+                self.ollama_tps.observe(model, count * 1e9 / decode)
 
     def chunk_gap(self, seconds: float) -> None:
         """
         One gap between upstream reads of a stream.
         """
-        self.gap.observe(seconds)
+        self.gap.observe((), seconds)
 
     def breaker_moved(self, name: str, old: str, new: str) -> None:
         """
         A circuit breaker changed state (its C{on_transition} listener).
         """
         to = new if new in BREAKER_STATES else OTHER
-        self._child(self.breaker_transitions, self.upstream_label(name), to).inc()
+        self.breaker_transitions.inc((self.upstream_label(name), to))
 
     def series(self) -> int:
         """
@@ -400,6 +401,12 @@ class _StateCollector:
     def collect(self) -> Iterable[Any]:
         metrics = self.metrics
         sources = metrics.sources
+        build = _gauge("qwengate_build_info", "qwengate build and runtime versions (always 1)",
+                       ("version", "twisted", "python"))
+        build.add_metric([__version__, _twisted_version(), platform.python_version()], 1)
+        yield build
+        for family in metrics.families:
+            yield family.collect()
         yield from self._calls(sources.gateway)
         yield from self._refusals(sources.peer_filter)
         yield from self._queue(sources.queue() if sources.queue is not None else None)

@@ -12,6 +12,7 @@ Ollama connection so generation stops), or a body read.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Tuple
 from urllib.parse import urlsplit
@@ -42,6 +43,12 @@ def upstream_of(response: Any) -> Any:
     uri = getattr(getattr(response, "request", None), "absoluteURI", None)
     if not isinstance(uri, bytes):
         return None
+    return _netloc(uri)
+
+
+@functools.lru_cache(maxsize=256)
+def _netloc(uri: bytes) -> Any:
+    # A handful of upstreams times a handful of paths: parse each once.
     return urlsplit(uri.decode("ascii", "replace")).netloc or None
 
 

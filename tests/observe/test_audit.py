@@ -287,3 +287,28 @@ class CompressionThreadTests(TestCase):
 
         return jobs[0].addCallback(check)
 
+
+
+class FastEncoderTests(SynchronousTestCase):
+    """
+    L{audit.encode_call} writes exactly L{audit.record}'s JSON.
+    """
+
+    def test_same_as_record(self):
+        """
+        Full, empty, hostile and odd contexts encode to the record.
+        """
+        cases = [
+            finished_call(),
+            finished_call(identity="key:a", model="q\"\n\u2028\xe9", user="u", stream=True,
+                          first_byte_at=MIDNIGHT + 1.5, status=200, queue_wait=0.0001,
+                          usage={"prompt_tokens": 1, "completion_tokens": 2}, bytes_out=7,
+                          prompt_chars=3, upstream="h:1", error_code="x", outcome="truncated"),
+            finished_call(status=0, finished_at=None, usage={"prompt_tokens": "lots"}),
+            finished_call(outcome="client_gone", status=499),
+        ]
+        for ctx in cases:
+            line = audit.encode_call(ctx)
+            self.assertTrue(line.endswith(b"\n"))
+            self.assertEqual(line.count(b"\n"), 1)
+            self.assertEqual(json.loads(line), json.loads(audit.encode(audit.record(ctx))))
