@@ -99,7 +99,7 @@ class GenerationResource(ApiResource):
             elif isinstance(e, errors.ApiError):
                 err = e
             else:
-                err = self.api_error(Failure())
+                err = self.api_error(Failure(), ctx)
             if not response.committed:
                 response.close(finish=False)
                 raise err
@@ -120,6 +120,7 @@ class GenerationResource(ApiResource):
             first_token_timeout=config.upstream.timeouts.first_token,
         )
         relay.on_gap = gateway.chunk_gap
+        relay.request_id = ctx.request_id
         upstream.deliverBody(relay)
         ctx.extra["abort"] = relay.abort
         try:

@@ -178,12 +178,13 @@ class ApiResource(resource.Resource):
                 # A stream broke in a way the streaming code did not handle:
                 # cut the response rather than finish it, so the client cannot
                 # mistake it for a complete answer.
-                self.log.failure("stream failed", Failure())
+                self.log.failure("stream failed (request {request_id})", Failure(),
+                                 request_id=ctx.request_id)
                 ctx.outcome = "truncated"
                 if request.channel is not None:
                     request.channel.forceAbortClient()
             else:
-                self._fail(request, ctx, self.api_error(Failure()))
+                self._fail(request, ctx, self.api_error(Failure(), ctx))
         finally:
             if ctx.client_gone and not request.startedWriting:
                 # Nothing reached the client: not the 200 it would have got
@@ -194,15 +195,16 @@ class ApiResource(resource.Resource):
             ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
 
-    def api_error(self, failure: Failure) -> errors.ApiError:
+    def api_error(self, failure: Failure, ctx: Any = None) -> errors.ApiError:
         """
         The client-facing error for any failure; one that is not a known
-        upstream failure is a gateway bug, logged with its traceback here
-        and answered with a bare 500.
+        upstream failure is a gateway bug, logged with its traceback (and
+        the call's request id) here and answered with a bare 500.
         """
         mapped = map_failure(failure, self.gateway.upstream.where)
         if mapped.code == "internal_error":
-            self.log.failure("Unhandled error in {route}", failure, route=self.route)
+            self.log.failure("Unhandled error in {route} (request {request_id})", failure,
+                             route=self.route, request_id=getattr(ctx, "request_id", None))
         return mapped
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
@@ -240,7 +242,7 @@ class ApiResource(resource.Resource):
         except Exception:
             if ctx.client_gone:
                 raise
-            raise self.api_error(Failure())
+            raise self.api_error(Failure(), ctx)
         finally:
             ctx.upstream_finished = gateway.now()
         if response.code != 200:

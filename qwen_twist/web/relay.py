@@ -159,6 +159,8 @@ class UpstreamRelay(Protocol):
         #: Called with the seconds since the previous upstream read, for
         #: each read after the first (the inter-token gap metric).
         self.on_gap: Optional[Any] = None
+        #: The call's request id, for log lines.
+        self.request_id: Optional[str] = None
 
     # IProtocol ----------------------------------------------------------
 
@@ -204,7 +206,8 @@ class UpstreamRelay(Protocol):
             # translator reports unless it already saw done:true.
             self.response.write(self.translator.end())
             if reason is not None and not reason.check(wclient.ResponseDone):
-                self.log.info("upstream stream ended abnormally: {why}",
+                self.log.info("upstream stream ended abnormally (request {request_id}): {why}",
+                              request_id=self.request_id,
                               why=reason.getErrorMessage())
         self._end()
 

@@ -71,7 +71,7 @@ async def observed_stack(testcase: TestCase, extra: Any = None) -> Tuple[Any, st
         "bans": {"failures": 2},
         "rate_limits": {"per_ip_rate": 0.001, "per_ip_burst": 1, "per_key_requests": 0},
         "upstream": {"timeouts": {"headers": 0.5}, "breaker": {"threshold": 0}},
-        "audit": {"file": audit, "compress": False},
+        "audit": {"file": audit, "compress": False, "user_header": "X-User-Id"},
     }
     stack = await start_stack(testcase, config)
     stack.service.observe.open_audit()
@@ -111,7 +111,7 @@ class ScriptedMixTests(TestCase):
             return response
 
         # 1. Success, with a client's X-Request-ID.
-        ok = await post(CHAT, **{"X-Request-ID": "trace-0001"})
+        ok = await post(CHAT, **{"X-Request-ID": "trace-0001", "X-User-Id": "end-user-7"})
         self.assertEqual(ok.code, 200)
         self.assertEqual(ok.headers.getRawHeaders("x-request-id"), ["trace-0001"])
         self.assertTrue(float(ok.headers.getRawHeaders("x-qwengate-overhead-ms")[0]) >= 0)
@@ -221,6 +221,8 @@ class ScriptedMixTests(TestCase):
         self.assertGreater(first["bytes_out"], 0)
         self.assertEqual(first["upstream"], upstream)
         self.assertEqual(first["prompt_chars"], 2)
+        # From the trusted proxy (loopback) the user header is believed.
+        self.assertEqual(first["user"], "end-user-7")
         self.assertTrue(lines[1]["stream"])
         self.assertIsNotNone(lines[1]["ttft_ms"])
         self.assertEqual([line["status"] for line in lines],
