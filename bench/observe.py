@@ -29,6 +29,7 @@ from twisted.internet.task import Clock
 from prometheus_client import CollectorRegistry
 
 from qwen_twist.context import CallContext
+from qwen_twist.gate.keys import KeyRecord
 from qwen_twist.observe import ids
 from qwen_twist.observe.audit import AuditLog, DailyFile
 from qwen_twist.observe.metrics import Metrics
@@ -55,10 +56,10 @@ def sample_call(i: int) -> CallContext:
     ctx.stream = True
     ctx.status = 200
     ctx.identity = "key:alice"
-    ctx.key_owner = "team-a"
+    ctx.key_record = KeyRecord("alice", "sha256:00", owner="team-a")
     ctx.user = "user-42"
     ctx.prompt_chars = 1200
-    ctx.queue_wait = 0.002
+    ctx.queue_wait_ms = 2.0
     ctx.upstream = "127.0.0.1:11434"
     ctx.upstream_status = 200
     ctx.upstream_started = ctx.started + 0.003

@@ -31,11 +31,8 @@ from typing import Optional, Tuple
 import yaml
 
 from qwen_twist import schema
-from qwen_twist.schema import (  # noqa: F401 -- re-exported
-    Check,
+from qwen_twist.schema import (
     ConfigError,
-    _convert_scalar,
-    _describe,
     _join,
     between,
     build,
@@ -43,7 +40,6 @@ from qwen_twist.schema import (  # noqa: F401 -- re-exported
     http_origin,
     http_url,
     ip_address,
-    merge_settings,
     non_empty,
     non_negative,
     one_of,
@@ -417,11 +413,13 @@ class MetricsConfig:
     The Prometheus metrics listener (plain HTTP, separate from the API port).
     """
 
-    enabled: bool = setting(True, None, "serve /metrics on its own listener")
+    enabled: bool = setting(True, None, "serve /metrics on its own listener", restart=True)
     address: str = setting(
-        "127.0.0.1", ip_address, "interface of the metrics listener (loopback by default)"
+        "127.0.0.1", ip_address, "interface of the metrics listener (loopback by default)",
+        restart=True,
     )
-    port: int = setting(9189, between(1, 65535), "TCP port of the metrics listener")
+    port: int = setting(9189, between(1, 65535), "TCP port of the metrics listener",
+                        restart=True)
     bearer_token_file: Optional[str] = setting(
         None, non_empty,
         "file holding a token scrapers must send as 'Authorization: Bearer'; "
@@ -435,11 +433,12 @@ class AuditConfig:
     The JSON-lines audit log: one line per API call.
     """
 
-    enabled: bool = setting(True, None, "write the audit log")
+    enabled: bool = setting(True, None, "write the audit log", restart=True)
     file: Optional[str] = setting(
         None, non_empty,
         "the audit file, rotated daily (UTC) to FILE.YYYY-MM-DD[.gz]; null = "
         "state_dir/audit/audit.log; '-' = standard output (journald), no rotation",
+        restart=True,
     )
     retention: int = setting(180, between(1, 100000), "rotated daily files kept")
     compress: bool = setting(True, None, "gzip rotated files")
@@ -456,8 +455,9 @@ class Config:
     The whole configuration file.
     """
 
-    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory")
-    listen: ListenConfig = section(ListenConfig)
+    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory",
+                             restart=True)
+    listen: ListenConfig = section(ListenConfig, restart=True)
     tls: TLSConfig = section(TLSConfig)
     upstream: UpstreamConfig = section(UpstreamConfig)
     streaming: StreamingConfig = section(StreamingConfig)

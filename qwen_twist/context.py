@@ -13,7 +13,7 @@ key id, never by key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -45,10 +45,25 @@ class CallContext:
     usage: Optional[dict] = None
     chunks: int = 0
     identity: Optional[str] = None
-    extra: dict = field(default_factory=dict)
+    #: The API key's record (L{qwen_twist.gate.keys.KeyRecord}) when the
+    #: caller presented a key: its id, owner, models and per-key limits.
+    key_record: Optional[Any] = None
+    #: C{(budget, tokens)} reserved from a per-key token budget, settled
+    #: when the call ends.
+    token_reservation: Optional[Tuple[Any, int]] = None
+    #: The GPU slot L{qwen_twist.gate.queue.Ticket} while the call holds one.
+    queue_ticket: Optional[Any] = None
+    #: Milliseconds the call waited in the GPU queue.
+    queue_wait_ms: Optional[float] = None
+    #: The admission hooks that admitted the call (released in reverse).
+    admitted_hooks: List[Any] = field(default_factory=list)
+    #: Ends the call early (shutdown): C{abort(reason)}.
+    abort: Optional[Callable[[str], None]] = None
+    #: Refused or cut because the gateway is shutting down.
+    shutting_down: bool = False
+    #: Times the client's slowness paused reading from Ollama.
+    backpressure_pauses: int = 0
     # What the audit log and the metrics read (issue 11). ------------------
-    #: The key's owner from the keys file (never the key).
-    key_owner: Optional[str] = None
     #: The OpenAI C{user} field (or trusted front end's user header),
     #: bounded by L{qwen_twist.observe.ids.clean_user}.
     user: Optional[str] = None
@@ -59,8 +74,6 @@ class CallContext:
     auth_failure: Optional[str] = None
     #: Characters of prompt text the body carried.
     prompt_chars: Optional[int] = None
-    #: Seconds the call waited for a GPU slot.
-    queue_wait: Optional[float] = None
     #: The C{host:port} of the Ollama server that answered.
     upstream: Optional[str] = None
     #: When the upstream request was sent and when it was over (headers
@@ -70,8 +83,6 @@ class CallContext:
     upstream_finished: Optional[float] = None
     #: Response body bytes written to the client.
     bytes_out: int = 0
-    #: Times the client's slow reading paused the upstream stream.
-    backpressure_pauses: int = 0
     #: Ollama's own timings from its final answer (nanoseconds, as sent):
     #: C{load_duration}, C{prompt_eval_duration}, C{eval_duration},
     #: C{eval_count}.
@@ -85,6 +96,14 @@ class CallContext:
         if self.finished_at is None:
             return None
         return self.finished_at - self.started
+
+    @property
+    def key_owner(self) -> Optional[str]:
+        """
+        The presented key's owner from the keys file (never the key).
+        """
+        record = self.key_record
+        return getattr(record, "owner", None) if record is not None else None
 
     def upstream_time(self, now: float) -> float:
         """
@@ -101,5 +120,6 @@ class CallContext:
         Seconds of the call so far that were the gateway's own work: the
         time since arrival minus the time Ollama took and the queue wait.
         """
-        spent = now - self.started - self.upstream_time(now) - (self.queue_wait or 0.0)
+        spent = (now - self.started - self.upstream_time(now)
+                 - (self.queue_wait_ms or 0.0) / 1000.0)
         return spent if spent > 0.0 else 0.0

@@ -20,7 +20,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 FILE = "qwengate.yaml"
 MiB = 1024 * 1024
@@ -441,7 +441,7 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "bad": ["", "  "],
     },
     "audit.retention": {
-        "valid": [(1, 1), (180, 180)],
+        "valid": [(1, 1), (365, 365)],
         "wrong_type": ["180", 1.5, None],
         "bad": [0, -1],
     },

@@ -131,7 +131,7 @@ class ServiceStopTests(SynchronousTestCase):
         service.startService()
         # The API listener (the metrics listener is the second).
         (port, factory, backlog, interface) = reactor.tcpServers[0]
-        ctx = type("Ctx", (), {"request_id": "r1", "extra": {}})()
+        ctx = type("Ctx", (), {"request_id": "r1", "extra": {}, "abort": None})()
         service.gateway.call_started(ctx)
         stopped = service.stopService()
         self.assertTrue(reactor.getDelayedCalls())  # the drain timer

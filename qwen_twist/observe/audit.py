@@ -81,6 +81,10 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
+def _rounded(ms: Optional[float]) -> Optional[float]:
+    return None if ms is None else round(ms, 3)
+
+
 def _count(value: Any) -> Optional[int]:
     return value if type(value) is int else None
 
@@ -117,7 +121,7 @@ def record(ctx: CallContext) -> Dict[str, Any]:
         "completion_tokens": _count(usage.get("completion_tokens")),
         "ttft_ms": _ms(ttft),
         "duration_ms": _ms(ctx.duration),
-        "queue_wait_ms": _ms(ctx.queue_wait),
+        "queue_wait_ms": _rounded(ctx.queue_wait_ms),
         "upstream": ctx.upstream,
         "bytes_out": _count(ctx.bytes_out),
     }
@@ -175,7 +179,7 @@ def encode_call(ctx: CallContext) -> bytes:
     if ctx.first_byte_at is not None and ctx.stream:
         ttft = ctx.first_byte_at - ctx.started
     duration = None if ctx.finished_at is None else ctx.finished_at - ctx.started
-    queue = ctx.queue_wait
+    queue = ctx.queue_wait_ms
     return (_LINE % (
         iso_time(ctx.started), _str(ctx.request_id), _str(ctx.client_ip), _str(ctx.identity),
         _str(ctx.key_owner), _str(ctx.user), _str(ctx.method), _str(ctx.route),
@@ -185,7 +189,7 @@ def encode_call(ctx: CallContext) -> bytes:
         _num(usage.get("completion_tokens")),
         _num(None if ttft is None else round(ttft * 1000.0, 3)),
         _num(None if duration is None else round(duration * 1000.0, 3)),
-        _num(None if queue is None else round(queue * 1000.0, 3)),
+        _num(None if queue is None else round(queue, 3)),
         _str(ctx.upstream), _num(ctx.bytes_out),
     )).encode("ascii")
 

@@ -300,8 +300,8 @@ class Metrics:
             self.overhead.observe(route_labels, ctx.overhead(finished))
         if ctx.stream and ctx.first_byte_at is not None:
             self.ttft.observe((route, model), ctx.first_byte_at - ctx.started)
-        if ctx.queue_wait is not None:
-            self.queue_wait.observe((), ctx.queue_wait)
+        if ctx.queue_wait_ms is not None:
+            self.queue_wait.observe((), ctx.queue_wait_ms / 1000.0)
         usage = ctx.usage
         if usage:
             key = (model, key_label(ctx.identity))

@@ -19,6 +19,9 @@ from typing import Any, Optional
 from twisted.application import internet, service
 from twisted.internet import endpoints, threads
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from qwen_twist.interfaces import IReconfigurable
 
 from qwen_twist.observe import redact
 from qwen_twist.observe.audit import AuditLog, DailyFile, StreamSink
@@ -51,6 +54,7 @@ def metrics_endpoint(reactor: Any, address: str, port: int) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=address)
 
 
+@implementer(IReconfigurable)
 class Observability(service.MultiService):
     """
     Metrics, audit log and redaction for one L{qwen_twist.tap.GatewayService}.

@@ -92,7 +92,7 @@ class GenerationResource(ApiResource):
             if ctx.client_gone:
                 response.close(finish=False)
                 raise
-            if ctx.extra.get("shutting_down"):
+            if ctx.shutting_down:
                 # Cancelled by the shutdown drain (whatever the cancellation
                 # surfaced as: CancelledError, ResponseNeverReceived, ...).
                 err = errors.shutting_down()
@@ -122,7 +122,7 @@ class GenerationResource(ApiResource):
         relay.on_gap = gateway.chunk_gap
         relay.request_id = ctx.request_id
         upstream.deliverBody(relay)
-        ctx.extra["abort"] = relay.abort
+        ctx.abort = relay.abort
         try:
             await relay.done
         finally:

@@ -144,7 +144,7 @@ class CallCountingTests(SynchronousTestCase):
         metrics.watch_upstreams(["ollama:11434"])
         metrics.call_finished(call(
             model="qwen3:8b", stream=True, first_byte_at=100.25, identity="key:alice",
-            usage={"prompt_tokens": 5, "completion_tokens": 9}, queue_wait=0.1,
+            usage={"prompt_tokens": 5, "completion_tokens": 9}, queue_wait_ms=100.0,
             upstream_started=100.1, upstream_finished=100.9, upstream="ollama:11434",
             upstream_status=200, backpressure_pauses=2,
             ollama_timings={"load_duration": 2 * 10 ** 9, "prompt_eval_duration": 10 ** 8,

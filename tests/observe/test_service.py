@@ -84,13 +84,14 @@ class ServiceTests(SynchronousTestCase):
         Replacing the upstream (reload) labels its members and counts its
         breaker transitions.
         """
-        from qwen_twist.tap import build_upstream
+        import dataclasses
 
         service = self.make()
-        new = build_upstream(self.reactor, configmod.build(
-            configmod.UpstreamConfig, {"url": "http://10.0.0.9:11434"}))
-        service._replace_upstream(new)
-        self.assertIn(service.observe.metrics.breaker_moved, new.breaker_listeners)
+        service.reconfigure(dataclasses.replace(service.config, upstream=configmod.build(
+            configmod.UpstreamConfig, {"url": "http://10.0.0.9:11434"})))
+        new = service.upstream
+        self.assertIn(service.observe.metrics.breaker_moved,
+                      new.members[0].client.breaker_listeners)
         self.assertEqual(service.observe.metrics.upstream_label("10.0.0.9:11434"),
                          "10.0.0.9:11434")
         self.assertIs(service.observe.metrics.sources.upstream(), new)
