@@ -142,6 +142,8 @@ class ScriptedMixTests(TestCase):
         d.cancel()
         d.addErrback(lambda f: None)
         await wait_for(lambda: not stack.service.gateway.active)
+        # One health-check round: /api/ps says what is loaded, with its VRAM.
+        await stack.service.upstream.check_health()
 
         response = await treq.get(url, persistent=False)
         self.assertEqual(response.code, 200)
@@ -194,6 +196,11 @@ class ScriptedMixTests(TestCase):
         self.assertEqual(
             named(scrape, "qwengate_ollama_eval_duration_seconds_count"),
             {(("model", MODEL),): 3.0})
+        vram = named(scrape, "qwengate_upstream_model_vram_bytes")
+        self.assertEqual(list(vram), [(("model", MODEL), ("upstream", upstream))])
+        self.assertGreater(vram[(("model", MODEL), ("upstream", upstream))], 0)
+        self.assertGreater(named(scrape, "qwengate_upstream_model_expiry_timestamp_seconds")[
+            (("model", MODEL), ("upstream", upstream))], time.time())
         expiry = named(scrape, "qwengate_tls_certificate_expiry_timestamp_seconds")[()]
         self.assertGreater(expiry, time.time())
         build = named(scrape, "qwengate_build_info")
