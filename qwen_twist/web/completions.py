@@ -15,14 +15,13 @@ from twisted.python.failure import Failure
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
-from qwen_twist.observe import ids
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse
 from qwen_twist.translate.common import chat_completion_id, completion_id, ollama_timings
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
 from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
-from qwen_twist.web.endpoint import ApiResource, parse_json_body, upstream_of
+from qwen_twist.web.endpoint import ApiResource, note_request, parse_json_body, upstream_of
 
 
 class GenerationResource(ApiResource):
@@ -41,12 +40,7 @@ class GenerationResource(ApiResource):
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         body = parse_json_body(request)
-        if isinstance(body, dict):
-            # Recorded before validation, so a refused call is audited with
-            # what it asked for.
-            ctx.model = ids.clean_model(body.get("model"))
-            ctx.stream = body.get("stream") is True
-            ctx.user = ids.clean_user(body.get("user")) or ctx.user
+        note_request(ctx, body)
         plan = self.translate_request(body)
         ctx.model = plan.model
         ctx.stream = plan.stream

@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
@@ -50,6 +51,18 @@ def upstream_of(response: Any) -> Any:
 def _netloc(uri: bytes) -> Any:
     # A handful of upstreams times a handful of paths: parse each once.
     return urlsplit(uri.decode("ascii", "replace")).netloc or None
+
+
+def note_request(ctx: CallContext, body: Any) -> None:
+    """
+    Record what a parsed body asks for (model, streaming, the OpenAI
+    C{user}) before it is validated, so a call refused in validation is
+    audited with the model it named.
+    """
+    if isinstance(body, dict):
+        ctx.model = ids.clean_model(body.get("model"))
+        ctx.stream = body.get("stream") is True
+        ctx.user = ids.clean_user(body.get("user")) or ctx.user
 
 
 def client_ip(request: Any) -> str:
