@@ -152,6 +152,7 @@ class ApiResource(resource.Resource):
             refusal = errors.method_not_allowed(ctx.method, ctx.path, self.methods)
         if refusal is not None:
             self._fail(request, ctx, refusal)
+            ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
             return NOT_DONE_YET
         self.gateway.call_started(ctx)
