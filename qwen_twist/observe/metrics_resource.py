@@ -58,8 +58,17 @@ class MetricsResource(resource.Resource):
                 request.setHeader(b"www-authenticate", b'Bearer realm="qwengate-metrics"')
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return b"bearer token required\n"
+        try:
+            body = generate_latest(self.registry)
+        except Exception:
+            # A broken source must not take the listener down, nor show a
+            # traceback to the scraper (whose "up" then says it failed).
+            self.log.failure("collecting metrics failed")
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"collecting metrics failed\n"
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self.registry)
+        return body
 
     render_HEAD = render_GET
 

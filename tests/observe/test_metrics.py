@@ -350,3 +350,30 @@ class ResourceTests(SynchronousTestCase):
         """
         request, body = self.render(MetricsResource(CollectorRegistry()), b"admin")
         self.assertEqual(request.responseCode, 404)
+
+
+class BrokenSourceTests(SynchronousTestCase):
+    """
+    A source that fails at scrape time.
+    """
+
+    def test_500_and_logged(self):
+        """
+        The scrape answers 500 without a traceback and the failure is
+        logged; the next scrape works again once the source does.
+        """
+        metrics = m.Metrics(CollectorRegistry())
+
+        def broken():
+            raise RuntimeError("boom")
+
+        metrics.sources.queue = broken
+        resource = MetricsResource(metrics.registry)
+        request = DummyRequest([b"metrics"])
+        body = resource.render_GET(request)
+        self.assertEqual(request.responseCode, 500)
+        self.assertNotIn(b"Traceback", body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        metrics.sources.queue = None
+        request = DummyRequest([b"metrics"])
+        self.assertIn(b"qwengate_requests_in_flight", resource.render_GET(request))
