@@ -24,7 +24,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-DEFAULT_FILE = "/var/log/qwengate/audit.log"
+DEFAULT_CONFIG = "/etc/qwengate/qwengate.yaml"
 
 _RELATIVE = re.compile(r"\A(\d+)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -92,6 +92,25 @@ def files_for(path: str) -> List[str]:
     if os.path.exists(path):
         rotated.append(path)
     return rotated
+
+
+def configured_file(config_path: str) -> str:
+    """
+    The audit file named by qwengate's configuration file.
+
+    @raise ValueError: the configuration cannot be read, or names no file.
+    """
+    from qwen_twist import config as configmod
+    from qwen_twist.observe.audit import audit_path
+
+    try:
+        config = configmod.load(config_path)
+    except configmod.ConfigError as e:
+        raise ValueError(str(e))
+    if config.audit.file == "-":
+        raise ValueError("%s: the audit log goes to standard output (journald)"
+                         % (config_path,))
+    return audit_path(config)
 
 
 def _file_day(path: str) -> Optional[str]:
@@ -226,7 +245,10 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
         prog="qwengate-audit", description="Query qwengate's JSON audit log.")
     parser.add_argument("--file", "-f", action="append",
                         help="audit file (its rotated FILE.YYYY-MM-DD[.gz] siblings are "
-                             "read too) or directory; default %s" % (DEFAULT_FILE,))
+                             "read too) or directory; default: the audit.file of --config")
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                        help="qwengate's configuration, for the audit file (default %s)"
+                             % (DEFAULT_CONFIG,))
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -259,12 +281,18 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
             statuses = status_matcher(args.status)
     except UsageError as e:
         parser.error(str(e))
+    names = args.file
+    if not names:
+        try:
+            names = [configured_file(args.config)]
+        except ValueError as e:
+            sys.stderr.write("qwengate-audit: %s (or give --file)\n" % (e,))
+            return 1
     paths: List[str] = []
-    for name in args.file or [DEFAULT_FILE]:
+    for name in names:
         paths.extend(files_for(name))
     if not paths:
-        sys.stderr.write("qwengate-audit: no audit files at %s\n"
-                         % (", ".join(args.file or [DEFAULT_FILE]),))
+        sys.stderr.write("qwengate-audit: no audit files at %s\n" % (", ".join(names),))
         return 1
     records = read_records(paths, since, until)
 

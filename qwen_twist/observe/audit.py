@@ -61,6 +61,13 @@ FIELDS = (
 _OUTCOMES = {"ok": "complete"}
 
 
+def audit_path(config: Any) -> str:
+    """
+    The audit file: C{audit.file}, or C{state_dir/audit/audit.log}.
+    """
+    return config.audit.file or os.path.join(config.state_dir, "audit", "audit.log")
+
+
 _second = [-1, ""]
 
 

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from qwen_twist.interfaces import IReconfigurable
 
 from qwen_twist.observe import redact
-from qwen_twist.observe.audit import AuditLog, DailyFile, StreamSink
+from qwen_twist.observe.audit import AuditLog, DailyFile, StreamSink, audit_path
 from qwen_twist.observe.metrics import CertificateExpiry, Metrics
 from qwen_twist.observe.metrics_resource import metrics_site, token_reader
 
@@ -39,13 +39,6 @@ def certificate_path(config: Any) -> Optional[str]:
     if config.tls.self_signed:
         return os.path.join(config.state_dir, "tls", "cert.pem")
     return None
-
-
-def audit_path(config: Any) -> str:
-    """
-    The audit file: C{audit.file}, or C{state_dir/audit/audit.log}.
-    """
-    return config.audit.file or os.path.join(config.state_dir, "audit", "audit.log")
 
 
 def metrics_endpoint(reactor: Any, address: str, port: int) -> Any:

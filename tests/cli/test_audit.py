@@ -157,3 +157,32 @@ class AuditCliTests(SynchronousTestCase):
              "r-5"], capture_output=True, env=env, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json.loads(result.stdout)["identity"], "key:bob")
+
+
+class ConfiguredFileTests(SynchronousTestCase):
+    """
+    Without C{--file}, the audit file comes from qwengate's configuration.
+    """
+
+    def test_from_config(self):
+        """
+        C{audit.file} (or C{state_dir/audit/audit.log}) of C{--config}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(directory, "audit"))
+        config = os.path.join(directory, "qwengate.yaml")
+        with open(config, "w") as f:
+            f.write("state_dir: %s\ntls: {self_signed: true}\n" % (directory,))
+        with open(os.path.join(directory, "audit", "audit.log"), "w") as f:
+            f.write(json.dumps(rec("2026-12-07T01:00:00.000Z", "c-1", "192.0.2.1", 200)) + "\n")
+        out = io.StringIO()
+        self.assertEqual(cli.main(["--config", config, "--json", "request", "c-1"], out=out,
+                                  now=NOW), 0)
+        self.assertEqual(json.loads(out.getvalue())["request_id"], "c-1")
+
+    def test_unreadable_config(self):
+        """
+        A configuration that cannot be read is one line and exit status 1.
+        """
+        self.assertEqual(cli.main(["--config", "/nonexistent/q.yaml", "keys"],
+                                  out=io.StringIO(), now=NOW), 1)

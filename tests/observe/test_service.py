@@ -17,7 +17,8 @@ from qwen_twist.context import CallContext
 from qwen_twist.gate import tls
 from qwen_twist.observe.audit import AuditLog
 from qwen_twist.observe.metrics import Metrics
-from qwen_twist.observe.service import audit_path, certificate_path
+from qwen_twist.observe.audit import audit_path
+from qwen_twist.observe.service import certificate_path
 from qwen_twist.tap import GatewayService
 
 
