@@ -425,6 +425,9 @@ class MetricsConfig:
         "file holding a token scrapers must send as 'Authorization: Bearer'; "
         "null = no token (fine on loopback)",
     )
+    tls: bool = setting(
+        False, None, "serve the metrics over TLS with the API's certificate", restart=True
+    )
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class GatewayService(service.MultiService):
         # Metrics and audit log: observers on the pipeline, their own
         # listener and file.
         self.observe = Observability(config, reactor, self.gateway, self.peer_filter,
-                                     self.gate, self.upstream)
+                                     self.gate, self.upstream, self.server_tls)
         for component in (self.peer_filter, self.server_tls, self.site, self.gate,
                           self.gateway, self.observe, self):
             self.settings.register(component)

@@ -430,6 +430,11 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": [5, ["x"]],
         "bad": ["", " "],
     },
+    "metrics.tls": {
+        "valid": [(True, True)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
     "audit.enabled": {
         "valid": [(False, False)],
         "wrong_type": ["yes", 1, None],
@@ -637,6 +642,7 @@ class KeyTableTests(SynchronousTestCase):
                 "metrics.address": "127.0.0.1",
                 "metrics.port": 9189,
                 "metrics.bearer_token_file": None,
+                "metrics.tls": False,
                 "audit.enabled": True,
                 "audit.file": None,
                 "audit.retention": 180,

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from twisted.application import internet, service
 from twisted.internet import endpoints, threads
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from qwen_twist.interfaces import IReconfigurable
@@ -64,7 +65,11 @@ class Observability(service.MultiService):
     redact_logs = False
 
     def __init__(self, config: Any, reactor: Any, gateway: Any, peer_filter: Any,
-                 gate: Any, upstream: Any) -> None:
+                 gate: Any, upstream: Any, server_tls: Any = None) -> None:
+        """
+        @param server_tls: the API listener's TLS options, used for the
+            metrics listener too when C{metrics.tls} is set.
+        """
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -86,10 +91,14 @@ class Observability(service.MultiService):
             token_reader(lambda: self.config.metrics.bearer_token_file),
             reactor=reactor,
         )
+        #: What the metrics listener serves: the site, or TLS around it.
+        self.factory: Any = self.site
         metrics = config.metrics
+        if metrics.tls and server_tls is not None:
+            self.factory = TLSMemoryBIOFactory(server_tls, False, self.site)
         if metrics.enabled:
             listener = internet.StreamServerEndpointService(
-                metrics_endpoint(reactor, metrics.address, metrics.port), self.site)
+                metrics_endpoint(reactor, metrics.address, metrics.port), self.factory)
             listener.setServiceParent(self)
 
     def watch_upstream(self, upstream: Any) -> None:
@@ -123,7 +132,8 @@ class Observability(service.MultiService):
         super().startService()
         if self.config.metrics.enabled:
             metrics = self.config.metrics
-            self.log.info("metrics on http://{address}:{port}/metrics",
+            self.log.info("metrics on {scheme}://{address}:{port}/metrics",
+                          scheme="https" if self.factory is not self.site else "http",
                           address=metrics.address, port=metrics.port)
 
     def open_audit(self) -> None:

@@ -16,6 +16,7 @@ from twisted.internet import endpoints, reactor
 from twisted.trial.unittest import TestCase
 
 import treq
+import treq.client
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_twist.gate.keyfile import add_key
@@ -301,3 +302,41 @@ class ScriptedMixTests(TestCase):
         before = series(stack)
         await burst(30, 150)
         self.assertEqual(series(stack), before)
+
+
+class MetricsTlsTests(TestCase):
+    """
+    C{metrics.tls}: the metrics listener speaks TLS with the API's
+    certificate, and a bearer token guards it.
+    """
+
+    @async_test
+    async def test_https_scrape_with_token(self) -> None:
+        """
+        Over TLS, a scrape without the token is a 401 and one with it
+        gets the metrics.
+        """
+        from twisted.web import client as wclient
+
+        from tests.support import _client_options
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        token = os.path.join(directory, "metrics.token")
+        with open(token, "w") as f:
+            f.write("scrape-secret\n")
+        stack = await start_stack(self, {"metrics": {"tls": True, "bearer_token_file": token}})
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            stack.service.observe.factory)
+        self.addCleanup(port.stopListening)
+        url = "https://127.0.0.1:%d/metrics" % (port.getHost().port,)
+        pool = wclient.HTTPConnectionPool(reactor, persistent=False)
+        http = treq.client.HTTPClient(wclient.Agent(
+            reactor, contextFactory=_client_options(stack.cafile), pool=pool))
+        refused = await http.get(url)
+        await refused.content()
+        self.assertEqual(refused.code, 401)
+        response = await http.get(url, headers={"Authorization": "Bearer scrape-secret"})
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"qwengate_build_info", await response.content())
+        await settle()
