@@ -131,7 +131,9 @@ class ServiceStopTests(SynchronousTestCase):
         service.startService()
         # The API listener (the metrics listener is the second).
         (port, factory, backlog, interface) = reactor.tcpServers[0]
-        ctx = type("Ctx", (), {"request_id": "r1", "extra": {}, "abort": None})()
+        from qwen_twist.context import CallContext
+
+        ctx = CallContext("r1", "chat", "POST", "/v1/chat/completions", "127.0.0.1", 0.0)
         service.gateway.call_started(ctx)
         stopped = service.stopService()
         self.assertTrue(reactor.getDelayedCalls())  # the drain timer

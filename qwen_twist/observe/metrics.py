@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from qwen_twist import __version__
+from qwen_twist import __version__, errors
 from qwen_twist.context import CallContext
 from qwen_twist.observe.accumulate import CounterVec, HistogramVec
 
@@ -66,13 +66,13 @@ CODES = frozenset(
 
 #: Request-level refusals: error code -> reason label.
 REQUEST_REFUSALS = {
-    "rate_limit_exceeded": "rate_limited",
+    errors.RATE_LIMIT_EXCEEDED: "rate_limited",
     "address_banned": "banned",
     "address_not_allowed": "address_not_allowed",
-    "request_too_large": "body_too_large",
+    errors.REQUEST_TOO_LARGE: "body_too_large",
     "prompt_too_long": "prompt_too_large",
-    "queue_full": "queue_full",
-    "queue_timeout": "queue_timeout",
+    errors.QUEUE_FULL: "queue_full",
+    errors.QUEUE_TIMEOUT: "queue_timeout",
     "model_not_allowed": "model_not_allowed",
 }
 #: Connection-level refusals (the peer filter's reasons) -> reason label.
@@ -89,8 +89,8 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 #: Error codes that mean "Ollama did not answer in time" / "could not be
 #: reached" (for the upstream outcome label).
-_TIMEOUT_CODES = frozenset(["upstream_timeout"])
-_UNAVAILABLE_CODES = frozenset(["upstream_unavailable"])
+_TIMEOUT_CODES = frozenset([errors.UPSTREAM_TIMEOUT])
+_UNAVAILABLE_CODES = frozenset([errors.UPSTREAM_UNAVAILABLE])
 
 
 def model_key(name: str) -> str:
@@ -132,7 +132,7 @@ def upstream_outcome(ctx: CallContext) -> Optional[str]:
     status = ctx.upstream_status
     if status is not None:
         if status < 400:
-            if ctx.outcome == "truncated" and ctx.error_code == "upstream_timeout":
+            if ctx.outcome == "truncated" and ctx.error_code == errors.UPSTREAM_TIMEOUT:
                 return "timeout"
             return "ok"
         return "client_error" if status < 500 else "server_error"
