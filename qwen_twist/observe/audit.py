@@ -154,20 +154,6 @@ def _str(value: Optional[str]) -> str:
     return "null" if value is None else _escape(value)
 
 
-def _num(value: Any) -> str:
-    # Integers as integers; floats as JSON floats; anything else is null
-    # (a count that is not a number must not break the line).
-    if value is None or value is True or value is False:
-        return "null"
-    if type(value) is int:
-        return "%d" % (value,)
-    if type(value) is float and value == value and value not in (_INF, -_INF):
-        return repr(value)
-    return "null"
-
-
-_INF = float("inf")
-
 _LINE = ('{"time":"%s","request_id":%s,"client_ip":%s,"identity":%s,"key_owner":%s,'
          '"user":%s,"method":%s,"route":%s,"model":%s,"stream":%s,"status":%s,'
          '"error_code":%s,"outcome":%s,"prompt_chars":%s,"prompt_tokens":%s,'
@@ -183,7 +169,7 @@ def encode_call(ctx: CallContext) -> bytes:
     """
     # Inlined on purpose (a helper call per field costs as much as the
     # field): strings through the C escaper, counts as integers only,
-    # timings (internal floats) rounded to microseconds.
+    # timings (internal, finite floats) to the microsecond.
     e = _escape
     usage = ctx.usage or _EMPTY
     started = ctx.started
@@ -212,10 +198,9 @@ def encode_call(ctx: CallContext) -> bytes:
         "%d" % prompt_chars if type(prompt_chars) is int else "null",
         "%d" % prompt if type(prompt) is int else "null",
         "%d" % completion if type(completion) is int else "null",
-        repr(round((first - started) * 1000.0, 3))
-        if first is not None and ctx.stream else "null",
-        "null" if finished is None else repr(round((finished - started) * 1000.0, 3)),
-        "null" if queue is None else _num(round(queue, 3)),
+        "%.3f" % ((first - started) * 1000.0,) if first is not None and ctx.stream else "null",
+        "null" if finished is None else "%.3f" % ((finished - started) * 1000.0,),
+        "null" if queue is None else "%.3f" % (queue,),
         "null" if ctx.upstream is None else e(ctx.upstream),
         "%d" % out if type(out) is int else "null",
     )

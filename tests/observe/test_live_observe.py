@@ -71,7 +71,7 @@ async def observed_stack(testcase: TestCase, extra: Any = None) -> Tuple[Any, st
         "access": {"trusted_proxies": ["127.0.0.1/32"]},
         "bans": {"failures": 2},
         "rate_limits": {"per_ip_rate": 0.001, "per_ip_burst": 1, "per_key_requests": 0},
-        "upstream": {"timeouts": {"headers": 0.5}, "breaker": {"threshold": 0}},
+        "upstream": {"timeouts": {"headers": 2.0}, "breaker": {"threshold": 0}},
         "audit": {"file": audit, "compress": False, "user_header": "X-User-Id"},
     }
     stack = await start_stack(testcase, config)
