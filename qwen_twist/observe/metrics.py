@@ -124,16 +124,20 @@ def key_label(identity: Optional[str]) -> str:
 def upstream_outcome(ctx: CallContext) -> Optional[str]:
     """
     How the upstream part of a call went: C{ok}, C{client_error},
-    C{server_error}, C{timeout}, C{unavailable}, C{cancelled}; L{None}
-    when no upstream request was made.
+    C{server_error}, C{timeout}, C{unavailable}, C{cancelled} (the client
+    left first), C{truncated} (a stream that broke after Ollama's 200: a
+    deadline, a cut connection, an error line); L{None} when no upstream
+    request was made.
     """
     if ctx.upstream_started is None:
         return None
     status = ctx.upstream_status
     if status is not None:
         if status < 400:
-            if ctx.outcome == "truncated" and ctx.error_code == errors.UPSTREAM_TIMEOUT:
-                return "timeout"
+            if ctx.client_gone:
+                return "cancelled"
+            if ctx.outcome == "truncated":
+                return "truncated"
             return "ok"
         return "client_error" if status < 500 else "server_error"
     code = ctx.error_code

@@ -377,3 +377,28 @@ class BrokenSourceTests(SynchronousTestCase):
         metrics.sources.queue = None
         request = DummyRequest([b"metrics"])
         self.assertIn(b"qwengate_requests_in_flight", resource.render_GET(request))
+
+
+class UpstreamOutcomeTests(SynchronousTestCase):
+    """
+    L{m.upstream_outcome}.
+    """
+
+    def test_outcomes(self):
+        """
+        Each way an upstream call can end has its label.
+        """
+        cases = [
+            (dict(), None),
+            (dict(upstream_started=1.0, upstream_status=200), "ok"),
+            (dict(upstream_started=1.0, upstream_status=200, outcome="truncated"), "truncated"),
+            (dict(upstream_started=1.0, upstream_status=200, client_gone=True,
+                  outcome="client_gone"), "cancelled"),
+            (dict(upstream_started=1.0, upstream_status=404), "client_error"),
+            (dict(upstream_started=1.0, upstream_status=500), "server_error"),
+            (dict(upstream_started=1.0, error_code="upstream_timeout"), "timeout"),
+            (dict(upstream_started=1.0, error_code="upstream_unavailable"), "unavailable"),
+            (dict(upstream_started=1.0, client_gone=True), "cancelled"),
+        ]
+        for fields, expected in cases:
+            self.assertEqual(m.upstream_outcome(call(**fields)), expected, fields)
