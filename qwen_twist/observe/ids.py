@@ -16,7 +16,7 @@ import random
 import re
 from typing import Any, Optional
 
-from qwen_twist.observe.redact import redact
+from qwen_twist.observe.redact import redact, suspect
 
 _random = random.Random().getrandbits
 
@@ -26,8 +26,6 @@ MAX_REQUEST_ID = 128
 MAX_USER = 128
 
 _ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,%d}\Z" % (MAX_REQUEST_ID - 1,))
-#: What a secret starts with (L{redact} has the full patterns).
-_SECRETISH = re.compile(r"(?i)(?:qg|sk|pk|rk|ak)-|eyJ|bearer|token|key")
 _USER = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@+-]{0,%d}\Z" % (MAX_USER - 1,))
 
 
@@ -51,7 +49,7 @@ def request_id_from(value: Optional[bytes]) -> str:
             text = value.decode("ascii")
         except UnicodeDecodeError:
             return new_request_id()
-        if _ID.match(text) and not (_SECRETISH.search(text) and redact(text) != text):
+        if _ID.match(text) and not (suspect(text) and redact(text) != text):
             # (An id shaped like a key would be copied into the audit
             # file and sent to Ollama: replaced instead.)
             return text
@@ -69,7 +67,8 @@ def clean_user(value: Any) -> Optional[str]:
             value = value.decode("ascii")
         except UnicodeDecodeError:
             return None
-    if isinstance(value, str) and _USER.match(value) and redact(value) == value:
+    if isinstance(value, str) and _USER.match(value) and not (
+            suspect(value) and redact(value) != value):
         return value
     return None
 

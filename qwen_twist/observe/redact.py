@@ -48,7 +48,10 @@ _TRIGGERS = ("bearer", "basic", "eyj", "qg-", "sk-", "pk-", "rk-", "ak-", "key",
              "authorization", "token", "secret", "passw")
 
 
-def _suspect(text: str) -> bool:
+def suspect(text: str) -> bool:
+    """
+    Whether C{text} may contain a secret (cheap; L{redact} decides).
+    """
     low = text.lower()
     for trigger in _TRIGGERS:
         if trigger in low:
@@ -60,7 +63,7 @@ def redact(text: str) -> str:
     """
     C{text} with every secret-shaped part replaced by L{MASK}.
     """
-    if not _suspect(text):
+    if not suspect(text):
         return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
@@ -107,7 +110,7 @@ def redact_event(event: Dict[str, Any]) -> Dict[str, Any]:
         elif not isinstance(value, _SAFE) and name not in _SKIP:
             break
     else:
-        if not _suspect("\n".join(texts)):
+        if not suspect("\n".join(texts)):
             return event
     changed: Dict[str, Any] = {}
     for name, value in event.items():
