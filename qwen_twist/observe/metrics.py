@@ -290,9 +290,11 @@ class Metrics:
         Count one finished call (a L{qwen_twist.pipeline.Gateway} observer).
         """
         route = ctx.route
-        if ctx.upstream_status == 200 and ctx.model:
-            self._learn(ctx.model)
         model = self.model_label(ctx.model)
+        if model == OTHER and ctx.upstream_status == 200:
+            # Ollama answered 200: the model is in its list.
+            self._learn(ctx.model)
+            model = self.model_label(ctx.model)
         method = ctx.method if ctx.method in METHODS else OTHER
         status = str(ctx.status)
         code = status if status in CODES else OTHER
