@@ -57,7 +57,7 @@ def sample_call(i: int) -> CallContext:
     ctx.status = 200
     ctx.identity = "key:alice"
     ctx.key_record = KeyRecord("alice", "sha256:00", owner="team-a")
-    ctx.user = "user-42"
+    ctx.end_user = "user-42"
     ctx.prompt_chars = 1200
     ctx.queue_wait_ms = 2.0
     ctx.upstream = "127.0.0.1:11434"

@@ -63,10 +63,13 @@ class CallContext:
     shutting_down: bool = False
     #: Times the client's slowness paused reading from Ollama.
     backpressure_pauses: int = 0
+    #: The client's own id for its end user (OpenAI C{user}, Anthropic
+    #: C{metadata.user_id}, Responses C{user}/C{safety_identifier}, or a
+    #: trusted front end's C{audit.user_header}), bounded by
+    #: L{qwen_twist.observe.ids.clean_user}: for the audit log, never for
+    #: admission.
+    end_user: Optional[str] = None
     # What the audit log and the metrics read (issue 11). ------------------
-    #: The OpenAI C{user} field (or trusted front end's user header),
-    #: bounded by L{qwen_twist.observe.ids.clean_user}.
-    user: Optional[str] = None
     #: How the caller authenticated (C{api_key}, C{jwt}, C{certificate}) or
     #: tried to; with C{auth_failure} (C{missing}, C{invalid},
     #: C{model_not_allowed}) when it failed.

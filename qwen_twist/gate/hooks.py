@@ -91,7 +91,7 @@ class AddressHook:
         if self.user_header is not None and self.rules.trusted_proxies:
             address = parse_address(peer)
             if address is not None and address in self.rules.trusted_proxies:
-                ctx.user = clean_user(_header(request, self.user_header)) or ctx.user
+                ctx.end_user = clean_user(_header(request, self.user_header)) or ctx.end_user
         ctx.client_ip = self.rules.client_ip(
             peer,
             _text(_header(request, b"x-forwarded-for")),

@@ -23,7 +23,7 @@ _random = random.Random().getrandbits
 #: Longest accepted incoming X-Request-ID.
 MAX_REQUEST_ID = 128
 #: Longest OpenAI C{user} value recorded.
-MAX_USER = 128
+MAX_USER = 256
 
 _ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,%d}\Z" % (MAX_REQUEST_ID - 1,))
 _USER = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@+-]{0,%d}\Z" % (MAX_USER - 1,))
@@ -59,7 +59,7 @@ def request_id_from(value: Optional[bytes]) -> str:
 def clean_user(value: Any) -> Optional[str]:
     """
     The OpenAI C{user} field (or a trusted front end's user header) as
-    recorded: a string of at most 128 letters, digits and C{._:@+-}, or
+    recorded: a string of at most 256 letters, digits and C{._:@+-}, or
     L{None} for anything else.
     """
     if isinstance(value, bytes):

@@ -17,7 +17,7 @@ from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse
-from qwen_twist.translate.common import chat_completion_id, completion_id, ollama_timings
+from qwen_twist.translate.common import chat_completion_id, completion_id, ollama_timings, usage
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
 from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
@@ -26,11 +26,24 @@ from qwen_twist.web.endpoint import ApiResource, note_request, parse_json_body, 
 
 class GenerationResource(ApiResource):
     """
-    The shared pipeline of the two text-generation endpoints.
+    The shared pipeline of the text-generation endpoints (these two, and
+    the Anthropic Messages and Responses ones in L{qwen_twist.web.agents}).
+    Subclasses give the translators, and may change the keep-alive bytes
+    and the event that ends a failed stream.
     """
+
+    #: What an idle stream sends to keep proxies from cutting it.
+    keepalive = sse.KEEPALIVE
 
     def translate_request(self, body: Any) -> Any:
         raise NotImplementedError()
+
+    def stream_failure(self, translator: Any, err: errors.ApiError) -> bytes:
+        """
+        The event that ends a stream which failed after its headers were
+        sent: an error event in the route's envelope, never a success end.
+        """
+        return sse.error_event(err.message, err.type, err.code)
 
     def translate_response(self, native: dict, plan: Any, now: int) -> dict:
         raise NotImplementedError()
@@ -44,6 +57,7 @@ class GenerationResource(ApiResource):
         plan = self.translate_request(body)
         ctx.model = plan.model
         ctx.stream = plan.stream
+        ctx.end_user = ids.clean_user(getattr(plan, "end_user", None)) or ctx.end_user
         ctx.prompt_chars = getattr(plan, "prompt_chars", None)
         await self.gateway.admit(request, ctx, plan)
         if plan.stream:
@@ -52,7 +66,9 @@ class GenerationResource(ApiResource):
         native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
         ctx.ollama_timings = ollama_timings(native)
         result = self.translate_response(native, plan, int(self.gateway.now()))
-        ctx.usage = result.get("usage")
+        # The OpenAI usage shape whatever the route's, for the token budget
+        # and the observers.
+        ctx.usage = usage(native)
         ctx.status = 200
         respond.json_body(request, 200, result)
 
@@ -60,7 +76,9 @@ class GenerationResource(ApiResource):
         gateway = self.gateway
         config = gateway.config
         translator = self.stream_translator(plan, int(gateway.now()))
-        response = SseResponse(request, gateway.clock, config.streaming.keepalive_interval)
+        response = SseResponse(
+            request, gateway.clock, config.streaming.keepalive_interval, self.keepalive
+        )
 
         def committed() -> None:
             ctx.status = 200
@@ -100,7 +118,7 @@ class GenerationResource(ApiResource):
             # Already streaming keep-alives: the failure must be an event.
             ctx.outcome = "truncated"
             ctx.error_code = err.code
-            response.write(sse.error_event(err.message, err.type, err.code))
+            response.write(self.stream_failure(translator, err))
             response.close()
             return
         response.commit()

@@ -62,7 +62,7 @@ def note_request(ctx: CallContext, body: Any) -> None:
     if isinstance(body, dict):
         ctx.model = ids.clean_model(body.get("model"))
         ctx.stream = body.get("stream") is True
-        ctx.user = ids.clean_user(body.get("user")) or ctx.user
+        ctx.end_user = ids.clean_user(body.get("user")) or ctx.end_user
 
 
 def client_ip(request: Any) -> str:
@@ -116,6 +116,10 @@ class ApiResource(resource.Resource):
     methods: Tuple[str, ...] = ("POST",)
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
+    #: The envelope of this route's error responses (L{errors.ApiError.body}):
+    #: C{"anthropic"} for the Anthropic Messages routes, whose SDK would
+    #: otherwise not recognise the refusals of the gate (401, 429, ...).
+    error_style = "openai"
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:
@@ -221,7 +225,7 @@ class ApiResource(resource.Resource):
         ctx.outcome = "error"
         ctx.error_type = err.type
         ctx.error_code = err.code
-        respond.error(request, err)
+        respond.error(request, err, self.error_style)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()

@@ -142,8 +142,9 @@ def json_body(request: Request, status: int, obj: Any,
     body(request, status, payload, _JSON, headers)
 
 
-def error(request: Request, err: ApiError) -> None:
+def error(request: Request, err: ApiError, style: str = "openai") -> None:
     """
-    Write an L{ApiError} in the OpenAI envelope with its status and headers.
+    Write an L{ApiError} with its status and headers, in the OpenAI
+    envelope or (C{style="anthropic"}) in Anthropic's.
     """
-    body(request, err.status, err.body(), _JSON, err.headers)
+    body(request, err.status, err.body(style), _JSON, err.headers)

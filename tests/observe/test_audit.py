@@ -46,7 +46,8 @@ class RecordTests(SynchronousTestCase):
         line is one line of ASCII JSON.
         """
         ctx = finished_call(
-            identity="key:alice", key_record=KeyRecord("alice", "sha256:00", owner="team-a"), user="u-1", model="qwen3:8b",
+            identity="key:alice", key_record=KeyRecord("alice", "sha256:00", owner="team-a"),
+            end_user="u-1", model="qwen3:8b",
             stream=True, status=200, first_byte_at=MIDNIGHT + 1.25, prompt_chars=12,
             usage={"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
             queue_wait_ms=500.0, upstream="127.0.0.1:11434", bytes_out=900)
@@ -301,7 +302,7 @@ class FastEncoderTests(SynchronousTestCase):
         """
         cases = [
             finished_call(),
-            finished_call(identity="key:a", model="q\"\n\u2028\xe9", user="u", stream=True,
+            finished_call(identity="key:a", model="q\"\n\u2028\xe9", end_user="u", stream=True,
                           first_byte_at=MIDNIGHT + 1.5, status=200, queue_wait_ms=0.1,
                           usage={"prompt_tokens": 1, "completion_tokens": 2}, bytes_out=7,
                           prompt_chars=3, upstream="h:1", error_code="x", outcome="truncated"),
