@@ -55,6 +55,9 @@ class CallContext:
     queue_ticket: Optional[Any] = None
     #: Milliseconds the call waited in the GPU queue.
     queue_wait_ms: Optional[float] = None
+    #: The client connection (L{qwen_twist.gate.peerfilter.FilteredConnection})
+    #: kept from eviction while this anonymous call is answered.
+    busy_connection: Optional[Any] = None
     #: The admission hooks that admitted the call (released in reverse).
     admitted_hooks: List[Any] = field(default_factory=list)
     #: Ends the call early (shutdown): C{abort(reason)}.

@@ -38,6 +38,9 @@ UPSTREAM_TIMEOUT = "upstream_timeout"
 UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"
 QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
+ADDRESS_BANNED = "address_banned"
+TOO_MANY_CONNECTIONS = "too_many_connections"
+TOKEN_ARRAYS_UNSUPPORTED = "token_arrays_unsupported"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL_ERROR = "internal_error"
 
@@ -449,3 +452,57 @@ def responses_stream_error(message: str) -> dict:
     admits only its own codes), with the gateway's message.
     """
     return {"code": "server_error", "message": message}
+
+
+# Refusals at the connection level --------------------------------------------
+
+
+def address_banned(seconds: float, until: str) -> ApiError:
+    """
+    403 for a connection from an address banned after failed
+    authentications: what happened and until when, never which credential
+    was tried (whoever shares the address learns nothing about it).
+
+    @param seconds: ban time left.
+    @param until: when it ends, as an RFC 3339 UTC time.
+    """
+    return ApiError(
+        403,
+        "this address is banned until %s (%s s from now) after repeated failed "
+        "authentication from it; retry then with a valid API key"
+        % (until, retry_after(seconds)),
+        "invalid_request_error",
+        code=ADDRESS_BANNED,
+        headers=_retry_headers(seconds),
+    )
+
+
+def too_many_connections(why: str, seconds: float) -> ApiError:
+    """
+    429 for a connection refused at accept time (too many open connections
+    from the address or in all, or too many new ones per second).
+
+    @param why: which limit, in words.
+    @param seconds: when a retry may succeed (the bucket's refill time).
+    """
+    return ApiError(
+        429,
+        "%s; close idle connections or retry later" % (why,),
+        "rate_limit_error",
+        code=TOO_MANY_CONNECTIONS,
+        headers=_retry_headers(seconds),
+    )
+
+
+def body_too_slow(timeout: float, min_rate: int) -> ApiError:
+    """
+    408: a request body stalled (fewer than C{min_rate} bytes per second
+    over C{timeout} seconds).
+    """
+    return ApiError(
+        408,
+        "request body not received: less than %d bytes arrived in %g seconds"
+        % (int(min_rate * timeout), timeout),
+        "invalid_request_error",
+        code=REQUEST_TIMEOUT,
+    )

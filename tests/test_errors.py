@@ -223,3 +223,39 @@ class AnthropicEnvelopeTests(SynchronousTestCase):
             self.assertEqual(errors.anthropic_stream_error("m", code=code)["error"]["type"], kind)
         self.assertEqual(errors.responses_stream_error("m"),
                          {"code": "server_error", "message": "m"})
+
+
+class ConnectionRefusalTests(SynchronousTestCase):
+    """
+    The answers a refused connection or a stalled request gets.
+    """
+
+    def test_address_banned(self):
+        """
+        403 C{address_banned}: until when, Retry-After rounded up, and
+        nothing about the credential.
+        """
+        error = errors.address_banned(599.2, "2026-12-06T23:40:00Z")
+        self.assertEqual((error.status, error.code), (403, "address_banned"))
+        self.assertIn(("Retry-After", "600"), error.headers)
+        self.assertIn("banned until 2026-12-06T23:40:00Z", error.message)
+        self.assertNotIn("key", error.message.replace("API key", ""))
+
+    def test_too_many_connections(self):
+        """
+        429 C{too_many_connections} says which limit; Retry-After is at
+        least 1.
+        """
+        error = errors.too_many_connections("too many open connections in all", 0.2)
+        self.assertEqual((error.status, error.type, error.code),
+                         (429, "rate_limit_error", "too_many_connections"))
+        self.assertIn(("Retry-After", "1"), error.headers)
+        self.assertTrue(error.message.startswith("too many open connections in all"))
+
+    def test_body_too_slow(self):
+        """
+        408 C{request_timeout} naming the bytes that were due.
+        """
+        error = errors.body_too_slow(10.0, 1024)
+        self.assertEqual((error.status, error.code), (408, "request_timeout"))
+        self.assertIn("less than 10240 bytes arrived in 10 seconds", error.message)

@@ -17,7 +17,7 @@ from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.observe import ids
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
-from qwen_twist.translate import chat, completions, sse
+from qwen_twist.translate import chat, completions, sse, tokens
 from qwen_twist.translate.common import chat_completion_id, completion_id, ollama_timings, usage
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
 from qwen_twist.upstream.client import read_body
@@ -52,6 +52,9 @@ class GenerationResource(ApiResource):
     def stream_translator(self, plan: Any, now: int) -> Any:
         raise NotImplementedError()
 
+    def translate_batch(self, natives: list, plan: Any, now: int) -> dict:
+        raise NotImplementedError()
+
     async def serve(self, request: Any, ctx: CallContext) -> None:
         body = parse_json_body(request)
         note_request(ctx, body)
@@ -64,12 +67,21 @@ class GenerationResource(ApiResource):
         if plan.stream:
             await self.serve_stream(request, ctx, plan)
             return
-        native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
-        ctx.ollama_timings = ollama_timings(native)
-        result = self.translate_response(native, plan, int(self.gateway.now()))
-        # The OpenAI usage shape whatever the route's, for the token budget
-        # and the observers.
-        ctx.usage = usage(native)
+        if plan.batch:
+            # Several prompts: one upstream call each, in turn, inside the
+            # one admission this request got.
+            natives = []
+            for payload in plan.batch:
+                natives.append(await self.upstream_json(ctx, "POST", plan.path, payload))
+            result = self.translate_batch(natives, plan, int(self.gateway.now()))
+            ctx.usage = result.get("usage")
+        else:
+            native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
+            ctx.ollama_timings = ollama_timings(native)
+            result = self.translate_response(native, plan, int(self.gateway.now()))
+            # The OpenAI usage shape whatever the route's, for the token
+            # budget and the observers.
+            ctx.usage = usage(native)
         ctx.status = 200
         respond.json_body(request, 200, result)
 
@@ -187,11 +199,16 @@ class CompletionsResource(GenerationResource):
     route = "completions"
 
     def translate_request(self, body: Any) -> Any:
-        return completions.completion_request(body)
+        return completions.completion_request(body, tokens.offline_decoder())
 
     def translate_response(self, native: dict, plan: Any, now: int) -> dict:
         return completions.completion_response(
             native, model=plan.model, completion_id=completion_id(), now=now
+        )
+
+    def translate_batch(self, natives: list, plan: Any, now: int) -> dict:
+        return completions.completion_batch_response(
+            natives, model=plan.model, completion_id=completion_id(), now=now
         )
 
     def stream_translator(self, plan: Any, now: int) -> Any:

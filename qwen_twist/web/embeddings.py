@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from qwen_twist.context import CallContext
-from qwen_twist.translate import embeddings
+from qwen_twist.translate import embeddings, tokens
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource, note_request, parse_json_body
 
@@ -24,7 +24,7 @@ class EmbeddingsResource(ApiResource):
     async def serve(self, request: Any, ctx: CallContext) -> None:
         body = parse_json_body(request)
         note_request(ctx, body)
-        plan = embeddings.embeddings_request(body)
+        plan = embeddings.embeddings_request(body, tokens.offline_decoder())
         ctx.model = plan.model
         await self.gateway.admit(request, ctx, plan)
         native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)

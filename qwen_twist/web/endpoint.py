@@ -241,7 +241,9 @@ class ApiResource(resource.Resource):
             or from the transport failure.
         """
         gateway = self.gateway
-        ctx.upstream_started = gateway.now()
+        if ctx.upstream_started is None:
+            # (A batch makes several calls: the span runs from the first.)
+            ctx.upstream_started = gateway.now()
         try:
             response = await gateway.upstream.send(method, path, payload,
                                                    request_id=ctx.request_id)
