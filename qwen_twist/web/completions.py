@@ -111,6 +111,7 @@ class GenerationResource(ApiResource):
             ctx.upstream_status = upstream.code
             ctx.upstream = upstream_of(upstream)
             if upstream.code != 200:
+                self.upstream_cause(ctx, upstream)
                 raise errors.from_upstream(upstream.code, await read_body(upstream))
         except Exception as e:
             ctx.upstream_finished = gateway.now()

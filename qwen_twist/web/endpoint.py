@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -27,6 +27,7 @@ from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
+from qwen_twist.upstream import failures
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
 
@@ -41,6 +42,9 @@ def upstream_of(response: Any) -> Any:
     The C{host:port} of the Ollama server that sent C{response} (which of a
     pool answered), or L{None}.
     """
+    where = getattr(response, "upstream_where", None)
+    if isinstance(where, str):
+        return where
     uri = getattr(getattr(response, "request", None), "absoluteURI", None)
     if not isinstance(uri, bytes):
         return None
@@ -208,19 +212,35 @@ class ApiResource(resource.Resource):
             ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
 
-    def api_error(self, failure: Failure, ctx: Any = None) -> errors.ApiError:
+    def api_error(self, failure: Failure, ctx: Optional[CallContext] = None) -> errors.ApiError:
         """
         The client-facing error for any failure; one that is not a known
         upstream failure is a gateway bug, logged with its traceback (and
-        the call's request id) here and answered with a bare 500.
+        the call's request id) here and answered with a bare 500. For a
+        5xx, C{ctx.cause} records what caused it (the access log line shows
+        it).
         """
-        mapped = map_failure(failure, self.gateway.upstream.where)
+        where = self.gateway.upstream.where
+        mapped = map_failure(failure, where)
         if mapped.code == errors.INTERNAL_ERROR:
             self.log.failure("Unhandled error in {route} (request {request_id})", failure,
                              route=self.route, request_id=getattr(ctx, "request_id", None))
+        if ctx is not None and mapped.status >= 500 and ctx.cause is None:
+            ctx.cause = "%s from %s" % (failures.describe(failure),
+                                        failures.where(failure) or where)
         return mapped
 
+    def upstream_cause(self, ctx: CallContext, response: Any) -> None:
+        """
+        Record an upstream 5xx answer as the cause of the call's 5xx.
+        """
+        if response.code >= 500 and ctx.cause is None:
+            where = getattr(response, "upstream_where", None) or self.gateway.upstream.where
+            ctx.cause = "Ollama HTTP %d from %s" % (response.code, where)
+
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
+        if err.status >= 500 and ctx.cause is None:
+            ctx.cause = getattr(err, "cause", None) or err.code or err.type
         ctx.status = err.status
         ctx.outcome = "error"
         ctx.error_type = err.type
@@ -261,6 +281,7 @@ class ApiResource(resource.Resource):
         finally:
             ctx.upstream_finished = gateway.now()
         if response.code != 200:
+            self.upstream_cause(ctx, response)
             raise errors.from_upstream(response.code, body, model_endpoint)
         try:
             native = json.loads(body)
