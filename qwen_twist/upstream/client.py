@@ -6,13 +6,16 @@ Why one module: every outbound request must have the same owner, deadlines,
 cancel path and error mapping, and none may forward a client header (the
 client's C{Authorization} is the gateway's secret, not Ollama's business).
 
-Requests go straight to Twisted's HTTP/1.1 client protocol over one
+Requests go through treq's C{HTTPClient} (the design card's client), over
+an agent of our own that talks to the one upstream through one
 L{HTTPConnectionPool} of persistent connections, so a busy gateway does not
-pay a TCP handshake per call. Why not treq or C{Agent.request}: they parse
-the URL (IDNA included), build an endpoint and a cookie jar lookup for
-every request, which was a measurable share of the gateway's CPU per call
-(issue 10); the upstream is fixed, so its endpoint, pool key and headers
-are built once. Bodies are never buffered: streams are delivered to a
+pay a TCP handshake per call. Why the agent: C{Agent.request} parses the
+URL and builds an endpoint and pool key for every request, a measurable
+share of the gateway's CPU per call (issue 10); the upstream is fixed, so
+those are built once, the parsed URL of each native path is cached, and the
+body is written together with the request head. Redirects are never
+followed: an answer from Ollama is relayed or refused, never chased to
+another address. Bodies are never buffered: streams are delivered to a
 protocol with backpressure (L{qwen_twist.web.relay}), and non-streaming
 bodies are read by L{read_body} with a size cap.
 
@@ -36,7 +39,7 @@ decides which, if any, a failure counts against).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, endpoints, error as ierror
@@ -50,15 +53,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+import treq.client
+from hyperlink import EncodedURL
+
 from qwen_twist import errors
 from qwen_twist.config import UpstreamConfig
 from qwen_twist.upstream import failures
 from qwen_twist.upstream.breaker import (
     FAILURE, NEUTRAL, SUCCESS, CircuitBreaker,
 )
-from qwen_twist.upstream.failures import (  # noqa: F401 -- re-exported
-    BodyTooLarge, BreakerOpen, UpstreamTimeout,
-)
+from qwen_twist.upstream.failures import BodyTooLarge, BreakerOpen, UpstreamTimeout
 
 #: Largest non-streaming upstream body we read (embeddings of big batches
 #: are the large case); beyond it the upstream connection is closed.
@@ -283,7 +287,14 @@ class OllamaClient:
             agent = _DirectAgent(reactor, self.base_url, config.timeouts.connect, self._pool)
             host = agent.host
         self._agent = agent
+        # treq is the HTTP client API (the design card's); the agent under
+        # it is what makes it cheap: endpoint and pool key built once.
+        self._http = treq.client.HTTPClient(agent)
+        self._urls: Dict[str, EncodedURL] = {}
         self._headers = _headers(host)
+        #: Called as C{listener(name, old, new)} after each breaker state
+        #: change (the metrics); must not raise.
+        self.breaker_listeners: List[Callable[[str, str, str], Any]] = []
         self.breaker: Optional[CircuitBreaker] = None
         self._models: Dict[str, CircuitBreaker] = {}
         if config.breaker.threshold > 0:
@@ -308,6 +319,8 @@ class OllamaClient:
         log = self.log.warn if new == "open" else self.log.info
         log("circuit breaker for Ollama at {name!r}: {old} -> {new}",
             name=name, old=old, new=new)
+        for listener in self.breaker_listeners:
+            listener(name, old, new)
 
     def model_breaker(self, model: str) -> Optional[CircuitBreaker]:
         """
@@ -331,7 +344,7 @@ class OllamaClient:
 
     def send(
         self, method: str, path: str, payload: Optional[dict] = None,
-        headers_timeout: Optional[float] = None,
+        headers_timeout: Optional[float] = None, request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         """
         Start a request and fire with the response once its headers arrive.
@@ -341,11 +354,13 @@ class OllamaClient:
             C{upstream.timeouts.headers}. On expiry the request is cancelled
             (its connection closed) and the Deferred fails with
             L{UpstreamTimeout}.
+        @param request_id: sent as C{X-Request-ID} (already validated), so
+            Ollama's side of a call can be traced too.
         @return: a cancellable Deferred; its failures are mapped by
             L{map_failure}.
         """
         if self.breaker is None:
-            return self._send(method, path, payload, headers_timeout)
+            return self._send(method, path, payload, headers_timeout, request_id)
         model = payload.get("model") if isinstance(payload, dict) else None
         if not isinstance(model, str) or not model:
             model = None
@@ -364,7 +379,7 @@ class OllamaClient:
             except BreakerOpen:
                 server.settle(ticket, NEUTRAL)
                 return defer.fail()
-        inner = self._send(method, path, payload, headers_timeout)
+        inner = self._send(method, path, payload, headers_timeout, request_id)
         inner.addCallback(self._judge_response, model)
         cancelled = False
 
@@ -428,16 +443,22 @@ class OllamaClient:
         return d.addCallback(classify)
 
     def _send(
-        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float]
+        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float],
+        request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         producer = None
         if payload is not None:
             producer = _BytesProducer(json.dumps(
                 payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        bmethod = method.encode("ascii")
-        url = self._base + path.encode("ascii")
-        d = self._agent.request(bmethod, url, self._headers, producer)
-        d.addErrback(self._retry_unsent, bmethod, url, producer)
+        url = self._url(path)
+        headers = self._headers
+        if request_id:
+            headers = headers.copy()
+            headers.setRawHeaders(b"X-Request-ID", [request_id.encode("ascii")])
+        d = self._http.request(method, url, data=producer, headers=headers,
+                               unbuffered=True, allow_redirects=False)
+        d.addErrback(self._retry_unsent, method, url, producer, headers)
+        d.addCallback(self._answered_by)
         if headers_timeout is None:
             headers_timeout = self._config.timeouts.headers
 
@@ -450,15 +471,34 @@ class OllamaClient:
         d.addErrback(self._tag, self.where)
         return d
 
-    def _retry_unsent(self, failure: Failure, method: bytes, url: bytes,
-                      producer: Any) -> Any:
+    def _url(self, path: str) -> EncodedURL:
+        """
+        The parsed URL of C{path} on this server, parsed once per path (the
+        few native paths the gateway uses), not once per request.
+        """
+        url = self._urls.get(path)
+        if url is None:
+            url = EncodedURL.from_text(self.base_url + path)
+            if len(self._urls) < 64:
+                self._urls[path] = url
+        return url
+
+    def _answered_by(self, response: Any) -> Any:
+        # Which server answered, for the call's audit record and metrics
+        # (a pool hands on its members' responses).
+        response.upstream_where = self.where
+        return response
+
+    def _retry_unsent(self, failure: Failure, method: str, url: EncodedURL,
+                      producer: Any, headers: Headers) -> Any:
         # Nothing reached Ollama (refused, not sent): once more, on a fresh
         # connection. A stale pooled connection is retried by the pool.
         if not failures.never_sent(failure):
             return failure
         self.log.debug("retrying {url} once after {why}", url=url,
                        why=failures.describe(failure))
-        return self._agent.request(method, url, self._headers, producer)
+        return self._http.request(method, url, data=producer, headers=headers,
+                                  unbuffered=True, allow_redirects=False)
 
     @staticmethod
     def _tag(failure: Failure, where: str) -> Failure:
