@@ -361,8 +361,14 @@ class BansConfig:
     Addresses that keep failing authentication.
     """
 
-    failures: int = setting(3, between(0, 1000000), "consecutive failures; 0 = never ban")
+    failures: int = setting(
+        3, between(0, 1000000), "authentication failures within window; 0 = never ban"
+    )
     duration: float = setting(600.0, positive, "ban length in seconds")
+    window: float = setting(
+        600.0, positive,
+        "seconds a failure counts towards a ban (successes in between do not reset it)",
+    )
 
 
 @dataclass(frozen=True)

@@ -368,7 +368,7 @@ class Gate:
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
         keys, jwt = identities if identities is not None else load_identities(config)
         self.clock = clock
-        self.bans = BanList(config.bans.failures, config.bans.duration)
+        self.bans = BanList(config.bans.failures, config.bans.duration, config.bans.window)
         self.rules = AddressRules.from_config(config.access)
         self.address = AddressHook(self.rules, self.bans, clock)
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
