@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
+from qwen_twist.logsafe import clean
 from qwen_twist.translate.chat import ChatOptions
 from qwen_twist.upstream.client import OllamaClient
 
@@ -33,7 +34,8 @@ from qwen_twist.upstream.client import OllamaClient
 class AccessLog:
     """
     One log line per finished call: no query strings, no headers, no body,
-    so nothing secret can end up in it.
+    so nothing secret can end up in it. Every field a client can influence
+    is escaped (L{qwen_twist.logsafe}), so it cannot forge or hide a line.
     """
 
     log = Logger(namespace="qwengate.access")
@@ -42,15 +44,15 @@ class AccessLog:
         self.log.info(
             "{client_ip} {method} {path} {status} {outcome} {duration_ms:.1f}ms"
             " model={model} stream={stream} request_id={request_id}",
-            client_ip=ctx.client_ip,
-            method=ctx.method,
-            path=ctx.path,
+            client_ip=clean(ctx.client_ip),
+            method=clean(ctx.method),
+            path=clean(ctx.path),
             status=ctx.status,
-            outcome=ctx.outcome,
+            outcome=clean(ctx.outcome),
             duration_ms=(ctx.duration or 0.0) * 1000.0,
-            model=ctx.model,
+            model=clean(ctx.model),
             stream=ctx.stream,
-            request_id=ctx.request_id,
+            request_id=clean(ctx.request_id),
         )
 
 

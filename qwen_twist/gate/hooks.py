@@ -37,6 +37,7 @@ from qwen_twist.gate.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.gate.keys import presented_key
+from qwen_twist.logsafe import clean
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 #: Rough characters per token, to reserve a prompt's share of a token
@@ -177,7 +178,7 @@ class IdentityHook:
         try:
             return "jwt:" + self.jwt.verify(token, now).user
         except JwtError as e:
-            self.log.info("JWT refused: {why}", why=str(e))
+            self.log.info("JWT refused: {why}", why=clean(str(e)))
             return None
 
     def _failed(self, ctx: CallContext, now: float) -> None:

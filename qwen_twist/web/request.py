@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from qwen_twist import errors
+from qwen_twist.logsafe import clean
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy
 
@@ -158,7 +159,10 @@ class GatewayRequest(server.Request):
         A Resource raised: log the traceback, tell the client nothing but
         that it failed.
         """
-        self._log.failure("Unhandled error serving {path}", reason, path=self.path)
+        self._log.failure(
+            "Unhandled error serving {path}", reason,
+            path=clean(self.path.decode("utf-8", "replace")),
+        )
         if not respond.is_gone(self):
             # Headers may already be on the wire (a stream): then all we can
             # do is end the response.
