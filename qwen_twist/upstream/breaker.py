@@ -101,10 +101,13 @@ class BreakerOpen(Exception):
         where = (" at %s" % (self.name,)) if self.name else ""
         return errors.ApiError(
             503,
-            "Ollama%s is failing; not retrying it for %s s" % (where, self.retry_after_header()),
+            # No address in the client's text (issue 9 item 13): the log has it.
+            "the model server is failing; not retrying it for %s s"
+            % (self.retry_after_header(),),
             "server_error",
             code="upstream_unavailable",
             headers=(("Retry-After", self.retry_after_header()),),
+            detail="Ollama%s: breaker open" % (where,),
         )
 
 

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.logsafe import clean
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse
 from qwen_twist.translate.common import chat_completion_id, completion_id
@@ -74,7 +75,8 @@ class GenerationResource(ApiResource):
             )
             ctx.upstream_status = upstream.code
             if upstream.code != 200:
-                raise errors.from_upstream(upstream.code, await read_body(upstream))
+                raise errors.from_upstream(
+                    upstream.code, await read_body(upstream), model=plan.model)
         except Exception as e:
             if ctx.client_gone:
                 response.close(finish=False)
@@ -93,6 +95,10 @@ class GenerationResource(ApiResource):
             # Already streaming keep-alives: the failure must be an event.
             ctx.outcome = "truncated"
             ctx.error_code = err.code
+            if err.detail:
+                self.log.info("{route} {request_id} stream failed: {detail}",
+                              route=self.route, request_id=ctx.request_id,
+                              detail=clean(err.detail, 2048))
             response.write(sse.error_event(err.message, err.type, err.code))
             response.close()
             return
@@ -116,6 +122,10 @@ class GenerationResource(ApiResource):
             if translator.outcome == "error":
                 ctx.outcome = "truncated"
                 ctx.error_code = "stream_error"
+                if translator.upstream_error:
+                    self.log.info("{route} {request_id} Ollama stream error: {detail}",
+                                  route=self.route, request_id=ctx.request_id,
+                                  detail=clean(translator.upstream_error, 2048))
             ctx.extra["backpressure_pauses"] = relay.pauses
 
 

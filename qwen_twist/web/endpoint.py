@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.logsafe import clean
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
@@ -175,6 +176,11 @@ class ApiResource(resource.Resource):
         return mapped
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
+        if err.detail:
+            # What the client is not told (Ollama's own text, an address).
+            self.log.info("{route} {request_id} answered {status}: {detail}",
+                          route=self.route, request_id=ctx.request_id,
+                          status=err.status, detail=clean(err.detail, 2048))
         ctx.status = err.status
         ctx.outcome = "error"
         ctx.error_type = err.type
@@ -208,7 +214,7 @@ class ApiResource(resource.Resource):
                 raise
             raise self.api_error(Failure())
         if response.code != 200:
-            raise errors.from_upstream(response.code, body, model_endpoint)
+            raise errors.from_upstream(response.code, body, model_endpoint, ctx.model)
         try:
             native = json.loads(body)
         except ValueError:

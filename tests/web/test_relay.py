@@ -150,7 +150,8 @@ class StreamTests(SynchronousTestCase):
         self.call.respond(500, {"error": "llama runner process has terminated"})
         response = self.response()
         got = events(response.body)
-        self.assertEqual(got[-1]["error"]["message"], "llama runner process has terminated")
+        self.assertEqual(got[-1]["error"]["message"],
+                         "the model server failed to process the request")
         self.assertNotIn("[DONE]", got)
         self.assertTrue(response.complete)
 
