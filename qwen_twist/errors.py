@@ -21,6 +21,7 @@ sends. Likewise no message names an upstream's C{host:port}.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Iterable, Optional, Tuple
 
@@ -146,6 +147,40 @@ def method_not_allowed(method: str, path: str, allowed: Iterable[str]) -> ApiErr
         "invalid_request_error",
         headers=(("Allow", ", ".join(allowed)),),
     )
+
+
+def unauthorized() -> ApiError:
+    """
+    The seed's 401, in the OpenAI envelope (what the SDK raises as
+    C{AuthenticationError}).
+    """
+    return ApiError(
+        401, "invalid api key", "invalid_request_error", code=INVALID_API_KEY,
+        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
+    )
+
+
+def forbidden(message: str, code: str) -> ApiError:
+    """
+    403: a known identity or address that may not do this.
+    """
+    return ApiError(403, message, "invalid_request_error", code=code)
+
+
+def retry_after_header(seconds: float) -> Tuple[str, str]:
+    """
+    C{Retry-After} in whole seconds, at least 1 (the OpenAI SDKs honour it
+    when at most 60 s).
+    """
+    return ("Retry-After", str(max(1, int(math.ceil(seconds)))))
+
+
+def rate_limited(message: str, retry_after: float, code: str = RATE_LIMIT_EXCEEDED) -> ApiError:
+    """
+    429 C{rate_limit_error} with C{Retry-After}.
+    """
+    return ApiError(429, message, "rate_limit_error", code=code,
+                    headers=(retry_after_header(retry_after),))
 
 
 def upstream_unavailable(where: str = "") -> ApiError:

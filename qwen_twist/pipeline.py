@@ -73,11 +73,15 @@ class Gateway:
         upstream: OllamaClient,
         hooks: Optional[List[Any]] = None,
         observers: Optional[List[Any]] = None,
+        screens: Optional[List[Any]] = None,
     ) -> None:
         self.config = config
         self.clock = reactor
         self.upstream = upstream
         self.hooks: List[Any] = list(hooks or [])
+        #: Checks decided from the request head alone (C{screen(request,
+        #: ctx, kind)}), run before the body is read.
+        self.screens: List[Any] = list(screens or [])
         self.observers: List[Any] = list(observers if observers is not None else [AccessLog()])
         self.chat_options = ChatOptions(
             reasoning_field=config.translation.reasoning_field,
@@ -126,6 +130,31 @@ class Gateway:
         waiting, self._drained = self._drained, []
         for d in waiting:
             d.callback(None)
+
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> Optional[Any]:
+        """
+        Run the screens on a request whose head has arrived and whose body
+        has not been read.
+
+        @return: L{None} when every screen passed (C{ctx} then holds what
+            they learnt and is marked C{screened}); otherwise the refusal
+            (an L{qwen_twist.errors.ApiError}), already recorded as a
+            finished call for the observers.
+        """
+        from qwen_twist.errors import ApiError
+
+        try:
+            for check in self.screens:
+                check.screen(request, ctx, kind)
+        except ApiError as e:
+            ctx.status = e.status
+            ctx.outcome = "error"
+            ctx.error_type = e.type
+            ctx.error_code = e.code
+            self.call_finished(ctx)
+            return e
+        ctx.extra["screened"] = True
+        return None
 
     async def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         """

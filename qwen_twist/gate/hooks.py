@@ -21,11 +21,21 @@ run in this order before any upstream work:
 Why hooks and not code in the Resources: the endpoints do not change when a
 rule is added, and an unauthenticated call provably costs the upstream
 nothing (the hooks run before the first upstream byte).
+
+No work before identity: the address, per-IP rate and identity checks
+depend on the request head only, so they also run as I{screens}
+(C{screen(request, ctx, kind)}), called by the HTTP channel as soon as the
+headers are parsed and before a single body byte is read or a
+C{100 Continue} is sent (L{qwen_twist.web.screen}). A refused request
+costs neither body memory nor JSON parsing, and every request, however
+malformed its body, has paid its per-IP token first. The admission hooks
+then take the screened results (C{ctx.extra["screened"]}) instead of
+checking twice. C{kind} is C{"api"} (identity required, per-IP rate
+charged) or C{"ready"} (identity optional, only used to show details).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
@@ -45,31 +55,15 @@ from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, windo
 CHARS_PER_TOKEN = 4
 
 
-def unauthorized() -> errors.ApiError:
-    """
-    The seed's 401, in the OpenAI envelope (what the SDK raises as
-    C{AuthenticationError}).
-    """
-    return errors.ApiError(
-        401, "invalid api key", "invalid_request_error", code="invalid_api_key",
-        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
-    )
-
-
-def forbidden(message: str, code: str) -> errors.ApiError:
-    return errors.ApiError(403, message, "invalid_request_error", code=code)
+unauthorized = errors.unauthorized
+forbidden = errors.forbidden
 
 
 def too_many(message: str, decision: Decision) -> errors.ApiError:
     """
-    429 with C{Retry-After} computed from the bucket (whole seconds, at
-    least 1: the OpenAI SDK honours it when at most 60 s).
+    429 with C{Retry-After} computed from the bucket.
     """
-    retry = max(1, int(math.ceil(decision.retry_after)))
-    return errors.ApiError(
-        429, message, "rate_limit_error", code="rate_limit_exceeded",
-        headers=(("Retry-After", str(retry)),),
-    )
+    return errors.rate_limited(message, decision.retry_after)
 
 
 def _header(request: Any, name: bytes) -> Optional[bytes]:
@@ -98,8 +92,23 @@ class AddressHook:
         self.bans = bans
         self.clock = clock
 
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
+        self.check(request, ctx)
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        if ctx.extra.get("screened"):
+            return
+        self.check(request, ctx)
+
+    def check(self, request: Any, ctx: CallContext) -> None:
+        """
+        Resolve C{ctx.client_ip} and refuse addresses that are denied (the
+        rules in force now: a SIGHUP's C{access.deny} applies to requests
+        on connections opened before it) or banned.
+        """
         peer = ctx.client_ip
+        if not self.rules.permits(peer):
+            raise forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
         ctx.client_ip = self.rules.client_ip(
             peer,
             _text(_header(request, b"x-forwarded-for")),
@@ -108,9 +117,9 @@ class AddressHook:
         if ctx.client_ip != peer:
             # A forwarded client: the accept-time checks saw only the proxy.
             if not self.rules.permits(ctx.client_ip):
-                raise forbidden("address not allowed", "address_not_allowed")
+                raise forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
         if self.bans.banned_for(ctx.client_ip, self.clock.seconds()) > 0:
-            raise forbidden("address temporarily banned", "address_banned")
+            raise forbidden("address temporarily banned", errors.ADDRESS_BANNED)
 
 
 class IdentityHook:
@@ -140,7 +149,34 @@ class IdentityHook:
         self.keys = keys
         self.jwt = jwt
 
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
+        """
+        Authenticate from the head alone. For C{/ready} (C{kind} C{"ready"})
+        an identity is optional: none, or a bad one, is simply anonymous.
+        """
+        if kind == "api":
+            self.authenticate(request, ctx)
+            return
+        try:
+            self.authenticate(request, ctx, count_failure=False)
+        except errors.ApiError:
+            ctx.identity = None
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        if not ctx.extra.get("screened"):
+            self.authenticate(request, ctx)
+        record = ctx.extra.get("key_record")
+        model = getattr(plan, "model", None) or ctx.model
+        if record is not None and model and not record.allows_model(model):
+            raise forbidden(
+                "this API key may not use model %r" % (model,), errors.MODEL_NOT_ALLOWED
+            )
+
+    def authenticate(self, request: Any, ctx: CallContext, count_failure: bool = True) -> None:
+        """
+        Set C{ctx.identity} and C{ctx.extra["key_record"]} from the
+        credentials presented, or refuse with 401.
+        """
         now = self.clock.seconds()
         identity = None
         record = None
@@ -161,16 +197,12 @@ class IdentityHook:
                 # Anonymous access is allowed; SDKs always send some key,
                 # so an unknown one is simply not an identity.
                 return
-            self._failed(ctx, now)
+            if count_failure:
+                self._failed(ctx, now)
             raise unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
         ctx.extra["key_record"] = record
-        model = getattr(plan, "model", None) or ctx.model
-        if record is not None and model and not record.allows_model(model):
-            raise forbidden(
-                "this API key may not use model %r" % (model,), "model_not_allowed"
-            )
 
     def _verify_jwt(self, token: str, now: float) -> Optional[str]:
         from qwen_twist.gate.jwtauth import JwtError
@@ -263,13 +295,27 @@ class RateLimitHook:
             budget = self._budgets[tokens] = TokenBudget(tokens)
         return budget
 
-    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        now = self.clock.seconds()
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
+        """
+        Charge the per-IP bucket from the head alone, before the identity
+        is checked: unauthenticated and malformed requests pay too.
+        """
+        if kind == "api":
+            ctx.extra["per_ip_decision"] = self._take_ip(request, ctx, self.clock.seconds())
+
+    def _take_ip(self, request: Any, ctx: CallContext, now: float) -> Decision:
         decision = self.per_ip.take(ctx.client_ip, now)
-        shown = decision
         if not decision.allowed:
             _rate_headers(request, decision, "requests")
             raise too_many("rate limit exceeded for this address", decision)
+        return decision
+
+    def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        now = self.clock.seconds()
+        decision = ctx.extra.get("per_ip_decision")
+        if decision is None:
+            decision = self._take_ip(request, ctx, now)
+        shown = decision
         if ctx.identity is not None:
             record = ctx.extra.get("key_record")
             requests = self.default_requests
@@ -376,6 +422,9 @@ class Gate:
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock)
         self.hooks = [self.address, self.identity, self.prompt, self.rates]
+        #: What can be decided from the request head, in order (see the
+        #: module docstring): address, per-IP rate, identity.
+        self.screens = [self.address, self.rates, self.identity]
         self.queue: Optional[SlotQueue] = None
         admission = config.admission
         if admission.slots > 0:

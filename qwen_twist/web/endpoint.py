@@ -100,6 +100,13 @@ class ApiResource(resource.Resource):
             client_ip=client_ip(request),
             started=self.gateway.now(),
         )
+        screened = getattr(request, "screened", None)
+        if screened is not None:
+            # The channel ran the head-only checks before reading the body
+            # (web.screen): take what they learnt, do not check twice.
+            ctx.client_ip = screened.client_ip
+            ctx.identity = screened.identity
+            ctx.extra.update(screened.extra)
         finished = request.notifyFinish()
         method = ctx.method
         if method == "HEAD" and "GET" in self.methods:

@@ -221,6 +221,7 @@ class GatewayChannel(http.HTTPChannel):
     _head_timer: Optional[Any] = None
     _dispatched = 0
     _refused = False
+    _closing = False
 
     # The request head ----------------------------------------------------
 
@@ -246,9 +247,53 @@ class GatewayChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
         self._stop_head_timer()
+        request = self.requests[-1]
+        screen = getattr(self.site, "screen", None)
+        if screen is not None:
+            refusal = screen(request, self._command, self._path)
+            if refusal is not None:
+                self._refuse_unread(request, refusal)
+                return
+        # Only now: Twisted sizes the body buffer and answers an
+        # Expect: 100-continue here.
         super().allHeadersReceived()
 
+    def _refuse_unread(self, request: Any, err: errors.ApiError) -> None:
+        """
+        Answer a request refused from its head alone (401/403/429) through
+        the Request, so it carries every header a Resource's answer would,
+        then close: the body is never read, so the connection cannot be
+        reused.
+        """
+        self._refused = True
+        self.persistent = False
+        request.content = _Discard()
+        request.method = self._command
+        request.uri = self._path
+        request.path = self._path.split(b"?", 1)[0]
+        request.clientproto = self._version
+        request.site = self.site
+        request.setHeader(b"connection", b"close")
+        respond.error(request, err)
+
+    def loseConnection(self) -> Any:
+        # Twisted's own unregisters the network producer, which raises when
+        # called twice: a refusal closes, then the idle timeout fires
+        # before the client let go.
+        if self._closing:
+            transport = self.transport
+            return transport.loseConnection() if transport is not None else None
+        self._closing = True
+        return super().loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().rawDataReceived(data)
+
     def allContentReceived(self) -> None:
+        if self._refused:
+            return
         self._head_bytes = 0
         self._dispatched += 1
         super().allContentReceived()
@@ -343,7 +388,8 @@ class GatewaySite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, root: object, config: Any, reactor: object = None) -> None:
+    def __init__(self, root: object, config: Any, reactor: object = None,
+                 screen: Any = None) -> None:
         kwargs: dict = {}
         if reactor is not None:
             kwargs["reactor"] = reactor
@@ -360,6 +406,10 @@ class GatewaySite(server.Site):
         self.response_headers = hygiene.security_headers(response.hsts_max_age)
         self.cors = CorsPolicy(response.cors_origins)
         self.strip_tree = hygiene.compile_strip(response.strip_fields)
+        #: The head-only gate (L{qwen_twist.web.screen.HeadScreen}), or
+        #: L{None}: called with C{(request, method, path)} once the headers
+        #: are parsed, before any body byte is read.
+        self.screen = screen
 
     def buildProtocol(self, addr: object) -> Any:
         channel = super().buildProtocol(addr)
