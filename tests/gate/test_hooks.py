@@ -171,6 +171,43 @@ class AddressTests(GateTestsMixin, SynchronousTestCase):
     X-Forwarded-For is believed only from trusted proxies.
     """
 
+    def test_deny_applies_to_open_connections(self) -> None:
+        """
+        A reload that denies the peer's network refuses the next request on
+        an already open keep-alive connection (the accept-time filter never
+        sees it again).
+        """
+        import json
+
+        from qwen_twist import config as configmod
+        from qwen_twist.gate.hooks import load_identities
+        from tests.web.helpers import parse_response
+
+        self.make()
+        channel, transport = self.harness.connect()
+        body = json.dumps(CHAT).encode()
+        raw = ("POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer %s"
+               "\r\nContent-Length: %d\r\n\r\n" % (self.key, len(body))).encode() + body
+        channel.dataReceived(raw)
+        self.harness.upstream.calls[-1].respond(200, NATIVE_OK)
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        self.assertFalse(transport.disconnecting)
+        raw_config = {
+            "tls": {"self_signed": True},
+            "auth": {"required": True, "keys_file": self.keys_file},
+            "rate_limits": {"per_ip_rate": 0},
+            "admission": {"slots": 0},
+            "access": {"deny": ["203.0.113.0/24"]},
+        }
+        config = configmod.build(configmod.Config, raw_config)
+        self.harness.gate.reload(config, load_identities(config))
+        transport.clear()
+        channel.dataReceived(raw)
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 403)
+        self.assertEqual(response.json()["error"]["code"], "address_not_allowed")
+        self.assertEqual(len(self.harness.upstream.calls), 1)
+
     def test_spoofed_forwarded_for_ignored(self) -> None:
         """
         From an untrusted peer, X-Forwarded-For does not change the client
