@@ -183,6 +183,27 @@ def rate_limited(message: str, retry_after: float, code: str = RATE_LIMIT_EXCEED
                     headers=(retry_after_header(retry_after),))
 
 
+def option_not_allowed(name: str) -> ApiError:
+    """
+    400 for a native option outside the operator's allow-list.
+    """
+    name = name[:64]
+    return ApiError(
+        400, "option '%s' is not allowed by this gateway" % (name,),
+        "invalid_request_error", "options." + name, OPTION_NOT_ALLOWED,
+    )
+
+
+def option_out_of_range(name: str, maximum: int) -> ApiError:
+    """
+    400 for an option above the operator's cap.
+    """
+    return ApiError(
+        400, "option '%s' may be at most %d on this gateway" % (name, maximum),
+        "invalid_request_error", "options." + name, OPTION_TOO_LARGE,
+    )
+
+
 def upstream_unavailable(where: str = "") -> ApiError:
     """
     502: nothing answered at the upstream address (refused, reset, DNS).

@@ -47,6 +47,7 @@ from qwen_twist.gate.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.gate.keys import presented_key
+from qwen_twist.gate.options import MAX_TOKENS, OptionsHook
 from qwen_twist.logsafe import clean
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
@@ -282,6 +283,7 @@ class RateLimitHook:
         self.window = limits.per_key_window
         self.default_requests = limits.per_key_requests
         self.default_tokens = limits.per_key_tokens_per_minute
+        self.default_max_tokens = config.limits.max_tokens
 
     def _key_buckets(self, requests: int) -> TokenBuckets:
         buckets = self._per_key.get(requests)
@@ -332,7 +334,13 @@ class RateLimitHook:
                     _rate_headers(request, shown, "requests")
                     raise too_many("rate limit exceeded for this key", shown)
             if tokens > 0:
-                max_tokens = getattr(plan, "max_tokens", None) or 0
+                # A call that names no output cap may generate up to the
+                # operator's cap: reserve that, not nothing (concurrent calls
+                # without max_tokens overran budgets ~50x when it was 0).
+                max_tokens = ctx.extra.get(MAX_TOKENS)
+                if max_tokens is None and plan is not None and getattr(plan, "path", None) != "/api/embed":
+                    max_tokens = getattr(plan, "max_tokens", None) or self.default_max_tokens
+                max_tokens = max_tokens or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
                 budget = self._budget(tokens)
                 spent = budget.reserve(ctx.identity, now, reserve)
@@ -420,8 +428,9 @@ class Gate:
         self.address = AddressHook(self.rules, self.bans, clock)
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
+        self.options = OptionsHook(config)
         self.rates = RateLimitHook(config, clock)
-        self.hooks = [self.address, self.identity, self.prompt, self.rates]
+        self.hooks = [self.address, self.identity, self.prompt, self.options, self.rates]
         #: What can be decided from the request head, in order (see the
         #: module docstring): address, per-IP rate, identity.
         self.screens = [self.address, self.rates, self.identity]
@@ -445,6 +454,7 @@ class Gate:
         self.address.rules = self.rules
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
+        self.options.reconfigure(config)
         self.rates.configure(config)
         admission = config.admission
         if self.queue is not None and admission.slots > 0:

@@ -327,6 +327,22 @@ class RateLimitTests(GateTestsMixin, SynchronousTestCase):
         self.assertIn("token", third.json()["error"]["message"])
         self.assertEqual(len(self.harness.upstream.calls), 2)
 
+    def test_reservation_without_max_tokens(self) -> None:
+        """
+        Concurrent calls that name no max_tokens reserve limits.max_tokens
+        each, so the budget cannot be overrun many times over: with a
+        budget of 1,000 and a cap of 400, the third concurrent call is
+        refused (before, each reserved only its prompt and all went through).
+        """
+        self.make(rate_limits={"per_ip_rate": 0, "per_key_tokens_per_minute": 1000},
+                  limits={"max_tokens": 400})
+        statuses = []
+        for _ in range(3):
+            response = self.chat(self.bearer(), answer=False)
+            statuses.append(response.status if response is not None else "pending")
+        self.assertEqual(statuses, ["pending", "pending", 429])
+        self.assertEqual(len(self.harness.upstream.calls), 2)
+
 
 class JwtTests(SynchronousTestCase):
     """
