@@ -389,6 +389,14 @@ def total_slots(config: Config) -> int:
     return config.admission.slots * max(1, len(config.upstream.urls))
 
 
+def per_owner_slots(config: Config) -> int:
+    """
+    C{admission.per_key}, or by default one slot fewer than all (at least
+    one): whatever one key does, another can still be served.
+    """
+    return config.admission.per_key or max(1, total_slots(config) - 1)
+
+
 def load_identities(config: Config) -> tuple:
     """
     Read the key store and the JWT verification key named by the config.
@@ -440,7 +448,8 @@ class Gate:
             # Last: only callers that passed every other check wait for the
             # GPU, and a queued caller who leaves is never dispatched.
             self.queue = SlotQueue(
-                total_slots(config), admission.max_depth, admission.max_wait, clock
+                total_slots(config), admission.max_depth, admission.max_wait, clock,
+                per_owner=per_owner_slots(config),
             )
             self.hooks.append(AdmissionHook(self.queue))
 
@@ -458,7 +467,8 @@ class Gate:
         self.rates.configure(config)
         admission = config.admission
         if self.queue is not None and admission.slots > 0:
-            self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait)
+            self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait,
+                                 self.queue.weights, per_owner_slots(config))
         elif (self.queue is not None) != (admission.slots > 0):
             self.log.warn("admission.slots switched between 0 and a number: "
                           "takes effect at the next restart")

@@ -111,6 +111,7 @@ class GenerationResource(ApiResource):
             idle_timeout=config.upstream.timeouts.idle,
             total_timeout=config.upstream.timeouts.total,
             first_token_timeout=config.upstream.timeouts.first_token,
+            slow_reader_timeout=config.streaming.slow_reader_timeout,
         )
         upstream.deliverBody(relay)
         ctx.extra["abort"] = relay.abort
@@ -119,7 +120,10 @@ class GenerationResource(ApiResource):
         finally:
             ctx.chunks = translator.chunks
             ctx.usage = translator.final_usage
-            if translator.outcome == "error":
+            if relay.cut is not None:
+                ctx.outcome = "truncated"
+                ctx.error_code = relay.cut
+            elif translator.outcome == "error":
                 ctx.outcome = "truncated"
                 ctx.error_code = "stream_error"
                 if translator.upstream_error:

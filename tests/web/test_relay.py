@@ -238,6 +238,32 @@ class StreamTests(SynchronousTestCase):
         upstream.send(DONE)
         self.assertEqual(self.harness.finished[0].extra["backpressure_pauses"], 1)
 
+    def test_slow_reader_cut(self) -> None:
+        """
+        A client that reads nothing for C{streaming.slow_reader_timeout}
+        while the upstream is paused is cut: Ollama is stopped, the client
+        connection aborted and the GPU slot freed; a resume in time stops
+        the deadline.
+        """
+        harness = GatewayHarness({"streaming": {"slow_reader_timeout": 30.0},
+                                  "admission": {"slots": 1}})
+        channel, transport = harness.request("POST", "/v1/chat/completions", STREAM)
+        upstream = harness.upstream.calls[-1].respond_streaming()
+        upstream.send(content("a"))
+        transport.producer.pauseProducing()
+        harness.clock.advance(29)
+        transport.producer.resumeProducing()
+        transport.producer.pauseProducing()
+        harness.clock.advance(29)
+        self.assertEqual(upstream.transport.state, "paused")
+        self.assertEqual(harness.gate.queue.busy, 1)
+        harness.clock.advance(1)
+        self.assertEqual(upstream.transport.state, "stopped")
+        self.assertEqual(harness.gate.queue.busy, 0)
+        ctx = harness.finished[0]
+        self.assertEqual((ctx.outcome, ctx.error_code), ("truncated", "slow_reader"))
+        self.assertTrue(transport.disconnecting or getattr(transport, "disconnected", False))
+
     def test_client_disconnect(self) -> None:
         """
         A client that disconnects mid-stream stops the upstream at once and
