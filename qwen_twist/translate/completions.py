@@ -95,7 +95,8 @@ def completion_request(body: object) -> UpstreamRequest:
         model=model,
         stream=stream,
         include_usage=include_usage,
-        prompt_chars=len(prompt) + (len(suffix) if suffix else 0),
+        prompt_chars=len(prompt) + (len(suffix) if suffix else 0)
+        + sum(map(len, options.get("stop") or ())),
         max_tokens=output_cap(options),
     )
 

@@ -254,6 +254,24 @@ class PromptLimitTests(GateTestsMixin, SynchronousTestCase):
             {"role": "user", "content": [{"type": "text", "text": "hello " * 100}]}]}
         self.assertEqual(self.chat(self.bearer(), agent).status, 200)
 
+    def test_tools_count(self) -> None:
+        """
+        200,000 characters in tool definitions, a response schema and stop
+        strings, next to a short message, are refused under the default
+        96,000-character limit; nothing reaches Ollama.
+        """
+        self.make()
+        big = "d" * 70000
+        body = dict(CHAT, tools=[{"type": "function", "function": {"name": "f",
+                                                                    "description": big}}],
+                    response_format={"type": "json_schema", "json_schema": {
+                        "name": "s", "schema": {"description": big}}},
+                    stop=["s" * 15000] * 4)
+        response = self.chat(self.bearer(), body)
+        self.assertEqual(response.status, 400)
+        self.assertEqual(response.json()["error"]["code"], "prompt_too_long")
+        self.assertEqual(self.harness.upstream.calls, [])
+
     def test_configured_limit(self) -> None:
         """
         The seed's 32768 is one config line away, counted over all messages.
