@@ -173,6 +173,10 @@ class UpstreamConfig:
     health_interval: float = setting(
         10.0, positive, "seconds between health checks of several upstreams"
     )
+    ready_cache: float = setting(
+        2.0, non_negative,
+        "seconds GET /ready reuses its last upstream check (one check at a time)",
+    )
     pool_size: int = setting(
         64, between(1, 10000), "persistent connections kept open to Ollama"
     )
