@@ -207,11 +207,33 @@ class ApiResource(resource.Resource):
         @raise errors.ApiError: mapped from the upstream status (section 8)
             or from the transport failure.
         """
+        body = await self.upstream_bytes(ctx, method, path, payload, model_endpoint)
+        try:
+            native = json.loads(body)
+        except ValueError:
+            raise errors.upstream_protocol_error()
+        if not isinstance(native, dict):
+            raise errors.upstream_protocol_error()
+        return native
+
+    async def upstream_bytes(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        model_endpoint: bool = True, limit: int = 0,
+    ) -> bytes:
+        """
+        Make a non-streaming upstream call and return its body, read up to
+        C{limit} bytes (default C{upstream.max_response_bytes}; more is a
+        502, so one answer cannot take the gateway's memory).
+
+        @raise errors.ApiError: mapped from the upstream status (section 8)
+            or from the transport failure.
+        """
         gateway = self.gateway
+        limit = limit or gateway.config.upstream.max_response_bytes
         try:
             response = await gateway.upstream.send(method, path, payload)
             ctx.upstream_status = response.code
-            body = await read_body(response)
+            body = await read_body(response, limit=limit)
         except errors.ApiError:
             raise
         except defer.CancelledError:
@@ -222,10 +244,4 @@ class ApiResource(resource.Resource):
             raise self.api_error(Failure())
         if response.code != 200:
             raise errors.from_upstream(response.code, body, model_endpoint, ctx.model)
-        try:
-            native = json.loads(body)
-        except ValueError:
-            raise errors.upstream_protocol_error()
-        if not isinstance(native, dict):
-            raise errors.upstream_protocol_error()
-        return native
+        return body
