@@ -32,11 +32,8 @@ import yaml
 
 from qwen_twist import schema
 from qwen_twist.translate.validate import ALLOWED_OPTIONS
-from qwen_twist.schema import (  # noqa: F401 -- re-exported
-    Check,
+from qwen_twist.schema import (
     ConfigError,
-    _convert_scalar,
-    _describe,
     _join,
     between,
     build,
@@ -44,7 +41,6 @@ from qwen_twist.schema import (  # noqa: F401 -- re-exported
     http_origin,
     http_url,
     ip_address,
-    merge_settings,
     non_empty,
     non_negative,
     one_of,
@@ -172,10 +168,6 @@ class UpstreamConfig:
     )
     health_interval: float = setting(
         10.0, positive, "seconds between health checks of several upstreams"
-    )
-    ready_cache: float = setting(
-        2.0, non_negative,
-        "seconds GET /ready reuses its last upstream check (one check at a time)",
     )
     pool_size: int = setting(
         64, between(1, 10000), "persistent connections kept open to Ollama"
@@ -492,8 +484,9 @@ class Config:
     The whole configuration file.
     """
 
-    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory")
-    listen: ListenConfig = section(ListenConfig)
+    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory",
+                             restart=True)
+    listen: ListenConfig = section(ListenConfig, restart=True)
     tls: TLSConfig = section(TLSConfig)
     upstream: UpstreamConfig = section(UpstreamConfig)
     streaming: StreamingConfig = section(StreamingConfig)

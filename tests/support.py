@@ -19,7 +19,7 @@ from qwen_twist import config as configmod
 from qwen_twist.gate import tls
 from qwen_twist.emulator import server as emulator_server
 from qwen_twist.tap import GatewayService
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 
 def async_test(f: Any) -> Any:
@@ -122,7 +122,7 @@ def admin_key(testcase: Any) -> tuple:
     """
     import time
 
-    from qwen_twist.gate.keys import add_key
+    from qwen_twist.gate.keyfile import add_key
 
     directory = os.path.abspath(testcase.mktemp())
     os.makedirs(directory)

@@ -20,7 +20,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 FILE = "qwengate.yaml"
 MiB = 1024 * 1024
@@ -120,11 +120,6 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "valid": [(1, 1), (10000, 10000)],
         "wrong_type": [64.0, "64"],
         "bad": [0, 10001],
-    },
-    "upstream.ready_cache": {
-        "valid": [(0, 0.0), (5, 5.0)],
-        "wrong_type": ["2s", None],
-        "bad": [-1],
     },
     "upstream.max_response_bytes": {
         "valid": [(MiB, MiB), (1024 * MiB, 1024 * MiB)],
@@ -600,7 +595,6 @@ class KeyTableTests(SynchronousTestCase):
                 "upstream.urls": (),
                 "upstream.health_interval": 10.0,
                 "upstream.pool_size": 64,
-                "upstream.ready_cache": 2.0,
                 "upstream.max_response_bytes": 16 * MiB,
                 "upstream.max_embeddings_bytes": 96 * MiB,
                 "streaming.slow_reader_timeout": 30.0,
@@ -1124,7 +1118,7 @@ class UnknownKeyTests(SynchronousTestCase):
         error = self.assertRaises(
             config.ConfigError, config.parse, "tls: {self_signed: true}\nupstream:\n  timout: 5\n", FILE
         )
-        self.assertIn("pool_size, ready_cache, timeouts, url", error.problem)
+        self.assertIn("pool_size, timeouts, url", error.problem)
 
     def test_non_string_key(self):
         """

@@ -29,16 +29,17 @@ headers are parsed and before a single body byte is read or a
 C{100 Continue} is sent (L{qwen_twist.web.screen}). A refused request
 costs neither body memory nor JSON parsing, and every request, however
 malformed its body, has paid its per-IP token first. The admission hooks
-then take the screened results (C{ctx.extra["screened"]}) instead of
+then take the screened results (C{ctx.screened}) instead of
 checking twice. C{kind} is C{"api"} (identity required, per-IP rate
 charged) or C{"ready"} (identity optional, only used to show details).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.gate.addresses import AddressRules
@@ -46,25 +47,16 @@ from qwen_twist.gate.queue import AdmissionHook, SlotQueue
 from qwen_twist.gate.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
-from qwen_twist.gate.keys import presented_key
-from qwen_twist.gate.options import MAX_TOKENS, OptionsHook
+from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
+from qwen_twist.gate.keyfile import load_store
+from qwen_twist.gate.keys import KeyStore, presented_key
+from qwen_twist.gate.options import OptionsHook
 from qwen_twist.logsafe import clean
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 #: Rough characters per token, to reserve a prompt's share of a token
 #: budget before Ollama has counted it (settled on the real count later).
 CHARS_PER_TOKEN = 4
-
-
-unauthorized = errors.unauthorized
-forbidden = errors.forbidden
-
-
-def too_many(message: str, decision: Decision) -> errors.ApiError:
-    """
-    429 with C{Retry-After} computed from the bucket.
-    """
-    return errors.rate_limited(message, decision.retry_after)
 
 
 def _header(request: Any, name: bytes) -> Optional[bytes]:
@@ -83,6 +75,7 @@ def _text(value: Optional[bytes]) -> Optional[str]:
         return None
 
 
+@implementer(IAdmissionHook)
 class AddressHook:
     """
     Resolves and checks the client address of each request.
@@ -93,11 +86,16 @@ class AddressHook:
         self.bans = bans
         self.clock = clock
 
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
+
     def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
         self.check(request, ctx)
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        if ctx.extra.get("screened"):
+        if ctx.screened:
             return
         self.check(request, ctx)
 
@@ -109,7 +107,7 @@ class AddressHook:
         """
         peer = ctx.client_ip
         if not self.rules.permits(peer):
-            raise forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
+            raise errors.forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
         ctx.client_ip = self.rules.client_ip(
             peer,
             _text(_header(request, b"x-forwarded-for")),
@@ -118,11 +116,12 @@ class AddressHook:
         if ctx.client_ip != peer:
             # A forwarded client: the accept-time checks saw only the proxy.
             if not self.rules.permits(ctx.client_ip):
-                raise forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
+                raise errors.forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
         if self.bans.banned_for(ctx.client_ip, self.clock.seconds()) > 0:
-            raise forbidden("address temporarily banned", errors.ADDRESS_BANNED)
+            raise errors.forbidden("address temporarily banned", errors.ADDRESS_BANNED)
 
 
+@implementer(IAdmissionHook)
 class IdentityHook:
     """
     Authenticates each request; see the module docstring for the order.
@@ -150,6 +149,11 @@ class IdentityHook:
         self.keys = keys
         self.jwt = jwt
 
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
+
     def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
         """
         Authenticate from the head alone. For C{/ready} (C{kind} C{"ready"})
@@ -164,19 +168,19 @@ class IdentityHook:
             ctx.identity = None
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        if not ctx.extra.get("screened"):
+        if not ctx.screened:
             self.authenticate(request, ctx)
-        record = ctx.extra.get("key_record")
+        record = ctx.key_record
         model = getattr(plan, "model", None) or ctx.model
         if record is not None and model and not record.allows_model(model):
-            raise forbidden(
+            raise errors.forbidden(
                 "this API key may not use model %r" % (model,), errors.MODEL_NOT_ALLOWED
             )
 
     def authenticate(self, request: Any, ctx: CallContext, count_failure: bool = True) -> None:
         """
-        Set C{ctx.identity} and C{ctx.extra["key_record"]} from the
-        credentials presented, or refuse with 401.
+        Set C{ctx.identity} and C{ctx.key_record} from the credentials
+        presented, or refuse with 401.
         """
         now = self.clock.seconds()
         identity = None
@@ -200,10 +204,10 @@ class IdentityHook:
                 return
             if count_failure:
                 self._failed(ctx, now)
-            raise unauthorized()
+            raise errors.unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
-        ctx.extra["key_record"] = record
+        ctx.key_record = record
 
     def _verify_jwt(self, token: str, now: float) -> Optional[str]:
         from qwen_twist.gate.jwtauth import JwtError
@@ -238,6 +242,7 @@ def _certificate_identity(request: Any) -> Optional[str]:
     return "cert:" + cn if cn else None
 
 
+@implementer(IAdmissionHook)
 class PromptLimitHook:
     """
     Refuses prompts longer than C{limits.max_prompt_chars} with the seed's
@@ -247,15 +252,21 @@ class PromptLimitHook:
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
 
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         chars = getattr(plan, "prompt_chars", 0)
         if chars > self.max_chars:
             raise errors.invalid_request(
                 "prompt too long, max %d chars" % (self.max_chars,), "messages",
-                "prompt_too_long",
+                errors.PROMPT_TOO_LONG,
             )
 
 
+@implementer(IAdmissionHook)
 class RateLimitHook:
     """
     Request buckets per client IP and per identity, and the per-identity
@@ -303,23 +314,23 @@ class RateLimitHook:
         is checked: unauthenticated and malformed requests pay too.
         """
         if kind == "api":
-            ctx.extra["per_ip_decision"] = self._take_ip(request, ctx, self.clock.seconds())
+            ctx.per_ip_decision = self._take_ip(request, ctx, self.clock.seconds())
 
     def _take_ip(self, request: Any, ctx: CallContext, now: float) -> Decision:
         decision = self.per_ip.take(ctx.client_ip, now)
         if not decision.allowed:
             _rate_headers(request, decision, "requests")
-            raise too_many("rate limit exceeded for this address", decision)
+            raise errors.rate_limited("rate limit exceeded for this address", decision.retry_after)
         return decision
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         now = self.clock.seconds()
-        decision = ctx.extra.get("per_ip_decision")
+        decision = ctx.per_ip_decision
         if decision is None:
             decision = self._take_ip(request, ctx, now)
         shown = decision
         if ctx.identity is not None:
-            record = ctx.extra.get("key_record")
+            record = ctx.key_record
             requests = self.default_requests
             tokens = self.default_tokens
             if record is not None:
@@ -332,13 +343,13 @@ class RateLimitHook:
                 if not shown.allowed:
                     self.per_ip.refund(ctx.client_ip, now, 1)
                     _rate_headers(request, shown, "requests")
-                    raise too_many("rate limit exceeded for this key", shown)
+                    raise errors.rate_limited("rate limit exceeded for this key", shown.retry_after)
             if tokens > 0:
                 # A call that names no output cap may generate up to the
                 # operator's cap: reserve that, not nothing (concurrent calls
                 # without max_tokens overran budgets ~50x when it was 0).
-                max_tokens = ctx.extra.get(MAX_TOKENS)
-                if max_tokens is None and plan is not None and getattr(plan, "path", None) != "/api/embed":
+                max_tokens = ctx.max_tokens
+                if max_tokens is None and getattr(plan, "path", "/api/embed") != "/api/embed":
                     max_tokens = getattr(plan, "max_tokens", None) or self.default_max_tokens
                 max_tokens = max_tokens or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
@@ -346,12 +357,12 @@ class RateLimitHook:
                 spent = budget.reserve(ctx.identity, now, reserve)
                 _rate_headers(request, spent, "tokens")
                 if not spent.allowed:
-                    raise too_many("token budget exceeded for this key", spent)
-                ctx.extra["token_reservation"] = (budget, reserve)
+                    raise errors.rate_limited("token budget exceeded for this key", spent.retry_after)
+                ctx.token_reservation = (budget, reserve)
         _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
-        reservation = ctx.extra.pop("token_reservation", None)
+        reservation, ctx.token_reservation = ctx.token_reservation, None
         if reservation is None:
             return
         budget, reserved = reservation
@@ -407,29 +418,39 @@ def load_identities(config: Config) -> tuple:
     @return: C{(KeyStore, JwtVerifier or None)}.
     @raise qwen_twist.config.ConfigError: an unreadable or invalid file.
     """
+
     from qwen_twist.gate.jwtauth import JwtVerifier
-    from qwen_twist.gate.keys import KeyStore
 
     auth = config.auth
-    keys = KeyStore.load(auth.keys_file) if auth.keys_file else KeyStore.empty()
+    keys = load_store(auth.keys_file) if auth.keys_file else KeyStore.empty()
     jwt = JwtVerifier(auth.jwt) if auth.jwt.enabled else None
     return keys, jwt
 
 
+@implementer(IReconfigurable)
 class Gate:
     """
     The gate's state for one process: the hooks in pipeline order and what
-    they share (the ban list, the address rules). Rebuilt in place on
+    they share (the ban list, the address rules). Reconfigured in place on
     reload, so counters and bans survive a SIGHUP.
 
-    @ivar hooks: admission hooks for L{qwen_twist.pipeline.Gateway}.
+    @ivar hooks: admission hooks for L{qwen_twist.pipeline.Gateway}; the
+        same list object for the gateway's whole life (reconfiguring
+        changes its contents in place).
     @ivar queue: the GPU slot queue, or L{None} when C{admission.slots} is 0.
+    @ivar identities: the key store and JWT verifier in force; replaced by
+        L{set_identities}, independently of the configuration file.
     """
 
     log = Logger()
 
+    uses = ("auth", "access", "limits.max_prompt_chars", "limits.max_tokens",
+            "rate_limits", "admission", "bans", "upstream.urls") + OptionsHook.uses
+
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
-        keys, jwt = identities if identities is not None else load_identities(config)
+        self.identities = identities if identities is not None else load_identities(config)
+        keys, jwt = self.identities
+        self.config = config
         self.clock = clock
         self.bans = BanList(config.bans.failures, config.bans.duration, config.bans.window)
         self.rules = AddressRules.from_config(config.access)
@@ -438,40 +459,62 @@ class Gate:
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.options = OptionsHook(config)
         self.rates = RateLimitHook(config, clock)
-        self.hooks = [self.address, self.identity, self.prompt, self.options, self.rates]
+        self.hooks: List[Any] = []
         #: What can be decided from the request head, in order (see the
-        #: module docstring): address, per-IP rate, identity.
-        self.screens = [self.address, self.rates, self.identity]
+        #: module docstring): address, per-IP rate, identity. The same list
+        #: object for the gateway's whole life.
+        self.screens: List[Any] = [self.address, self.rates, self.identity]
         self.queue: Optional[SlotQueue] = None
-        admission = config.admission
-        if admission.slots > 0:
-            # Last: only callers that passed every other check wait for the
-            # GPU, and a queued caller who leaves is never dispatched.
-            self.queue = SlotQueue(
-                total_slots(config), admission.max_depth, admission.max_wait, clock,
-                per_owner=per_owner_slots(config),
-            )
-            self.hooks.append(AdmissionHook(self.queue))
+        self.reconfigure(config)
 
-    def reload(self, config: Config, identities: tuple) -> None:
+    def reconfigure(self, config: Config) -> None:
         """
-        Apply new keys, JWT settings, address rules and limits to new
-        requests; calls in flight keep what admitted them.
+        Apply address rules, ban thresholds, limits and the queue's size to
+        new requests; calls in flight keep what admitted them. Keys and the
+        JWT key are L{set_identities}'s (they come from other files).
         """
-        keys, jwt = identities
+        self.config = config
+        keys, jwt = self.identities
         self.rules = AddressRules.from_config(config.access)
         self.address.rules = self.rules
+        self.bans.threshold = config.bans.failures
+        self.bans.duration = float(config.bans.duration)
+        self.bans.window = float(config.bans.window)
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.options.reconfigure(config)
         self.rates.configure(config)
         admission = config.admission
-        if self.queue is not None and admission.slots > 0:
-            self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait,
-                                 self.queue.weights, per_owner_slots(config))
-        elif (self.queue is not None) != (admission.slots > 0):
-            self.log.warn("admission.slots switched between 0 and a number: "
-                          "takes effect at the next restart")
+        hooks: List[Any] = [self.address, self.identity, self.prompt, self.options, self.rates]
+        if admission.slots > 0:
+            if self.queue is None:
+                self.queue = SlotQueue(
+                    total_slots(config), admission.max_depth, admission.max_wait, self.clock,
+                    per_owner=per_owner_slots(config),
+                )
+                self._admission = AdmissionHook(self.queue)
+            else:
+                self.queue.configure(total_slots(config), admission.max_depth,
+                                     admission.max_wait, self.queue.weights,
+                                     per_owner_slots(config))
+            # Last: only callers that passed every other check wait for the
+            # GPU, and a queued caller who leaves is never dispatched.
+            hooks.append(self._admission)
+        else:
+            # Calls holding a slot release it through the hook list they
+            # were admitted with; new calls no longer queue.
+            self.queue = None
+        self.hooks[:] = hooks
+
+    def set_identities(self, identities: tuple) -> None:
+        """
+        Use a freshly read key store and JWT verifier (SIGHUP): a revoked
+        key stops working for the next request, whatever else the reload
+        did.
+        """
+        self.identities = identities
+        keys, jwt = identities
+        self.identity.configure(self.config, keys, jwt)
 
     def prune(self) -> None:
         """

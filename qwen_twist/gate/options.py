@@ -18,8 +18,8 @@ C{keep_alive} is clamped into C{[keep_alive_min, keep_alive_max]}.
 
 L{OptionsHook} is an admission hook (see L{qwen_twist.pipeline}); it edits
 the translated request's native payload in place (built fresh per call)
-and records the effective output cap in C{ctx.extra["max_tokens"]}, which
-the token budget reserves.
+and records the effective output cap in C{ctx.max_tokens}, which the token
+budget reserves.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from zope.interface import implementer
+
 from qwen_twist import errors
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
+from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 
 #: The key scope that lifts the allow-list (not the caps).
 ALL_OPTIONS_SCOPE = "options:all"
-
-#: C{ctx.extra} key of the effective output cap of a call.
-MAX_TOKENS = "max_tokens"
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3,
           "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -73,6 +73,7 @@ def duration_seconds(value: object) -> Optional[float]:
     return sign * total
 
 
+@implementer(IAdmissionHook, IReconfigurable)
 class OptionsHook:
     """
     Applies the option policy to each generation or embedding call.
@@ -89,6 +90,11 @@ class OptionsHook:
     def reconfigure(self, config: Config) -> None:
         self.config = config
 
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         if plan is None:
             return
@@ -97,7 +103,7 @@ class OptionsHook:
         options = payload.get("options")
         cap = limits.max_tokens
         if options:
-            record = ctx.extra.get("key_record")
+            record = ctx.key_record
             if record is None or not record.has_scope(ALL_OPTIONS_SCOPE):
                 allowed = limits.allowed_options
                 for name in options:
@@ -114,7 +120,7 @@ class OptionsHook:
                     cap = num_predict
         if getattr(plan, "path", None) != "/api/embed":
             # Embeddings generate nothing: their reservation is the prompt.
-            ctx.extra[MAX_TOKENS] = cap
+            ctx.max_tokens = cap
         if "keep_alive" in payload:
             seconds = duration_seconds(payload["keep_alive"])
             if seconds is not None:

@@ -81,7 +81,7 @@ class GenerationResource(ApiResource):
             if ctx.client_gone:
                 response.close(finish=False)
                 raise
-            if ctx.extra.get("shutting_down"):
+            if ctx.shutting_down:
                 # Cancelled by the shutdown drain (whatever the cancellation
                 # surfaced as: CancelledError, ResponseNeverReceived, ...).
                 err = errors.shutting_down()
@@ -114,7 +114,7 @@ class GenerationResource(ApiResource):
             slow_reader_timeout=config.streaming.slow_reader_timeout,
         )
         upstream.deliverBody(relay)
-        ctx.extra["abort"] = relay.abort
+        ctx.abort = relay.abort
         try:
             await relay.done
         finally:
@@ -130,7 +130,7 @@ class GenerationResource(ApiResource):
                     self.log.info("{route} {request_id} Ollama stream error: {detail}",
                                   route=self.route, request_id=ctx.request_id,
                                   detail=clean(translator.upstream_error, 2048))
-            ctx.extra["backpressure_pauses"] = relay.pauses
+            ctx.backpressure_pauses = relay.pauses
 
 
 class ChatCompletionsResource(GenerationResource):

@@ -30,11 +30,14 @@ import io
 import uuid
 from typing import Any, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from zope.interface import implementer
 
 from qwen_twist import errors
+from qwen_twist.interfaces import IReconfigurable
 from qwen_twist.logsafe import clean
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy
@@ -172,40 +175,6 @@ class GatewayRequest(server.Request):
                 respond.error(self, errors.internal_error())
 
 
-def head_too_large(limit: int) -> errors.ApiError:
-    """
-    431: the request line and headers together exceed C{limit} bytes.
-    """
-    return errors.ApiError(
-        431,
-        "request headers too large, max %d bytes" % (limit,),
-        "invalid_request_error",
-        code="request_headers_too_large",
-    )
-
-
-def head_too_slow(timeout: float) -> errors.ApiError:
-    """
-    408: the request head did not arrive within C{timeout} seconds.
-    """
-    return errors.ApiError(
-        408,
-        "request headers not received within %g seconds" % (timeout,),
-        "invalid_request_error",
-        code="request_timeout",
-    )
-
-
-def malformed_request() -> errors.ApiError:
-    """
-    400 for a request Twisted's parser refuses (bad request line, bad
-    header, bad C{Content-Length}, broken chunked framing).
-    """
-    return errors.ApiError(
-        400, "malformed HTTP request", "invalid_request_error", code="bad_request"
-    )
-
-
 class GatewayChannel(http.HTTPChannel):
     """
     HTTP/1.1 with a head size limit answered by 431, a deadline for the
@@ -235,14 +204,14 @@ class GatewayChannel(http.HTTPChannel):
         # when a request is dispatched), checked first to answer 431.
         self._head_bytes += len(line)
         if self._head_bytes > self.totalHeadersSize:
-            self._refuse(head_too_large(self.totalHeadersSize), self._dispatched == 0)
+            self._refuse(errors.head_too_large(self.totalHeadersSize), self._dispatched == 0)
             return None
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # One line longer than the whole head may be (MAX_LENGTH is set to
         # the head limit); only reachable while reading a head.
-        self._refuse(head_too_large(self.totalHeadersSize), self._dispatched == 0)
+        self._refuse(errors.head_too_large(self.totalHeadersSize), self._dispatched == 0)
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
@@ -274,6 +243,8 @@ class GatewayChannel(http.HTTPChannel):
         request.clientproto = self._version
         request.site = self.site
         request.setHeader(b"connection", b"close")
+        # requestDone (when the answer finishes) counts it out again.
+        self._dispatched += 1
         respond.error(request, err)
 
     def loseConnection(self) -> Any:
@@ -306,6 +277,9 @@ class GatewayChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure) -> None:
         self._stop_head_timer()
         super().connectionLost(reason)
+        site = getattr(self, "site", None)
+        if site is not None:
+            site.channel_closed(self)
 
     def _stop_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
@@ -318,7 +292,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self._refused = True
         if self._dispatched == 0:
-            self.transport.write(self._raw_error(head_too_slow(self.header_timeout)))
+            self.transport.write(self._raw_error(errors.head_too_slow(self.header_timeout)))
         # Twisted's idle timeout path: close, and abort if the client does
         # not let go (a client that does not read cannot hold us).
         self.timeoutConnection()
@@ -331,7 +305,7 @@ class GatewayChannel(http.HTTPChannel):
         answer = len(self.requests) <= 1 and not any(
             request.startedWriting for request in self.requests
         )
-        self._refuse(malformed_request(), answer)
+        self._refuse(errors.malformed_request(), answer)
 
     def _refuse(self, err: errors.ApiError, answer: bool) -> None:
         """
@@ -369,6 +343,7 @@ class GatewayChannel(http.HTTPChannel):
         return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
+@implementer(IReconfigurable)
 class GatewaySite(server.Site):
     """
     The HTTP factory: gateway requests and channels, no tracebacks, no
@@ -388,6 +363,10 @@ class GatewaySite(server.Site):
     displayTracebacks = False
     noisy = False
 
+    #: What L{reconfigure} derives the site's limits and headers from.
+    uses = ("limits.max_body_bytes", "limits.max_header_bytes", "limits.header_timeout",
+            "response")
+
     def __init__(self, root: object, config: Any, reactor: object = None,
                  screen: Any = None) -> None:
         kwargs: dict = {}
@@ -398,6 +377,26 @@ class GatewaySite(server.Site):
         super().__init__(
             root, requestFactory=GatewayRequest, timeout=KEEPALIVE_TIMEOUT, **kwargs
         )
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._clock = reactor
+        #: Open client connections (to flush and close them at shutdown).
+        self.channels: set = set()
+        self._all_closed: list = []
+        #: The head-only gate (L{qwen_twist.web.screen.HeadScreen}), or
+        #: L{None}: called with C{(request, method, path)} once the headers
+        #: are parsed, before any body byte is read.
+        self.screen = screen
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Any) -> None:
+        """
+        Body and head limits, security headers, CORS and field stripping
+        for requests read from now on (a request being read keeps its own).
+        """
+        self.config = config
         limits = config.limits
         self.max_body_bytes = limits.max_body_bytes
         self.max_header_bytes = limits.max_header_bytes
@@ -406,17 +405,52 @@ class GatewaySite(server.Site):
         self.response_headers = hygiene.security_headers(response.hsts_max_age)
         self.cors = CorsPolicy(response.cors_origins)
         self.strip_tree = hygiene.compile_strip(response.strip_fields)
-        #: The head-only gate (L{qwen_twist.web.screen.HeadScreen}), or
-        #: L{None}: called with C{(request, method, path)} once the headers
-        #: are parsed, before any body byte is read.
-        self.screen = screen
 
     def buildProtocol(self, addr: object) -> Any:
         channel = super().buildProtocol(addr)
+        self.channels.add(channel)
         channel.totalHeadersSize = self.max_header_bytes
         channel.MAX_LENGTH = self.max_header_bytes
         channel.header_timeout = self.header_timeout
         return channel
+
+    def channel_closed(self, channel: Any) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_connections(self, timeout: float) -> "defer.Deferred[None]":
+        """
+        Shutdown, after the drain: close every client connection once what
+        was written to it has left the process, and fire when all are
+        closed (or after C{timeout} seconds, aborting the rest).
+
+        Why wait for the close: a response that is complete from the
+        pipeline's point of view may still sit in the TLS and transport
+        buffers of a slow client; stopping the reactor then would cut the
+        last tokens, the finish chunk and C{[DONE]}. C{loseConnection}
+        writes everything buffered (and TLS's close_notify) before closing.
+        """
+        if not self.channels:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._all_closed.append(d)
+        for channel in list(self.channels):
+            channel.loseConnection()
+
+        def abort() -> None:
+            for channel in list(self.channels):
+                transport = channel.transport
+                if transport is not None:
+                    transport.abortConnection()
+            if not d.called:
+                d.callback(None)
+
+        timer = self._clock.callLater(timeout, abort)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
 
     def acceptableProtocols(self) -> list:
         """

@@ -11,7 +11,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.web.helpers import GatewayHarness
 
@@ -180,7 +180,6 @@ class AddressTests(GateTestsMixin, SynchronousTestCase):
         import json
 
         from qwen_twist import config as configmod
-        from qwen_twist.gate.hooks import load_identities
         from tests.web.helpers import parse_response
 
         self.make()
@@ -200,7 +199,7 @@ class AddressTests(GateTestsMixin, SynchronousTestCase):
             "access": {"deny": ["203.0.113.0/24"]},
         }
         config = configmod.build(configmod.Config, raw_config)
-        self.harness.gate.reload(config, load_identities(config))
+        self.harness.gate.reconfigure(config)
         transport.clear()
         channel.dataReceived(raw)
         response = parse_response(transport.value())

@@ -236,7 +236,7 @@ class StreamTests(SynchronousTestCase):
         self.transport.producer.resumeProducing()
         self.assertEqual(upstream.transport.state, "producing")
         upstream.send(DONE)
-        self.assertEqual(self.harness.finished[0].extra["backpressure_pauses"], 1)
+        self.assertEqual(self.harness.finished[0].backpressure_pauses, 1)
 
     def test_slow_reader_cut(self) -> None:
         """

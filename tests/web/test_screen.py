@@ -13,7 +13,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 from qwen_twist.web.screen import screen_kind
 
 from tests.web.helpers import GatewayHarness, parse_response
