@@ -426,24 +426,16 @@ def _record(entry: Any, path: str) -> KeyRecord:
         if problem:
             raise fail("owner", problem)
         values["owner"] = owner
-    models = entry.get("models")
-    if models is not None:
-        if not isinstance(models, list):
-            raise fail("models", "must be a list, got %s" % (_describe(models),))
-        for i, model in enumerate(models):
-            problem = _check_model(model)
-            if problem:
-                raise fail("models[%d]" % (i,), problem)
-        values["models"] = tuple(models)
-    scopes = entry.get("scopes")
-    if scopes is not None:
-        if not isinstance(scopes, list):
-            raise fail("scopes", "must be a list, got %s" % (_describe(scopes),))
-        for i, scope in enumerate(scopes):
-            problem = check_scope(scope)
-            if problem:
-                raise fail("scopes[%d]" % (i,), problem)
-        values["scopes"] = tuple(scopes)
+    for name, check in (("models", _check_model), ("scopes", check_scope)):
+        items = entry.get(name)
+        if items is not None:
+            if not isinstance(items, list):
+                raise fail(name, "must be a list, got %s" % (_describe(items),))
+            for i, item in enumerate(items):
+                problem = check(item)
+                if problem:
+                    raise fail("%s[%d]" % (name, i), problem)
+            values[name] = tuple(items)
     for name in ("requests_per_window", "tokens_per_minute"):
         value = entry.get(name)
         if value is not None:
