@@ -359,6 +359,8 @@ class RateLimitTests(GateTestsMixin, SynchronousTestCase):
             statuses.append(response.status if response is not None else "pending")
         self.assertEqual(statuses, ["pending", "pending", 429])
         self.assertEqual(len(self.harness.upstream.calls), 2)
+        for call in self.harness.upstream.calls:
+            call.respond(200, NATIVE_OK)
 
 
 class JwtTests(SynchronousTestCase):

@@ -126,6 +126,13 @@ class SlotQueueTests(SynchronousTestCase):
         harness.request("POST", "/v1/chat/completions", CHAT, {"Authorization": "Bearer " + b})
         self.assertEqual(len(harness.upstream.calls), 4)
         self.assertEqual(harness.gate.queue.running, {"key:a": 3, "key:b": 1})
+        # Finish every call (A's fourth is granted on the way), so no call
+        # is left in flight for the garbage collector to tear down.
+        for call in harness.upstream.calls[:4]:
+            call.respond(200, NATIVE_OK)
+        self.assertEqual(len(harness.upstream.calls), 5)
+        harness.upstream.calls[4].respond(200, NATIVE_OK)
+        self.assertEqual((harness.gate.queue.busy, harness.gate.queue.waiting), (0, 0))
 
     def test_waits_when_full(self) -> None:
         """
