@@ -160,7 +160,8 @@ def body_flood(seconds: float = 15.0) -> Dict[str, Any]:
         victim.latencies.clear()
         stop = threading.Event()
         sent = [0]
-        body = b'{"model":"qwen3:8b","messages":[' + b"x" * (8 * MiB - 100) + b"]}"
+        body = (b'{"model":"qwen3:8b","messages":[{"role":"user","content":"'
+                + b"x" * (8 * MiB - 100) + b'"}]}')
 
         def attack() -> None:
             while not stop.is_set():
