@@ -146,11 +146,28 @@ class BreakerConfig:
 
     threshold: int = setting(
         5, between(0, 1000000),
-        "consecutive failures (refused, reset, timeout, 5xx) that open it; 0 = never",
+        "consecutive failures (refused, reset, timeout, runner crash), at least "
+        "'burst' seconds apart, that open it; 0 = never (nor on the rate)",
     )
     cooldown: float = setting(
         30.0, positive,
         "seconds it stays open (fast 503s) before one probe request is let through",
+    )
+    window: float = setting(
+        10.0, positive, "seconds over which the failure rate is measured"
+    )
+    min_calls: int = setting(
+        20, between(1, 1000000),
+        "calls within the window before the failure rate may open it",
+    )
+    failure_rate: float = setting(
+        0.5, between(0.01, 1.0),
+        "share of failed calls within the window that opens it",
+    )
+    burst: float = setting(
+        0.1, non_negative,
+        "failures closer together than this count once toward 'threshold' "
+        "(many concurrent calls failing at one instant are one event)",
     )
 
 
@@ -275,6 +292,16 @@ class LimitsConfig:
     max_embedding_inputs: int = setting(
         2048, between(1, 1000000), "most inputs in one embeddings request (OpenAI's 2048)"
     )
+    body_timeout: float = setting(
+        10.0,
+        positive,
+        "a request body is checked every this many seconds: unfinished and "
+        "below body_min_rate over the last period, it gets 408 and the "
+        "connection closes (a small body must arrive within this time)",
+    )
+    body_min_rate: int = setting(
+        1024, between(1, 1024 * MiB), "bytes per second a request body must keep up"
+    )
 
     def _validate(self, path: str) -> None:
         if self.keep_alive_min > self.keep_alive_max:
@@ -390,6 +417,38 @@ class ConnectionsConfig:
     max_per_ip: int = setting(50, between(1, 1000000), "concurrent connections per IP")
     rate: float = setting(10.0, positive, "new connections per second per IP")
     burst: int = setting(20, between(1, 1000000), "new connections per IP in a burst")
+    handshake_timeout: float = setting(
+        10.0,
+        positive,
+        "seconds from accept to a completed TLS handshake; a bare TCP connect "
+        "or a stalled handshake is closed then",
+    )
+    evict_strangers: bool = setting(
+        True,
+        None,
+        "at max_total, close the oldest connection that has not made an "
+        "authenticated request to admit a new one, so a few addresses cannot "
+        "fill the gateway",
+    )
+    ipv6_prefix: int = setting(
+        64,
+        between(16, 128),
+        "IPv6 peers in one prefix of this length count as one address for "
+        "max_per_ip and the connection rate (a host usually owns a /64)",
+    )
+    refusal_answers: int = setting(
+        3,
+        between(0, 1000),
+        "refused connections (banned, over a cap or the rate) per address and "
+        "minute answered over TLS with 403/429 and Retry-After; beyond this "
+        "they are dropped at accept; 0 = always drop",
+    )
+    refusal_budget: int = setting(
+        60,
+        between(0, 1000000),
+        "refused connections answered per minute over all addresses (the TLS "
+        "work a flood can cost at most)",
+    )
 
 
 @dataclass(frozen=True)
@@ -479,6 +538,51 @@ class ResponseConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """
+    The Prometheus metrics listener (plain HTTP, separate from the API port).
+    """
+
+    enabled: bool = setting(True, None, "serve /metrics on its own listener", restart=True)
+    address: str = setting(
+        "127.0.0.1", ip_address, "interface of the metrics listener (loopback by default)",
+        restart=True,
+    )
+    port: int = setting(9189, between(1, 65535), "TCP port of the metrics listener",
+                        restart=True)
+    bearer_token_file: Optional[str] = setting(
+        None, non_empty,
+        "file holding a token scrapers must send as 'Authorization: Bearer'; "
+        "null = no token (fine on loopback)",
+    )
+    tls: bool = setting(
+        False, None, "serve the metrics over TLS with the API's certificate", restart=True
+    )
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """
+    The JSON-lines audit log: one line per API call.
+    """
+
+    enabled: bool = setting(True, None, "write the audit log", restart=True)
+    file: Optional[str] = setting(
+        None, non_empty,
+        "the audit file, rotated daily (UTC) to FILE.YYYY-MM-DD[.gz]; null = "
+        "state_dir/audit/audit.log; '-' = standard output (journald), no rotation",
+        restart=True,
+    )
+    retention: int = setting(180, between(1, 100000), "rotated daily files kept")
+    compress: bool = setting(True, None, "gzip rotated files")
+    user_header: Optional[str] = setting(
+        None, non_empty,
+        "request header naming the end user (e.g. X-User-Id), believed only "
+        "from access.trusted_proxies; recorded as 'user'",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole configuration file.
@@ -500,6 +604,8 @@ class Config:
     response: ResponseConfig = section(ResponseConfig)
     admission: AdmissionConfig = section(AdmissionConfig)
     lifecycle: LifecycleConfig = section(LifecycleConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
+    audit: AuditConfig = section(AuditConfig)
 
 
 def parse(text: str, filename: str = "<config>") -> Config:

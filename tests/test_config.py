@@ -355,6 +355,41 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["10", None, [10]],
         "bad": [0, -1, float("inf")],
     },
+    "connections.handshake_timeout": {
+        "valid": [(2.5, 2.5), (30, 30.0)],
+        "wrong_type": ["10", None, False],
+        "bad": [0, -1, float("inf")],
+    },
+    "connections.evict_strangers": {
+        "valid": [(False, False)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
+    "connections.ipv6_prefix": {
+        "valid": [(128, 128), (48, 48)],
+        "wrong_type": ["64", 64.0],
+        "bad": [0, 15, 129],
+    },
+    "connections.refusal_answers": {
+        "valid": [(0, 0), (10, 10)],
+        "wrong_type": ["3", 3.0],
+        "bad": [-1, 1001],
+    },
+    "connections.refusal_budget": {
+        "valid": [(0, 0), (600, 600)],
+        "wrong_type": ["60", 1.5],
+        "bad": [-1, 1000001],
+    },
+    "limits.body_timeout": {
+        "valid": [(2.5, 2.5), (30, 30.0)],
+        "wrong_type": ["10", None, False],
+        "bad": [0, -1, float("inf")],
+    },
+    "limits.body_min_rate": {
+        "valid": [(1, 1), (65536, 65536)],
+        "wrong_type": ["1024", 1.5],
+        "bad": [0, -1],
+    },
     "connections.burst": {
         "valid": [(1, 1), (200, 200)],
         "wrong_type": [20.0, "20"],
@@ -447,6 +482,26 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["30s", None],
         "bad": [0, -3],
     },
+    "upstream.breaker.window": {
+        "valid": [(1, 1.0), (0.5, 0.5)],
+        "wrong_type": ["10s", None],
+        "bad": [0, -3],
+    },
+    "upstream.breaker.min_calls": {
+        "valid": [(1, 1), (50, 50)],
+        "wrong_type": ["20", 2.5, None],
+        "bad": [0, -1],
+    },
+    "upstream.breaker.failure_rate": {
+        "valid": [(1, 1.0), (0.25, 0.25)],
+        "wrong_type": ["50%", None],
+        "bad": [0, 1.5, -0.5],
+    },
+    "upstream.breaker.burst": {
+        "valid": [(0, 0.0), (0.25, 0.25)],
+        "wrong_type": ["0.1s", None],
+        "bad": [-0.1],
+    },
     "admission.slots": {
         "valid": [(0, 0), (1, 1), (8, 8)],
         "wrong_type": ["4", 1.5, None],
@@ -466,6 +521,56 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "valid": [(0, 0.0), (120, 120.0), (2.5, 2.5)],
         "wrong_type": ["30s", True, None],
         "bad": [-1],
+    },
+    "metrics.enabled": {
+        "valid": [(False, False)],
+        "wrong_type": ["no", 0, None],
+        "bad": [],
+    },
+    "metrics.address": {
+        "valid": [("0.0.0.0", "0.0.0.0"), ("::1", "::1")],
+        "wrong_type": [9189, None],
+        "bad": ["localhost", ""],
+    },
+    "metrics.port": {
+        "valid": [(9190, 9190)],
+        "wrong_type": ["9189", 9189.0, None],
+        "bad": [0, 65536],
+    },
+    "metrics.bearer_token_file": {
+        "valid": [("/etc/qwengate/metrics.token", "/etc/qwengate/metrics.token")],
+        "wrong_type": [5, ["x"]],
+        "bad": ["", " "],
+    },
+    "metrics.tls": {
+        "valid": [(True, True)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
+    "audit.enabled": {
+        "valid": [(False, False)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
+    "audit.file": {
+        "valid": [("/var/log/qwengate/audit.log", "/var/log/qwengate/audit.log"), ("-", "-")],
+        "wrong_type": [5, ["x"]],
+        "bad": ["", "  "],
+    },
+    "audit.retention": {
+        "valid": [(1, 1), (365, 365)],
+        "wrong_type": ["180", 1.5, None],
+        "bad": [0, -1],
+    },
+    "audit.compress": {
+        "valid": [(False, False)],
+        "wrong_type": ["no", 0, None],
+        "bad": [],
+    },
+    "audit.user_header": {
+        "valid": [("X-User-Id", "X-User-Id")],
+        "wrong_type": [5, ["X-User-Id"]],
+        "bad": ["", " "],
     },
 }
 
@@ -640,6 +745,13 @@ class KeyTableTests(SynchronousTestCase):
                 "connections.max_per_ip": 50,
                 "connections.rate": 10.0,
                 "connections.burst": 20,
+                "connections.handshake_timeout": 10.0,
+                "connections.evict_strangers": True,
+                "connections.ipv6_prefix": 64,
+                "connections.refusal_answers": 3,
+                "connections.refusal_budget": 60,
+                "limits.body_timeout": 10.0,
+                "limits.body_min_rate": 1024,
                 "rate_limits.per_key_requests": 30,
                 "rate_limits.per_key_window": 60.0,
                 "rate_limits.per_ip_rate": 5.0,
@@ -652,10 +764,24 @@ class KeyTableTests(SynchronousTestCase):
                 "response.hsts_max_age": 31536000,
                 "upstream.breaker.threshold": 5,
                 "upstream.breaker.cooldown": 30.0,
+                "upstream.breaker.window": 10.0,
+                "upstream.breaker.min_calls": 20,
+                "upstream.breaker.failure_rate": 0.5,
+                "upstream.breaker.burst": 0.1,
                 "admission.slots": 4,
                 "admission.max_depth": 256,
                 "admission.max_wait": 120.0,
                 "lifecycle.drain_timeout": 30.0,
+                "metrics.enabled": True,
+                "metrics.address": "127.0.0.1",
+                "metrics.port": 9189,
+                "metrics.bearer_token_file": None,
+                "metrics.tls": False,
+                "audit.enabled": True,
+                "audit.file": None,
+                "audit.retention": 180,
+                "audit.compress": True,
+                "audit.user_header": None,
             },
         )
 
@@ -1090,8 +1216,9 @@ class UnknownKeyTests(SynchronousTestCase):
         self.assertEqual(error.path, "listen_port")
         self.assertEqual(
             str(error),
-            "qwengate.yaml: listen_port: unknown key (expected one of: access, admission, auth, "
-            "bans, connections, lifecycle, limits, listen, rate_limits, response, state_dir, streaming, tls, "
+            "qwengate.yaml: listen_port: unknown key (expected one of: access, admission, audit, "
+            "auth, bans, connections, lifecycle, limits, listen, metrics, rate_limits, response, "
+            "state_dir, streaming, tls, "
             "translation, upstream)",
         )
 

@@ -246,7 +246,7 @@ class MakeServiceTests(ConfigFileMixin, SynchronousTestCase):
         self.assertIsInstance(listener.endpoint, endpoints.TCP4ServerEndpoint)
         self.assertIsInstance(listener.factory, PeerFilterFactory)
         self.assertIs(listener.factory, svc.peer_filter)
-        self.assertEqual(listener.factory.connections, configmod.ConnectionsConfig())
+        self.assertEqual(listener.factory.config.connections, configmod.ConnectionsConfig())
         self.assertIsInstance(svc.factory, TLSMemoryBIOFactory)
         self.assertIs(listener.factory.wrappedFactory, svc.factory)
         self.assertIsInstance(svc.factory.wrappedFactory, GatewaySite)
@@ -261,10 +261,14 @@ class MakeServiceTests(ConfigFileMixin, SynchronousTestCase):
         """
         svc = self.make()
         svc.startService()
-        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.assertEqual(len(self.reactor.tcpServers), 2)
         port, factory, backlog, interface = self.reactor.tcpServers[0]
         self.assertEqual((port, backlog, interface), (18790, 77, "127.0.0.1"))
         self.assertIs(factory, svc.peer_filter)
+        # The metrics listener: loopback, plain HTTP.
+        port, factory, backlog, interface = self.reactor.tcpServers[1]
+        self.assertEqual((port, interface), (9189, "127.0.0.1"))
+        self.assertIs(factory, svc.observe.site)
         self.successResultOf(svc.stopService())
         self.assertFalse(svc.running)
         self.assertFalse(self.listener(svc).running)

@@ -24,6 +24,10 @@ from typing import Any, Deque, Dict, List, Optional
 #: not grow without bound (the counters keep counting).
 DEFAULT_MAX_REQUESTS = 10_000
 
+#: Request body bytes kept by default. A count alone does not bound memory:
+#: 10,000 large chat bodies held 8 GB. The newest request is always kept.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -36,6 +40,8 @@ class RecordedRequest:
     @ivar body: the parsed JSON body, or L{None} when there was none or it
         was not JSON.
     @ivar at: the emulator's clock when it arrived.
+    @ivar size: bytes of the request body as received (what the byte bound
+        of L{Record} counts).
     """
 
     method: str
@@ -43,6 +49,7 @@ class RecordedRequest:
     headers: Dict[str, str]
     body: Any
     at: float
+    size: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -66,17 +73,22 @@ class Record:
     ended it). C{requests_abandoned} counts the non-streaming responses
     (and C{hang_before_headers}) whose client left before the answer.
 
-    @ivar requests: the last C{max_requests} L{RecordedRequest}s, oldest
-        first.
+    @ivar requests: the last L{RecordedRequest}s, oldest first: at most
+        C{max_requests} of them, and no more than C{max_bytes} of bodies in
+        all (the newest one is kept whatever its size).
     @ivar request_count: all requests ever recorded (since L{reset}).
     @ivar streams_active: streams not yet ended; a gauge, so L{reset} keeps
         it.
     @ivar pauses: how often the transport paused a stream (backpressure).
+    @ivar connections: connections accepted (a gateway that pools its
+        upstream connections opens few).
     @ivar faults: scripted faults that struck.
     """
 
-    def __init__(self, max_requests: int = DEFAULT_MAX_REQUESTS) -> None:
+    def __init__(self, max_requests: int = DEFAULT_MAX_REQUESTS,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._max_requests = max_requests
+        self._max_bytes = max_bytes
         self.streams_active = 0
         self.reset()
 
@@ -84,7 +96,9 @@ class Record:
         """
         Forget the requests and zero the counters (not L{streams_active}).
         """
-        self.requests: Deque[RecordedRequest] = deque(maxlen=self._max_requests)
+        self.requests: Deque[RecordedRequest] = deque()
+        #: Body bytes of the requests kept.
+        self.bytes_kept = 0
         self.request_count = 0
         self.streams_started = 0
         self.streams_completed = 0
@@ -93,12 +107,19 @@ class Record:
         self.requests_abandoned = 0
         self.pauses = 0
         self.faults = 0
+        self.connections = 0
 
     # recording
 
     def add(self, request: RecordedRequest) -> None:
-        self.requests.append(request)
+        requests = self.requests
+        requests.append(request)
+        self.bytes_kept += request.size
         self.request_count += 1
+        while len(requests) > 1 and (
+            len(requests) > self._max_requests or self.bytes_kept > self._max_bytes
+        ):
+            self.bytes_kept -= requests.popleft().size
 
     def stream_started(self) -> None:
         self.streams_started += 1
@@ -121,6 +142,9 @@ class Record:
 
     def paused(self) -> None:
         self.pauses += 1
+
+    def connection_opened(self) -> None:
+        self.connections += 1
 
     def fault_struck(self) -> None:
         self.faults += 1
@@ -159,6 +183,7 @@ class Record:
             "requests_abandoned": self.requests_abandoned,
             "pauses": self.pauses,
             "faults": self.faults,
+            "connections": self.connections,
         }
 
     def to_dict(self) -> Dict[str, Any]:

@@ -101,7 +101,7 @@ class EmulatorResource(Resource):
             except Refusal as e:
                 problem = e
         if record:
-            self._record_request(request, body)
+            self._record_request(request, body, raw)
         if routes is None:
             return reply(request, 404, b"404 page not found", TEXT_TYPE)
         handler = routes.get(method)
@@ -114,14 +114,14 @@ class EmulatorResource(Resource):
         except Refusal as e:
             return reply(request, e.status, error_body(e.message))
 
-    def _record_request(self, request: Any, body: Any) -> None:
+    def _record_request(self, request: Any, body: Any, raw: bytes) -> None:
         headers = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             headers[name.decode("latin-1").lower()] = ", ".join(
                 value.decode("latin-1") for value in values)
         self.record.add(RecordedRequest(
             request.method.decode("latin-1"), request.path.decode("latin-1"),
-            headers, body, self.reactor.seconds(),
+            headers, body, self.reactor.seconds(), len(raw),
         ))
 
     # control paths (not Ollama's)
@@ -192,6 +192,9 @@ class _EmulatorSite(Site):
     """
     A C{Site} without an access log (it would cost more than a stream chunk)
     that tracks its connections.
+
+    @ivar accepted: connections accepted so far (tests and the benchmark
+        check that the gateway reuses its connections).
     """
 
     protocol = _TrackedChannel
@@ -200,11 +203,16 @@ class _EmulatorSite(Site):
         super().__init__(resource, reactor=reactor)
         self._channels: set = set()
         self._idle: List[defer.Deferred] = []
+        self.accepted = 0
 
     def log(self, request: Any) -> None:
         pass
 
     def channel_opened(self, channel: HTTPChannel) -> None:
+        self.accepted += 1
+        record = getattr(self.resource, "record", None)
+        if record is not None:
+            record.connection_opened()
         self._channels.add(channel)
 
     def channel_closed(self, channel: HTTPChannel) -> None:
@@ -260,6 +268,13 @@ class Emulator:
     @property
     def record(self) -> Record:
         return self.resource.record
+
+    @property
+    def accepted(self) -> int:
+        """
+        Connections accepted since start.
+        """
+        return self._site.accepted
 
     def stop(self) -> defer.Deferred:
         """

@@ -42,9 +42,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from qwen_twist import errors
-from qwen_twist.gate.addresses import AddressRules
+from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.queue import AdmissionHook, SlotQueue
 from qwen_twist.gate.bans import BanList
+from qwen_twist.gate.peerfilter import TrustedConnectionHook
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
@@ -52,6 +53,7 @@ from qwen_twist.gate.keyfile import load_store
 from qwen_twist.gate.keys import KeyStore, presented_key
 from qwen_twist.gate.options import OptionsHook
 from qwen_twist.logsafe import clean
+from qwen_twist.observe.ids import clean_user
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 #: Rough characters per token, to reserve a prompt's share of a token
@@ -64,6 +66,10 @@ def _header(request: Any, name: bytes) -> Optional[bytes]:
     if not values:
         return None
     return b",".join(values)
+
+
+def _header_name(name: Optional[str]) -> Optional[bytes]:
+    return name.lower().encode("ascii", "replace") if name else None
 
 
 def _text(value: Optional[bytes]) -> Optional[str]:
@@ -81,10 +87,13 @@ class AddressHook:
     Resolves and checks the client address of each request.
     """
 
-    def __init__(self, rules: AddressRules, bans: BanList, clock: Any) -> None:
+    def __init__(self, rules: AddressRules, bans: BanList, clock: Any,
+                 user_header: Optional[str] = None) -> None:
         self.rules = rules
         self.bans = bans
         self.clock = clock
+        #: C{audit.user_header}: believed only from a trusted proxy.
+        self.user_header = _header_name(user_header)
 
     def release(self, ctx: CallContext) -> None:
         """
@@ -108,6 +117,10 @@ class AddressHook:
         peer = ctx.client_ip
         if not self.rules.permits(peer):
             raise errors.forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
+        if self.user_header is not None and self.rules.trusted_proxies:
+            address = parse_address(peer)
+            if address is not None and address in self.rules.trusted_proxies:
+                ctx.end_user = clean_user(_header(request, self.user_header)) or ctx.end_user
         ctx.client_ip = self.rules.client_ip(
             peer,
             _text(_header(request, b"x-forwarded-for")),
@@ -173,6 +186,7 @@ class IdentityHook:
         record = ctx.key_record
         model = getattr(plan, "model", None) or ctx.model
         if record is not None and model and not record.allows_model(model):
+            ctx.auth_failure = "model_not_allowed"
             raise errors.forbidden(
                 "this API key may not use model %r" % (model,), errors.MODEL_NOT_ALLOWED
             )
@@ -190,18 +204,24 @@ class IdentityHook:
         )
         if presented is not None:
             if self.jwt is not None and self.jwt.looks_like_jwt(presented):
+                ctx.auth_method = "jwt"
                 identity = self._verify_jwt(presented, now)
             elif self.use_keys:
+                ctx.auth_method = "api_key"
                 record = self.keys.authenticate(presented, now)
                 if record is not None:
                     identity = "key:" + record.id
         if identity is None and self.cert_identity:
             identity = _certificate_identity(request)
+            if identity is not None:
+                ctx.auth_method = "certificate"
         if identity is None:
             if not self.required:
                 # Anonymous access is allowed; SDKs always send some key,
                 # so an unknown one is simply not an identity.
+                ctx.auth_method = None
                 return
+            ctx.auth_failure = "invalid" if presented is not None else "missing"
             if count_failure:
                 self._failed(ctx, now)
             raise errors.unauthorized()
@@ -328,7 +348,10 @@ class RateLimitHook:
         decision = ctx.per_ip_decision
         if decision is None:
             decision = self._take_ip(request, ctx, now)
-        shown = decision
+        # Headers describe only a limit that applies: an unlimited per-IP
+        # bucket would advertise its unused burst, and clients that pace
+        # themselves from x-ratelimit-* would slow down for nothing.
+        shown: Optional[Decision] = decision if self.per_ip.rate > 0 else None
         if ctx.identity is not None:
             record = ctx.key_record
             requests = self.default_requests
@@ -359,7 +382,8 @@ class RateLimitHook:
                 if not spent.allowed:
                     raise errors.rate_limited("token budget exceeded for this key", spent.retry_after)
                 ctx.token_reservation = (budget, reserve)
-        _rate_headers(request, shown, "requests")
+        if shown is not None:
+            _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
         reservation, ctx.token_reservation = ctx.token_reservation, None
@@ -445,7 +469,8 @@ class Gate:
     log = Logger()
 
     uses = ("auth", "access", "limits.max_prompt_chars", "limits.max_tokens",
-            "rate_limits", "admission", "bans", "upstream.urls") + OptionsHook.uses
+            "rate_limits", "admission", "bans", "upstream.urls",
+            "audit.user_header") + OptionsHook.uses
 
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
         self.identities = identities if identities is not None else load_identities(config)
@@ -454,11 +479,14 @@ class Gate:
         self.clock = clock
         self.bans = BanList(config.bans.failures, config.bans.duration, config.bans.window)
         self.rules = AddressRules.from_config(config.access)
-        self.address = AddressHook(self.rules, self.bans, clock)
+        self.address = AddressHook(self.rules, self.bans, clock, config.audit.user_header)
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.options = OptionsHook(config)
         self.rates = RateLimitHook(config, clock)
+        # Right after identity: a request with one protects its connection
+        # from eviction at connections.max_total before it waits anywhere.
+        self.trust = TrustedConnectionHook()
         self.hooks: List[Any] = []
         #: What can be decided from the request head, in order (see the
         #: module docstring): address, per-IP rate, identity. The same list
@@ -477,6 +505,7 @@ class Gate:
         keys, jwt = self.identities
         self.rules = AddressRules.from_config(config.access)
         self.address.rules = self.rules
+        self.address.user_header = _header_name(config.audit.user_header)
         self.bans.threshold = config.bans.failures
         self.bans.duration = float(config.bans.duration)
         self.bans.window = float(config.bans.window)
@@ -485,7 +514,8 @@ class Gate:
         self.options.reconfigure(config)
         self.rates.configure(config)
         admission = config.admission
-        hooks: List[Any] = [self.address, self.identity, self.prompt, self.options, self.rates]
+        hooks: List[Any] = [self.address, self.identity, self.trust, self.prompt,
+                            self.options, self.rates]
         if admission.slots > 0:
             if self.queue is None:
                 self.queue = SlotQueue(

@@ -34,7 +34,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import MAX_UPSTREAM_MESSAGE, UPSTREAM_ERROR
 from qwen_twist.translate.chat import REASONING_KEYS, openai_logprobs
-from qwen_twist.translate.common import finish_reason, openai_tool_call, tool_call_id, usage
+from qwen_twist.translate.common import (
+    finish_reason, ollama_timings, openai_tool_call, tool_call_id, usage,
+)
 from qwen_twist.translate.completions import legacy_logprobs
 from qwen_twist.translate.ndjson import LineTooLong, NdjsonSplitter
 from qwen_twist.translate.sse import DONE, error_event
@@ -89,6 +91,7 @@ class _StreamTranslator:
         C{"error"} after an error event.
     @ivar error_message: the text of the error event, if there was one.
     @ivar final_usage: the OpenAI C{usage} object of the C{done} line.
+    @ivar timings: Ollama's own timings from that line (L{ollama_timings}).
     @ivar chunks: the C{data:} events produced so far, C{[DONE]} and error
         events included.
     """
@@ -112,6 +115,7 @@ class _StreamTranslator:
         #: Ollama's own error text, for the log only.
         self.upstream_error: Optional[str] = None
         self.final_usage: Optional[Dict[str, Any]] = None
+        self.timings: Optional[Dict[str, Any]] = None
         self.chunks = 0
         self._splitter = NdjsonSplitter(max_line)
         #: C{data: {"id":…,"object":…,"created":…,"model":…,} -- the part
@@ -234,6 +238,7 @@ class _StreamTranslator:
             done_reason if isinstance(done_reason, str) else None, self._had_tool_calls()
         )
         self.final_usage = usage(native)
+        self.timings = ollama_timings(native)
         pieces = [self._finish_chunk(reason)]
         if self.include_usage:
             pieces.append(
@@ -379,6 +384,11 @@ class ChatStreamTranslator(_StreamTranslator):
                 self._next_tool_index += 1
                 out.append(self._chunk('"tool_calls":' + _encode([entry]), pending))
                 pending = None
+        if pending is not None:
+            # Logprobs on a line with nothing else (Ollama sends these while
+            # its tool-call parser buffers, and on the done line): an empty
+            # delta carries them, as the non-streaming answer keeps them.
+            out.append(self._chunk("", pending))
 
     def _finish_chunk(self, reason: str) -> str:
         return '%s},"logprobs":null,"finish_reason":%s}]%s' % (
@@ -422,17 +432,26 @@ class CompletionStreamTranslator(_StreamTranslator):
         )
         self._head = self._envelope + '"choices":[{"text":'
         self._tail = ',"index":0,"logprobs":null,"finish_reason":null}]' + self._end_of_chunk
+        #: Characters of token text already described by logprobs.
+        self._text_offset = 0
 
     def _payload(self, native: Dict[str, Any], out: List[bytes]) -> None:
         text = native.get("response")
-        if not text or not isinstance(text, str):
+        if not isinstance(text, str):
+            text = ""
+        native_logprobs = native.get("logprobs")
+        logprobs = (
+            legacy_logprobs(native_logprobs, self._text_offset) if native_logprobs else None
+        )
+        if not text and logprobs is None:
             return
         self.chunks += 1
-        native_logprobs = native.get("logprobs")
-        logprobs = legacy_logprobs(native_logprobs) if native_logprobs else None
         if logprobs is None:
             out.append((self._head + _quote(text) + self._tail).encode("ascii"))
             return
+        # text_offset keeps counting across the stream, as in the
+        # non-streaming answer.
+        self._text_offset += sum(map(len, logprobs["tokens"]))
         out.append(
             (
                 self._head

@@ -22,9 +22,9 @@ from twisted.internet import defer, threads
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
-from qwen_twist.translate import embeddings
+from qwen_twist.translate import embeddings, tokens
 from qwen_twist.web import respond
-from qwen_twist.web.endpoint import ApiResource, parse_json_body
+from qwen_twist.web.endpoint import ApiResource, note_request, parse_json_body
 
 #: Answers at least this large are translated off the reactor thread.
 THREAD_THRESHOLD = 1024 * 1024
@@ -45,8 +45,10 @@ class EmbeddingsResource(ApiResource):
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         config = self.gateway.config
+        body = parse_json_body(request)
+        note_request(ctx, body)
         plan = embeddings.embeddings_request(
-            parse_json_body(request), config.limits.max_embedding_inputs
+            body, tokens.offline_decoder(), config.limits.max_embedding_inputs
         )
         ctx.model = plan.model
         await self.gateway.admit(request, ctx, plan)

@@ -12,8 +12,10 @@ Ollama connection so generation stops), or a body read.
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -24,9 +26,48 @@ from twisted.web.server import NOT_DONE_YET
 from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.logsafe import clean
+from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
+from qwen_twist.upstream import failures
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
+
+
+#: The status recorded for a call whose client left before any response
+#: was sent (nginx's convention); never sent to anyone.
+CLIENT_CLOSED = 499
+
+
+def upstream_of(response: Any) -> Any:
+    """
+    The C{host:port} of the Ollama server that sent C{response} (which of a
+    pool answered), or L{None}.
+    """
+    where = getattr(response, "upstream_where", None)
+    if isinstance(where, str):
+        return where
+    uri = getattr(getattr(response, "request", None), "absoluteURI", None)
+    if not isinstance(uri, bytes):
+        return None
+    return _netloc(uri)
+
+
+@functools.lru_cache(maxsize=256)
+def _netloc(uri: bytes) -> Any:
+    # A handful of upstreams times a handful of paths: parse each once.
+    return urlsplit(uri.decode("ascii", "replace")).netloc or None
+
+
+def note_request(ctx: CallContext, body: Any) -> None:
+    """
+    Record what a parsed body asks for (model, streaming, the OpenAI
+    C{user}) before it is validated, so a call refused in validation is
+    audited with the model it named.
+    """
+    if isinstance(body, dict):
+        ctx.model = ids.clean_model(body.get("model"))
+        ctx.stream = body.get("stream") is True
+        ctx.end_user = ids.clean_user(body.get("user")) or ctx.end_user
 
 
 def client_ip(request: Any) -> str:
@@ -80,6 +121,10 @@ class ApiResource(resource.Resource):
     methods: Tuple[str, ...] = ("POST",)
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
+    #: The envelope of this route's error responses (L{errors.ApiError.body}):
+    #: C{"anthropic"} for the Anthropic Messages routes, whose SDK would
+    #: otherwise not recognise the refusals of the gate (401, 429, ...).
+    error_style = "openai"
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:
@@ -104,6 +149,10 @@ class ApiResource(resource.Resource):
             ctx.key_record = screened.key_record
             ctx.per_ip_decision = screened.per_ip_decision
             ctx.screened = True
+            ctx.end_user = screened.end_user
+            ctx.auth_method = screened.auth_method
+        request.call = ctx
+        request.call_clock = self.gateway.clock
         finished = request.notifyFinish()
         method = ctx.method
         if method == "HEAD" and "GET" in self.methods:
@@ -118,6 +167,7 @@ class ApiResource(resource.Resource):
             refusal = errors.method_not_allowed(ctx.method, ctx.path, self.methods)
         if refusal is not None:
             self._fail(request, ctx, refusal)
+            ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
             return NOT_DONE_YET
         self.gateway.call_started(ctx)
@@ -157,27 +207,48 @@ class ApiResource(resource.Resource):
                 # A stream broke in a way the streaming code did not handle:
                 # cut the response rather than finish it, so the client cannot
                 # mistake it for a complete answer.
-                self.log.failure("stream failed", Failure())
+                self.log.failure("stream failed (request {request_id})", Failure(),
+                                 request_id=ctx.request_id)
                 ctx.outcome = "truncated"
                 if request.channel is not None:
                     request.channel.forceAbortClient()
             else:
-                self._fail(request, ctx, self.api_error(Failure()))
+                self._fail(request, ctx, self.api_error(Failure(), ctx))
         finally:
-            if not ctx.status:
+            if ctx.client_gone and not request.startedWriting:
+                # Nothing reached the client: not the 200 it would have got
+                # (nginx's 499, "client closed request").
+                ctx.status = CLIENT_CLOSED
+            elif not ctx.status:
                 ctx.status = request.code
+            ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
 
-    def api_error(self, failure: Failure) -> errors.ApiError:
+    def api_error(self, failure: Failure, ctx: Optional[CallContext] = None) -> errors.ApiError:
         """
         The client-facing error for any failure; one that is not a known
-        upstream failure is a gateway bug, logged with its traceback here
-        and answered with a bare 500.
+        upstream failure is a gateway bug, logged with its traceback (and
+        the call's request id) here and answered with a bare 500. For a
+        5xx, C{ctx.cause} records what caused it (the access log line shows
+        it).
         """
-        mapped = map_failure(failure, self.gateway.upstream.where)
+        where = self.gateway.upstream.where
+        mapped = map_failure(failure, where)
         if mapped.code == errors.INTERNAL_ERROR:
-            self.log.failure("Unhandled error in {route}", failure, route=self.route)
+            self.log.failure("Unhandled error in {route} (request {request_id})", failure,
+                             route=self.route, request_id=getattr(ctx, "request_id", None))
+        if ctx is not None and mapped.status >= 500 and ctx.cause is None:
+            ctx.cause = "%s from %s" % (failures.describe(failure),
+                                        failures.where(failure) or where)
         return mapped
+
+    def upstream_cause(self, ctx: CallContext, response: Any) -> None:
+        """
+        Record an upstream 5xx answer as the cause of the call's 5xx.
+        """
+        if response.code >= 500 and ctx.cause is None:
+            where = getattr(response, "upstream_where", None) or self.gateway.upstream.where
+            ctx.cause = "Ollama HTTP %d from %s" % (response.code, where)
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
         if err.detail:
@@ -185,11 +256,13 @@ class ApiResource(resource.Resource):
             self.log.info("{route} {request_id} answered {status}: {detail}",
                           route=self.route, request_id=ctx.request_id,
                           status=err.status, detail=clean(err.detail, 2048))
+        if err.status >= 500 and ctx.cause is None:
+            ctx.cause = getattr(err, "cause", None) or err.code or err.type
         ctx.status = err.status
         ctx.outcome = "error"
         ctx.error_type = err.type
         ctx.error_code = err.code
-        respond.error(request, err)
+        respond.error(request, err, self.error_style)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()
@@ -227,9 +300,14 @@ class ApiResource(resource.Resource):
         """
         gateway = self.gateway
         limit = limit or gateway.config.upstream.max_response_bytes
+        if ctx.upstream_started is None:
+            # (A batch makes several calls: the span runs from the first.)
+            ctx.upstream_started = gateway.now()
         try:
-            response = await gateway.upstream.send(method, path, payload)
+            response = await gateway.upstream.send(method, path, payload,
+                                                   request_id=ctx.request_id)
             ctx.upstream_status = response.code
+            ctx.upstream = upstream_of(response)
             body = await read_body(response, limit=limit)
         except errors.ApiError:
             raise
@@ -238,7 +316,10 @@ class ApiResource(resource.Resource):
         except Exception:
             if ctx.client_gone:
                 raise
-            raise self.api_error(Failure())
+            raise self.api_error(Failure(), ctx)
+        finally:
+            ctx.upstream_finished = gateway.now()
         if response.code != 200:
+            self.upstream_cause(ctx, response)
             raise errors.from_upstream(response.code, body, model_endpoint, ctx.model)
         return body

@@ -17,6 +17,11 @@ The pieces, and why each exists:
     bounded (see L{UpstreamRelay}) however slowly the client reads.
   - Every byte goes through a pure translator
     (L{qwen_twist.translate.stream}), which decides the SSE events.
+  - A stream that completed (C{done: true}) reads Ollama's body to its end,
+    so the connection goes back to the pool; a stream that failed, was cut
+    or whose client left closes it (which is also how Ollama learns to stop
+    generating). Closing after every stream cost a TCP connection per
+    request and, under churn, refused connections (issue 10).
 
 Why headers are not sent at once: an upstream error before the first byte
 (unknown model, a capability error) must reach the client as a normal JSON
@@ -51,6 +56,11 @@ from qwen_twist.errors import SLOW_READER
 from qwen_twist.translate import sse
 from qwen_twist.web import hygiene, respond
 
+#: Seconds the rest of a complete stream's upstream body (after
+#: C{done: true}) may take before its connection is closed instead of
+#: pooled; Ollama sends it at once.
+DRAIN_TIMEOUT = 5.0
+
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
@@ -67,8 +77,14 @@ class SseResponse:
     @ivar written: count of writes since the last keep-alive tick.
     """
 
-    def __init__(self, request: Any, clock: Any, keepalive_interval: float) -> None:
+    def __init__(self, request: Any, clock: Any, keepalive_interval: float,
+                 keepalive: bytes = sse.KEEPALIVE) -> None:
+        """
+        @param keepalive: what an idle interval sends: a comment by default;
+            Anthropic's streams send their C{ping} event instead.
+        """
         self.request = request
+        self.keepalive = keepalive
         self.clock = clock
         self.interval = keepalive_interval
         self.committed = False
@@ -94,7 +110,7 @@ class SseResponse:
             return
         if not self._activity:
             self.commit()
-            self.request.write(sse.KEEPALIVE)
+            self.request.write(self.keepalive)
         self._activity = False
         self._timer = self.clock.callLater(self.interval, self._tick)
 
@@ -171,7 +187,13 @@ class UpstreamRelay(Protocol):
         self._slow_call: Optional[Any] = None
         #: Why the gateway cut the stream (C{"slow_reader"}), or L{None}.
         self.cut: Optional[str] = None
+        self._drain_call: Optional[Any] = None
         self.pauses = 0
+        #: Called with the seconds since the previous upstream read, for
+        #: each read after the first (the inter-token gap metric).
+        self.on_gap: Optional[Any] = None
+        #: The call's request id, for log lines.
+        self.request_id: Optional[str] = None
 
     # IProtocol ----------------------------------------------------------
 
@@ -193,7 +215,10 @@ class UpstreamRelay(Protocol):
         translator = self.translator
         if translator.finished:
             return
-        self._last_data = self.clock.seconds()
+        now = self.clock.seconds()
+        if self._got_data and self.on_gap is not None:
+            self.on_gap(now - self._last_data)
+        self._last_data = now
         if not self._got_data:
             self._got_data = True
             if self._idle_call is not None and self._idle_call.active():
@@ -203,18 +228,41 @@ class UpstreamRelay(Protocol):
         if out:
             self.response.write(out)
         if translator.finished:
-            # [DONE] or an error event: stop reading whatever else comes.
-            self._stop_upstream()
-            self._end()
+            if translator.outcome == "complete":
+                # done:true: the client's answer is complete; read the rest
+                # of Ollama's body (the chunked terminator, usually in the
+                # same read) so its connection goes back to the pool.
+                self._end()
+                self._drain()
+            else:
+                # An error event: stop reading whatever else comes.
+                self._stop_upstream()
+                self._end()
+
+    def _drain(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is None:
+            return
+        # No longer the client's producer: a pause the client's buffer
+        # asked for must not hold the upstream body open.
+        transport.resumeProducing()
+        if self._drain_call is None and self.transport is not None:
+            self._drain_call = self.clock.callLater(DRAIN_TIMEOUT, self._stop_upstream)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if self._drain_call is not None:
+            if self._drain_call.active():
+                self._drain_call.cancel()
+            self._drain_call = None
+        self.transport = None
         if not self.translator.finished:
             # ResponseDone is a clean end of body; anything else (reset,
             # PotentialDataLoss, ResponseFailed) is a cut, which the
             # translator reports unless it already saw done:true.
             self.response.write(self.translator.end())
             if reason is not None and not reason.check(wclient.ResponseDone):
-                self.log.info("upstream stream ended abnormally: {why}",
+                self.log.info("upstream stream ended abnormally (request {request_id}): {why}",
+                              request_id=self.request_id,
                               why=reason.getErrorMessage())
         self._end()
 

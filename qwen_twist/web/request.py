@@ -17,6 +17,10 @@ idle timeout restarts with every line, so a client that sends one header
 line every few seconds holds a connection forever. L{GatewayChannel}
 answers an oversized head with 431 and gives the whole head
 C{limits.header_timeout} seconds from its first byte (408, then close).
+A request body must keep arriving at C{limits.body_min_rate} bytes per
+second, checked every C{limits.body_timeout} seconds (408, then close): a
+body trickled one byte at a time would otherwise hold the connection,
+since Twisted's idle timeout restarts with every byte.
 Both are in the OpenAI envelope with the security headers. The idle
 timeout (L{KEEPALIVE_TIMEOUT}) still closes silent kept-alive connections;
 Twisted switches it off while a request is answered, and the head deadline
@@ -27,8 +31,8 @@ from __future__ import annotations
 
 import inspect
 import io
-import uuid
 from typing import Any, Optional
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -39,6 +43,7 @@ from zope.interface import implementer
 from qwen_twist import errors
 from qwen_twist.interfaces import IReconfigurable
 from qwen_twist.logsafe import clean
+from qwen_twist.observe import ids
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy
 
@@ -50,13 +55,6 @@ KEEPALIVE_TIMEOUT = 60.0
 #: gateway takes JSON only, and 26.10's form parsing raises out of
 #: C{dataReceived} for a C{Content-Type} containing a byte such as 0x85.
 _FORM_SWITCH = "parsePOSTFormSubmission" in inspect.signature(server.Site.__init__).parameters
-
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-}
-
 
 class _Discard:
     """
@@ -84,7 +82,9 @@ class GatewayRequest(server.Request):
     """
     A request with a body limit, a request id and JSON failure pages.
 
-    @ivar request_id: random id echoed in C{x-request-id} and the logs.
+    @ivar request_id: the client's well-formed C{X-Request-ID} or a random
+        id; echoed in C{x-request-id}, sent to Ollama, in the logs and the
+        audit line (L{qwen_twist.observe.ids}).
     @ivar body_too_large: set once more than the site's C{max_body_bytes}
         was declared or received; the body is then discarded.
     """
@@ -93,7 +93,7 @@ class GatewayRequest(server.Request):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.request_id = uuid.uuid4().hex
+        self.request_id = ids.new_request_id()
         self.body_too_large = False
         self._body_received = 0
         self._hidden_content_type: Optional[list] = None
@@ -143,6 +143,7 @@ class GatewayRequest(server.Request):
         if self._hidden_content_type is not None:
             self.requestHeaders.setRawHeaders(b"content-type", self._hidden_content_type)
             self._hidden_content_type = None
+        self.request_id = ids.request_id_from(self.getHeader(b"x-request-id"))
         if self.path != b"*":
             super().process()
             return
@@ -185,6 +186,10 @@ class GatewayChannel(http.HTTPChannel):
     """
 
     header_timeout = 10.0
+    body_timeout = 10.0
+    body_min_rate = 1024
+    _body_timer: Optional[Any] = None
+    _body_bytes = 0
     _awaiting_head = True
     _head_bytes = 0
     _head_timer: Optional[Any] = None
@@ -197,6 +202,8 @@ class GatewayChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head and self._head_timer is None and data and not self._refused:
             self._head_timer = self.callLater(self.header_timeout, self._head_too_slow)
+        elif self._body_timer is not None:
+            self._body_bytes += len(data)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> Any:
@@ -219,15 +226,22 @@ class GatewayChannel(http.HTTPChannel):
         request = self.requests[-1]
         screen = getattr(self.site, "screen", None)
         if screen is not None:
-            refusal = screen(request, self._command, self._path)
+            endpoint = self._endpoint(request)
+            refusal = screen(request, self._command, self._path,
+                             getattr(endpoint, "route", "unknown"))
             if refusal is not None:
-                self._refuse_unread(request, refusal)
+                self._refuse_unread(request, refusal,
+                                    getattr(endpoint, "error_style", "openai"))
                 return
+        # Stopped by allContentReceived, which Twisted calls at once when
+        # there is no body.
+        self._body_bytes = 0
+        self._body_timer = self.callLater(self.body_timeout, self._check_body_rate)
         # Only now: Twisted sizes the body buffer and answers an
         # Expect: 100-continue here.
         super().allHeadersReceived()
 
-    def _refuse_unread(self, request: Any, err: errors.ApiError) -> None:
+    def _refuse_unread(self, request: Any, err: errors.ApiError, style: str) -> None:
         """
         Answer a request refused from its head alone (401/403/429) through
         the Request, so it carries every header a Resource's answer would,
@@ -239,13 +253,27 @@ class GatewayChannel(http.HTTPChannel):
         request.content = _Discard()
         request.method = self._command
         request.uri = self._path
-        request.path = self._path.split(b"?", 1)[0]
         request.clientproto = self._version
         request.site = self.site
         request.setHeader(b"connection", b"close")
         # requestDone (when the answer finishes) counts it out again.
         self._dispatched += 1
-        respond.error(request, err)
+        respond.error(request, err, style)
+
+    def _endpoint(self, request: Any) -> Any:
+        """
+        The Resource that would serve C{request} (for its route name and
+        error envelope: an Anthropic route's clients expect Anthropic's
+        errors), found from the request line alone.
+        """
+        request.method = self._command
+        request.path = self._path.split(b"?", 1)[0]
+        request.prepath = []
+        request.postpath = [unquote_to_bytes(part) for part in request.path[1:].split(b"/")]
+        try:
+            return self.site.getResourceFor(request)
+        except Exception:
+            return None
 
     def loseConnection(self) -> Any:
         # Twisted's own unregisters the network producer, which raises when
@@ -263,6 +291,7 @@ class GatewayChannel(http.HTTPChannel):
         super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
+        self._stop_body_timer()
         if self._refused:
             return
         self._head_bytes = 0
@@ -276,10 +305,39 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connectionLost(reason)
         site = getattr(self, "site", None)
         if site is not None:
             site.channel_closed(self)
+
+    # The request body --------------------------------------------------------
+
+    def _stop_body_timer(self) -> None:
+        timer, self._body_timer = self._body_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _check_body_rate(self) -> None:
+        """
+        Every C{body_timeout} seconds while a body is being read: a body
+        that got fewer than C{body_min_rate} bytes per second over the
+        period is answered 408 and its connection closed, so a trickle
+        cannot hold a connection (and whatever it reserved) forever.
+        """
+        self._body_timer = None
+        if self._refused or self.transport is None or self.transport.disconnecting:
+            return
+        if self._body_bytes >= self.body_min_rate * self.body_timeout:
+            self._body_bytes = 0
+            self._body_timer = self.callLater(self.body_timeout, self._check_body_rate)
+            return
+        self._refused = True
+        if self._dispatched == 0:
+            self.transport.write(
+                self._raw_error(errors.body_too_slow(self.body_timeout, self.body_min_rate))
+            )
+        self.timeoutConnection()
 
     def _stop_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
@@ -316,6 +374,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self._refused = True
         self._stop_head_timer()
+        self._stop_body_timer()
         transport = self.transport
         if transport is None or transport.disconnecting:
             return
@@ -328,19 +387,10 @@ class GatewayChannel(http.HTTPChannel):
         A complete response for C{err}, written straight to the transport
         because no Request exists (or can be trusted) at this point.
         """
-        payload = err.body()
         site = getattr(self, "site", None)
-        lines = [
-            b"HTTP/1.1 %d %s" % (err.status, _REASONS.get(err.status, b"Error")),
-            b"Server: " + respond.SERVER,
-            b"Date: " + http.datetimeToString(),
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % (len(payload),),
-            b"Connection: close",
-        ]
-        for name, value in getattr(site, "response_headers", respond.DEFAULT_HEADERS):
-            lines.append(name + b": " + value)
-        return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+        return respond.raw_error(
+            err, getattr(site, "response_headers", respond.DEFAULT_HEADERS)
+        )
 
 
 @implementer(IReconfigurable)
@@ -354,6 +404,9 @@ class GatewaySite(server.Site):
     @ivar max_body_bytes: request body limit, read by L{GatewayRequest}.
     @ivar max_header_bytes: request head limit, given to each channel.
     @ivar header_timeout: request head deadline, given to each channel.
+    @ivar body_timeout: request body check period, given to each channel.
+    @ivar body_min_rate: request body bytes per second, given to each
+        channel.
     @ivar response_headers: the security headers of every response.
     @ivar cors: the L{CorsPolicy} of C{response.cors_origins}.
     @ivar strip_tree: the compiled C{response.strip_fields}.
@@ -365,7 +418,7 @@ class GatewaySite(server.Site):
 
     #: What L{reconfigure} derives the site's limits and headers from.
     uses = ("limits.max_body_bytes", "limits.max_header_bytes", "limits.header_timeout",
-            "response")
+            "limits.body_timeout", "limits.body_min_rate", "response")
 
     def __init__(self, root: object, config: Any, reactor: object = None,
                  screen: Any = None) -> None:
@@ -401,6 +454,8 @@ class GatewaySite(server.Site):
         self.max_body_bytes = limits.max_body_bytes
         self.max_header_bytes = limits.max_header_bytes
         self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.body_min_rate = limits.body_min_rate
         response = config.response
         self.response_headers = hygiene.security_headers(response.hsts_max_age)
         self.cors = CorsPolicy(response.cors_origins)
@@ -412,6 +467,8 @@ class GatewaySite(server.Site):
         channel.totalHeadersSize = self.max_header_bytes
         channel.MAX_LENGTH = self.max_header_bytes
         channel.header_timeout = self.header_timeout
+        channel.body_timeout = self.body_timeout
+        channel.body_min_rate = self.body_min_rate
         return channel
 
     def channel_closed(self, channel: Any) -> None:

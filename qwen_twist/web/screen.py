@@ -59,10 +59,12 @@ class HeadScreen:
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
 
-    def __call__(self, request: Any, method: bytes, path: bytes) -> Optional[ApiError]:
+    def __call__(self, request: Any, method: bytes, path: bytes,
+                 route: str = "unknown") -> Optional[ApiError]:
         """
         Screen a request whose headers have just been parsed; remember what
-        was learnt on C{request.screened} for the Resource.
+        was learnt on C{request.screened} for the Resource. C{route} names
+        the endpoint the path leads to (for the observers).
 
         @return: the refusal to write, or L{None}.
         """
@@ -73,7 +75,7 @@ class HeadScreen:
         peer = request.getClientAddress()
         ctx = CallContext(
             request_id=getattr(request, "request_id", ""),
-            route="gate",
+            route=route,
             method=method.decode("ascii", "replace"),
             path=path.split(b"?", 1)[0].decode("utf-8", "replace")[:512],
             client_ip=getattr(peer, "host", "") or "",
