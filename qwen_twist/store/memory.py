@@ -38,13 +38,14 @@ class MemoryStore:
     def __init__(self, config: Any, clock: Any) -> None:
         self.config = config
         self.clock = clock
-        self.bans = BanList(config.bans.failures, config.bans.duration)
+        self.bans = BanList(config.bans.failures, config.bans.duration, config.bans.window)
         self._buckets: Dict[BucketId, TokenBuckets] = {}
 
     def reconfigure(self, config: Any) -> None:
         self.config = config
         self.bans.threshold = config.bans.failures
         self.bans.duration = float(config.bans.duration)
+        self.bans.window = float(config.bans.window)
 
     def buckets(self, family: str, rate: float, burst: float) -> TokenBuckets:
         ident = (family, float(rate), float(burst))

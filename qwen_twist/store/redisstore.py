@@ -130,16 +130,21 @@ end
 return 1
 """)
 
-#: KEYS: streak counter, bans (sorted set ip -> end in ms), bans version.
-#: ARGV: threshold, duration in ms, ip. Returns 1 when this failure banned.
+#: KEYS: recent failures (sorted set of unique ids by time in ms), bans
+#: (sorted set ip -> end in ms), bans version. ARGV: threshold, ban
+#: duration ms, ip, window ms, a unique id. Counts failures within the
+#: window (a success forgives nothing, see L{qwen_twist.gate.bans});
+#: returns 1 when this failure banned.
 FAILURE = Script(_NOW_MS + """
 local threshold = tonumber(ARGV[1])
 local duration = tonumber(ARGV[2])
+local window = tonumber(ARGV[4])
 local ends = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[3]))
 if ends and ends > now_ms then return 0 end
-local count = redis.call('INCR', KEYS[1])
-if count < threshold then
-  redis.call('PEXPIRE', KEYS[1], duration)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window)
+redis.call('ZADD', KEYS[1], now_ms, ARGV[5])
+if redis.call('ZCARD', KEYS[1]) < threshold then
+  redis.call('PEXPIRE', KEYS[1], window)
   return 0
 end
 redis.call('DEL', KEYS[1])
@@ -488,7 +493,8 @@ class RedisStore:
         d = self.client.run_script(
             FAILURE,
             [self._key("f", ip), self._key("bans"), self._key("bans", "v")],
-            [bans.failures, int(bans.duration * 1000), ip],
+            [bans.failures, int(bans.duration * 1000), ip, int(bans.window * 1000),
+             self.new_token()],
         )
 
         def counted(banned: Any) -> bool:
@@ -506,9 +512,8 @@ class RedisStore:
         return d
 
     def auth_success(self, ip: str) -> None:
+        # A success forgives no failure (bans count failures in a window).
         self.local.auth_success(ip)
-        if self.client.connected:
-            self.client.execute(b"DEL", self._key("f", ip)).addErrback(self._unavailable)
 
     def _refresh_bans(self) -> Any:
         """
