@@ -137,7 +137,7 @@ class SharedGatewaysTests(TestCase):
         """
         a, b = await self.fleet(
             script={"default": {"tokens": 10, "tokens_per_second": 10}},
-            admission={"slots": 2})
+            admission={"slots": 2, "per_key": 2})
         self.emulator.record.reset()
         codes = await defer.gatherResults(
             [self.call(g, STREAM) for _ in range(4) for g in (a, b)])
@@ -155,7 +155,7 @@ class SharedGatewaysTests(TestCase):
         """
         a, b = await self.fleet(
             script={"default": {"tokens": 200, "tokens_per_second": 10}},
-            admission={"slots": 2})
+            admission={"slots": 2, "per_key": 2})
         record = self.emulator.record
         pending = [a.post("/v1/chat/completions", STREAM, self.auth) for _ in range(2)]
         for d in pending:

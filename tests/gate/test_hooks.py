@@ -453,6 +453,9 @@ class ClosedStore:
 
         return defer.fail(StoreUnavailable("down"))
 
+    def take(self, family, rate, burst, key, cost=1.0):
+        return self.take_all([])
+
 
 class FailClosedTests(GateTestsMixin, SynchronousTestCase):
     """
