@@ -19,7 +19,7 @@ import treq
 
 from qwen_twist.gate.keys import add_key
 
-from tests.support import async_test, in_thread, start_stack
+from tests.support import async_test, in_thread, sdk, start_stack
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -111,7 +111,7 @@ class ApiKeyTests(TestCase):
         The SDK's api_key works as a Bearer key; a wrong one raises
         C{openai.AuthenticationError} with code C{invalid_api_key}.
         """
-        import openai
+        openai = sdk("openai")
 
         path, key = _keys_file(self)
         stack = await start_stack(self, {"auth": {"required": True, "keys_file": path}})

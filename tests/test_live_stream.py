@@ -15,7 +15,7 @@ import time
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from tests.support import async_test, in_thread, start_stack
+from tests.support import async_test, in_thread, sdk, start_stack
 from tests.test_live import wait_for
 from tests.web.test_relay import events
 from tests.web.helpers import parse_response
@@ -129,7 +129,7 @@ class SdkStreamTests(TestCase):
         Ollama dying mid-stream makes the SDK raise C{openai.APIError}
         (not a silently shorter answer).
         """
-        import openai
+        openai = sdk("openai")
 
         stack = await start_stack(self)
         stack.script.push(text="one two three four five six", thinking="", close_after=2)
@@ -157,7 +157,7 @@ class SdkStreamTests(TestCase):
         An Ollama C{{"error": ...}} line mid-stream becomes an SDK
         C{APIError} with Ollama's message.
         """
-        import openai
+        openai = sdk("openai")
 
         stack = await start_stack(self)
         stack.script.push(text="a b c d", error_line_after=1, error="model runner crashed")
