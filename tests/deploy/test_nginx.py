@@ -31,12 +31,16 @@ from twisted.web.http_headers import Headers
 
 import treq
 import treq.client
+import yaml
 
+from qwen_twist import config as configmod
 from qwen_twist.gate import keyfile, tls
 from tests.support import async_test, settle, start_stack
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE = os.path.join(REPO, "etc", "nginx", "sites-available", "qwengate")
+#: The example gateway settings for running behind that site.
+BEHIND_NGINX = os.path.join(REPO, "etc", "nginx", "qwengate.yaml")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 CLIENT = "127.0.0.2"
@@ -253,9 +257,11 @@ class NginxFrontTests(TestCase):
                            "the Nginx front cannot be tested")
         self.keys = os.path.abspath(self.mktemp())
         self.key = keyfile.add_key(self.keys, "nginx-test", now=time.time())
+        with open(BEHIND_NGINX) as f:
+            example = yaml.safe_load(f)
         self.stack = await start_stack(self, {
             "auth": {"required": True, "keys_file": self.keys},
-            "access": {"trusted_proxies": ["127.0.0.1"]},
+            "access": example["access"],
             "bans": {"failures": 3, "duration": 600.0},
         })
         self.addresses = ClientAddresses()
@@ -277,6 +283,16 @@ class NginxFrontTests(TestCase):
         )
         body = await response.content()
         return response.code, body
+
+    def test_example_config_valid(self) -> None:
+        """
+        The example gateway settings for running behind nginx are a valid
+        configuration that binds loopback and trusts nginx's address.
+        """
+        config = configmod.load(BEHIND_NGINX)
+        self.assertEqual(config.listen.address, "127.0.0.1")
+        self.assertEqual(config.listen.port, 18789)
+        self.assertIn("127.0.0.1", [str(p) for p in config.access.trusted_proxies])
 
     @async_test
     async def test_stream_chunk_by_chunk(self) -> None:
