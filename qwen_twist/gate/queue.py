@@ -44,9 +44,11 @@ from typing import Any, Deque, Mapping, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.interfaces import IAdmissionHook
 
 #: C{Retry-After} (seconds) when no call has finished recently, so the
 #: service rate is unknown.
@@ -422,9 +424,6 @@ class SlotQueue:
             return waiter
 
 
-#: C{ctx.extra} key of the granted L{Ticket}.
-TICKET = "queue_ticket"
-
 
 def _retry_after_header(seconds: float) -> Tuple[str, str]:
     return ("Retry-After", str(max(1, int(math.ceil(seconds)))))
@@ -451,11 +450,12 @@ def queue_timeout(retry_after: float) -> errors.ApiError:
     )
 
 
+@implementer(IAdmissionHook)
 class AdmissionHook:
     """
     The pipeline hook: admit() waits for a slot (owner = C{ctx.identity},
     or C{"ip:" + ctx.client_ip} for anonymous calls), sets
-    C{ctx.extra["queue_wait_ms"]} and the response header C{x-queue-wait-ms}
+    C{ctx.queue_wait_ms} and the response header C{x-queue-wait-ms}
     when granted; refusals become L{errors.ApiError} 429 (queue full, code
     C{queue_full}) or 503 (waited too long, code C{queue_timeout}), both
     with C{Retry-After}; release(ctx) frees the ticket if one was granted.
@@ -483,9 +483,9 @@ class AdmissionHook:
         return d
 
     def _granted(self, ticket: Ticket, request: Any, ctx: CallContext) -> None:
-        ctx.extra[TICKET] = ticket
+        ctx.queue_ticket = ticket
         wait_ms = ticket.wait * 1000.0
-        ctx.extra["queue_wait_ms"] = wait_ms
+        ctx.queue_wait_ms = wait_ms
         try:
             request.setHeader(b"x-queue-wait-ms", b"%d" % (round(wait_ms),))
         except BaseException:
@@ -503,11 +503,11 @@ class AdmissionHook:
             error = queue_timeout(refusal.retry_after)
         else:
             error = queue_full(refusal.retry_after)
-        ctx.extra["queue_wait_ms"] = waited_ms
+        ctx.queue_wait_ms = waited_ms
         request.setHeader(b"x-queue-wait-ms", b"%d" % (round(waited_ms),))
         raise error
 
     def release(self, ctx: CallContext) -> None:
-        ticket = ctx.extra.pop(TICKET, None)
+        ticket, ctx.queue_ticket = ctx.queue_ticket, None
         if ticket is not None:
             ticket.queue.release(ticket)

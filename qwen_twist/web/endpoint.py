@@ -121,10 +121,10 @@ class ApiResource(resource.Resource):
         def abort(message: str) -> None:
             # Shutdown ran out of time: the streaming code replaces this with
             # an error event once a stream has begun.
-            ctx.extra["shutting_down"] = True
+            ctx.shutting_down = True
             call.cancel()
 
-        ctx.extra["abort"] = abort
+        ctx.abort = abort
 
         def client_gone(reason: Failure) -> None:
             if not ctx.finished_at:
@@ -144,7 +144,7 @@ class ApiResource(resource.Resource):
         except BaseException as e:
             if ctx.client_gone:
                 pass
-            elif ctx.extra.get("shutting_down") and not request.startedWriting:
+            elif ctx.shutting_down and not request.startedWriting:
                 self._fail(request, ctx, errors.shutting_down())
             elif isinstance(e, errors.ApiError):
                 self._fail(request, ctx, e)
