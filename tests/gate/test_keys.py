@@ -438,6 +438,23 @@ class AddKeyTests(SynchronousTestCase):
         keyfile.add_key(self.path, "b", now=NOW)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
 
+    def test_owner_and_group_kept(self) -> None:
+        """
+        Rewrites by root keep the file's owner and group, as the .deb
+        installs it (C{root:_qwengate 0640}: the daemon reads it through
+        its group), for adds and revokes alike.
+        """
+        if os.getuid() != 0:
+            raise self.skipTest("changing a file's owner and group needs root")
+        keyfile.add_key(self.path, "a", now=NOW)
+        os.chown(self.path, 1, 65534)
+        os.chmod(self.path, 0o640)
+        keyfile.add_key(self.path, "b", now=NOW)
+        keyfile.revoke_key(self.path, "a")
+        info = os.stat(self.path)
+        self.assertEqual((info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)), (1, 65534, 0o640))
+        self.assertEqual([r.id for r in keyfile.list_keys(self.path)], ["b"])
+
     def test_duplicate_id(self) -> None:
         """
         An id already in the file is refused and the file is unchanged.
