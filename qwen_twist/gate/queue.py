@@ -425,31 +425,6 @@ class SlotQueue:
 
 
 
-def _retry_after_header(seconds: float) -> Tuple[str, str]:
-    return ("Retry-After", str(max(1, int(math.ceil(seconds)))))
-
-
-def queue_full(retry_after: float) -> errors.ApiError:
-    """
-    429: too many calls already wait for the model. The OpenAI SDKs retry
-    it after C{Retry-After}.
-    """
-    return errors.ApiError(
-        429, "too many requests are waiting for the model; retry later",
-        "rate_limit_error", code="queue_full", headers=(_retry_after_header(retry_after),),
-    )
-
-
-def queue_timeout(retry_after: float) -> errors.ApiError:
-    """
-    503: the call waited the longest allowed time without getting a slot.
-    """
-    return errors.ApiError(
-        503, "timed out waiting for a free model slot; retry later",
-        "server_error", code="queue_timeout", headers=(_retry_after_header(retry_after),),
-    )
-
-
 @implementer(IAdmissionHook)
 class AdmissionHook:
     """
@@ -500,9 +475,9 @@ class AdmissionHook:
         waited_ms = 0.0
         if isinstance(refusal, QueueTimeout):
             waited_ms = refusal.waited * 1000.0
-            error = queue_timeout(refusal.retry_after)
+            error = errors.queue_timeout(refusal.retry_after)
         else:
-            error = queue_full(refusal.retry_after)
+            error = errors.queue_full(refusal.retry_after)
         ctx.queue_wait_ms = waited_ms
         request.setHeader(b"x-queue-wait-ms", b"%d" % (round(waited_ms),))
         raise error

@@ -50,12 +50,7 @@ def parse_json_body(request: Any) -> Any:
     """
     if getattr(request, "body_too_large", False):
         limit = getattr(request.channel.site, "max_body_bytes", 0)
-        raise errors.ApiError(
-            413,
-            "request body too large, max %d bytes" % (limit,),
-            "invalid_request_error",
-            code="request_too_large",
-        )
+        raise errors.body_too_large(limit)
     request.content.seek(0)
     raw = request.content.read()
     if not raw.strip():
@@ -170,7 +165,7 @@ class ApiResource(resource.Resource):
         and answered with a bare 500.
         """
         mapped = map_failure(failure, self.gateway.upstream.where)
-        if mapped.code == "internal_error":
+        if mapped.code == errors.INTERNAL_ERROR:
             self.log.failure("Unhandled error in {route}", failure, route=self.route)
         return mapped
 
