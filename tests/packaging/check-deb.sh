@@ -196,6 +196,8 @@ if grep -q 'qwengate-audit' "$REPO_ROOT/setup.py"; then
     check "qwengate-audit on PATH" test -x /usr/bin/qwengate-audit
 fi
 check "the unit in $UNIT" test -f $UNIT
+WANTS=/etc/systemd/system/multi-user.target.wants/qwengate.service
+check "the unit is enabled on install (dh_installsystemd)" test -L "$WANTS"
 check "/etc/qwengate/qwengate.yaml is a conffile" \
     bash -c 'dpkg-query -W -f="\${Conffiles}" qwengate | grep -q "^ /etc/qwengate/qwengate.yaml "'
 check "the nginx site in /usr/share/doc/qwengate/examples" \
@@ -375,7 +377,8 @@ for path in /etc/qwengate /var/lib/qwengate /var/log/qwengate $UNIT $SITE/qwen_t
 done
 check "purge: the plugin cache no longer lists qwengate" \
     bash -c "! grep -aq qwengate_plugin $SITE/twisted/plugins/dropin.cache 2>/dev/null"
-check "purge kept the system user _qwengate (Debian practice)" getent passwd _qwengate >/dev/null
+check "purge: the unit is no longer enabled" test ! -e "$WANTS"
+check "purge kept the system user _qwengate (Debian practice)" bash -c 'getent passwd _qwengate >/dev/null'
 
 summary
 ((FAILED == 0))
