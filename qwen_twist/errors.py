@@ -38,6 +38,9 @@ UPSTREAM_TIMEOUT = "upstream_timeout"
 UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"
 QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
+ADDRESS_BANNED = "address_banned"
+TOO_MANY_CONNECTIONS = "too_many_connections"
+TOKEN_ARRAYS_UNSUPPORTED = "token_arrays_unsupported"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL_ERROR = "internal_error"
 
@@ -102,11 +105,29 @@ class ApiError(Exception):
             }
         }
 
-    def body(self) -> bytes:
+    def anthropic_type(self) -> str:
         """
-        The response body: the envelope as compact UTF-8 JSON.
+        The Anthropic error type for this failure (L{anthropic_error_type}).
         """
-        return json.dumps(self.envelope(), separators=(",", ":")).encode("utf-8")
+        return anthropic_error_type(self.status)
+
+    def anthropic_envelope(self) -> dict:
+        """
+        The same failure in Anthropic's envelope, C{{"type": "error",
+        "error": {"type", "message"}}}: what C{/v1/messages} answers, so the
+        C{anthropic} SDK raises the exception class its users catch (it picks
+        the class from the status, and shows C{error.type}). Also the
+        payload of a mid-stream C{error} event.
+        """
+        return anthropic_stream_error(self.message, self.anthropic_type())
+
+    def body(self, style: str = "openai") -> bytes:
+        """
+        The response body: the envelope (C{style} C{"openai"} or
+        C{"anthropic"}) as compact UTF-8 JSON.
+        """
+        envelope = self.anthropic_envelope() if style == "anthropic" else self.envelope()
+        return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
 
     def __repr__(self) -> str:
         return "<ApiError %d %s param=%r code=%r: %s>" % (
@@ -116,6 +137,37 @@ class ApiError(Exception):
             self.code,
             self.message,
         )
+
+
+#: Anthropic error types by HTTP status (the statuses the C{anthropic} SDK
+#: maps to C{BadRequestError}, C{AuthenticationError}, ...).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """
+    Anthropic's C{error.type} for one of our failures. The status decides,
+    as it does for the SDK; a 503 is C{overloaded_error} (a busy or
+    draining gateway, an open breaker: retry later), other 4xx are
+    C{invalid_request_error}, other 5xx C{api_error}.
+    """
+    known = _ANTHROPIC_TYPES.get(status)
+    if known is not None:
+        return known
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
 
 
 def invalid_request(
@@ -370,3 +422,87 @@ def stream_error(message: str, type: str = "server_error",
     event, never as a status).
     """
     return ApiError(500, message, type, None, code)
+
+
+#: Anthropic error types of the failures a stream itself ends with (the
+#: relay's deadlines, the shutdown drain); any other is C{api_error}.
+_ANTHROPIC_STREAM_TYPES = {
+    UPSTREAM_TIMEOUT: "timeout_error",
+    SHUTTING_DOWN: "overloaded_error",
+}
+
+
+def anthropic_stream_error(message: str, error_type: Optional[str] = None,
+                           code: Optional[str] = None) -> dict:
+    """
+    Anthropic's error envelope: the payload of a mid-stream C{error} event
+    of C{/v1/messages} (which the C{anthropic} SDK raises), and the body of
+    that route's error responses (L{ApiError.anthropic_envelope}). Without
+    C{error_type}, the type follows the gateway's C{code}.
+    """
+    if error_type is None:
+        error_type = _ANTHROPIC_STREAM_TYPES.get(code or "", "api_error")
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def responses_stream_error(message: str) -> dict:
+    """
+    The C{error} of a C{response.failed} event of C{/v1/responses}: the
+    Responses API's C{server_error} code (the SDK's C{ResponseError} type
+    admits only its own codes), with the gateway's message.
+    """
+    return {"code": "server_error", "message": message}
+
+
+# Refusals at the connection level --------------------------------------------
+
+
+def address_banned(seconds: float, until: str) -> ApiError:
+    """
+    403 for a connection from an address banned after failed
+    authentications: what happened and until when, never which credential
+    was tried (whoever shares the address learns nothing about it).
+
+    @param seconds: ban time left.
+    @param until: when it ends, as an RFC 3339 UTC time.
+    """
+    return ApiError(
+        403,
+        "this address is banned until %s (%s s from now) after repeated failed "
+        "authentication from it; retry then with a valid API key"
+        % (until, retry_after(seconds)),
+        "invalid_request_error",
+        code=ADDRESS_BANNED,
+        headers=_retry_headers(seconds),
+    )
+
+
+def too_many_connections(why: str, seconds: float) -> ApiError:
+    """
+    429 for a connection refused at accept time (too many open connections
+    from the address or in all, or too many new ones per second).
+
+    @param why: which limit, in words.
+    @param seconds: when a retry may succeed (the bucket's refill time).
+    """
+    return ApiError(
+        429,
+        "%s; close idle connections or retry later" % (why,),
+        "rate_limit_error",
+        code=TOO_MANY_CONNECTIONS,
+        headers=_retry_headers(seconds),
+    )
+
+
+def body_too_slow(timeout: float, min_rate: int) -> ApiError:
+    """
+    408: a request body stalled (fewer than C{min_rate} bytes per second
+    over C{timeout} seconds).
+    """
+    return ApiError(
+        408,
+        "request body not received: less than %d bytes arrived in %g seconds"
+        % (int(min_rate * timeout), timeout),
+        "invalid_request_error",
+        code=REQUEST_TIMEOUT,
+    )

@@ -79,6 +79,10 @@ class ApiResource(resource.Resource):
     methods: Tuple[str, ...] = ("POST",)
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
+    #: The envelope of this route's error responses (L{errors.ApiError.body}):
+    #: C{"anthropic"} for the Anthropic Messages routes, whose SDK would
+    #: otherwise not recognise the refusals of the gate (401, 429, ...).
+    error_style = "openai"
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:
@@ -174,7 +178,7 @@ class ApiResource(resource.Resource):
         ctx.outcome = "error"
         ctx.error_type = err.type
         ctx.error_code = err.code
-        respond.error(request, err)
+        respond.error(request, err, self.error_style)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()

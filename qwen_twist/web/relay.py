@@ -56,8 +56,14 @@ class SseResponse:
     @ivar written: count of writes since the last keep-alive tick.
     """
 
-    def __init__(self, request: Any, clock: Any, keepalive_interval: float) -> None:
+    def __init__(self, request: Any, clock: Any, keepalive_interval: float,
+                 keepalive: bytes = sse.KEEPALIVE) -> None:
+        """
+        @param keepalive: what an idle interval sends: a comment by default;
+            Anthropic's streams send their C{ping} event instead.
+        """
         self.request = request
+        self.keepalive = keepalive
         self.clock = clock
         self.interval = keepalive_interval
         self.committed = False
@@ -83,7 +89,7 @@ class SseResponse:
             return
         if not self._activity:
             self.commit()
-            self.request.write(sse.KEEPALIVE)
+            self.request.write(self.keepalive)
         self._activity = False
         self._timer = self.clock.callLater(self.interval, self._tick)
 
