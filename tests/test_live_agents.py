@@ -428,7 +428,7 @@ class ResponsesTests(TestCase):
         C{responses.parse} with a Pydantic model: C{text.format}
         json_schema reaches Ollama as C{format}; the SDK parses the answer.
         """
-        import pydantic
+        pydantic = sdk("pydantic")
 
         class Weather(pydantic.BaseModel):
             city: str
