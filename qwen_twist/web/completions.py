@@ -104,6 +104,7 @@ class GenerationResource(ApiResource):
             )
             ctx.upstream_status = upstream.code
             if upstream.code != 200:
+                self.upstream_cause(ctx, upstream)
                 raise errors.from_upstream(upstream.code, await read_body(upstream))
         except Exception as e:
             if ctx.client_gone:
@@ -116,7 +117,7 @@ class GenerationResource(ApiResource):
             elif isinstance(e, errors.ApiError):
                 err = e
             else:
-                err = self.api_error(Failure())
+                err = self.api_error(Failure(), ctx)
             if not response.committed:
                 response.close(finish=False)
                 raise err
