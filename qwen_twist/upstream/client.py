@@ -6,13 +6,16 @@ Why one module: every outbound request must have the same owner, deadlines,
 cancel path and error mapping, and none may forward a client header (the
 client's C{Authorization} is the gateway's secret, not Ollama's business).
 
-Requests go straight to Twisted's HTTP/1.1 client protocol over one
+Requests go through treq's C{HTTPClient} (the design card's client), over
+an agent of our own that talks to the one upstream through one
 L{HTTPConnectionPool} of persistent connections, so a busy gateway does not
-pay a TCP handshake per call. Why not treq or C{Agent.request}: they parse
-the URL (IDNA included), build an endpoint and a cookie jar lookup for
-every request, which was a measurable share of the gateway's CPU per call
-(issue 10); the upstream is fixed, so its endpoint, pool key and headers
-are built once. Bodies are never buffered: streams are delivered to a
+pay a TCP handshake per call. Why the agent: C{Agent.request} parses the
+URL and builds an endpoint and pool key for every request, a measurable
+share of the gateway's CPU per call (issue 10); the upstream is fixed, so
+those are built once, the parsed URL of each native path is cached, and the
+body is written together with the request head. Redirects are never
+followed: an answer from Ollama is relayed or refused, never chased to
+another address. Bodies are never buffered: streams are delivered to a
 protocol with backpressure (L{qwen_twist.web.relay}), and non-streaming
 bodies are read by L{read_body} with a size cap.
 
@@ -50,15 +53,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+import treq.client
+from hyperlink import EncodedURL
+
 from qwen_twist import errors
 from qwen_twist.config import UpstreamConfig
 from qwen_twist.upstream import failures
 from qwen_twist.upstream.breaker import (
     FAILURE, NEUTRAL, SUCCESS, CircuitBreaker,
 )
-from qwen_twist.upstream.failures import (  # noqa: F401 -- re-exported
-    BodyTooLarge, BreakerOpen, UpstreamTimeout,
-)
+from qwen_twist.upstream.failures import BodyTooLarge, BreakerOpen, UpstreamTimeout
 
 #: Largest non-streaming upstream body we read (embeddings of big batches
 #: are the large case); beyond it the upstream connection is closed.
@@ -283,6 +287,10 @@ class OllamaClient:
             agent = _DirectAgent(reactor, self.base_url, config.timeouts.connect, self._pool)
             host = agent.host
         self._agent = agent
+        # treq is the HTTP client API (the design card's); the agent under
+        # it is what makes it cheap: endpoint and pool key built once.
+        self._http = treq.client.HTTPClient(agent)
+        self._urls: Dict[str, EncodedURL] = {}
         self._headers = _headers(host)
         self.breaker: Optional[CircuitBreaker] = None
         self._models: Dict[str, CircuitBreaker] = {}
@@ -434,10 +442,10 @@ class OllamaClient:
         if payload is not None:
             producer = _BytesProducer(json.dumps(
                 payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        bmethod = method.encode("ascii")
-        url = self._base + path.encode("ascii")
-        d = self._agent.request(bmethod, url, self._headers, producer)
-        d.addErrback(self._retry_unsent, bmethod, url, producer)
+        url = self._url(path)
+        d = self._http.request(method, url, data=producer, headers=self._headers,
+                               unbuffered=True, allow_redirects=False)
+        d.addErrback(self._retry_unsent, method, url, producer)
         if headers_timeout is None:
             headers_timeout = self._config.timeouts.headers
 
@@ -450,7 +458,19 @@ class OllamaClient:
         d.addErrback(self._tag, self.where)
         return d
 
-    def _retry_unsent(self, failure: Failure, method: bytes, url: bytes,
+    def _url(self, path: str) -> EncodedURL:
+        """
+        The parsed URL of C{path} on this server, parsed once per path (the
+        few native paths the gateway uses), not once per request.
+        """
+        url = self._urls.get(path)
+        if url is None:
+            url = EncodedURL.from_text(self.base_url + path)
+            if len(self._urls) < 64:
+                self._urls[path] = url
+        return url
+
+    def _retry_unsent(self, failure: Failure, method: str, url: EncodedURL,
                       producer: Any) -> Any:
         # Nothing reached Ollama (refused, not sent): once more, on a fresh
         # connection. A stale pooled connection is retried by the pool.
@@ -458,7 +478,8 @@ class OllamaClient:
             return failure
         self.log.debug("retrying {url} once after {why}", url=url,
                        why=failures.describe(failure))
-        return self._agent.request(method, url, self._headers, producer)
+        return self._http.request(method, url, data=producer, headers=self._headers,
+                                  unbuffered=True, allow_redirects=False)
 
     @staticmethod
     def _tag(failure: Failure, where: str) -> Failure:

@@ -21,7 +21,7 @@ from qwen_twist.upstream.breaker import (
     BreakerOpen,
     CircuitBreaker,
 )
-from qwen_twist.upstream.client import UpstreamTimeout
+from qwen_twist.upstream.failures import UpstreamTimeout
 
 
 def failure_of(exception: BaseException) -> Failure:

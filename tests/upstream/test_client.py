@@ -11,7 +11,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config as configmod
-from qwen_twist.upstream.client import OllamaClient, UpstreamTimeout, map_failure, read_body
+from qwen_twist.upstream.client import OllamaClient, map_failure, read_body
+from qwen_twist.upstream.failures import UpstreamTimeout
+
+from tests.fakes import FakeResponse
 
 
 class FakeAgent:
@@ -26,26 +29,6 @@ class FakeAgent:
         d = defer.Deferred(lambda d: self.requests[-1].__setitem__("cancelled", True))
         self.requests.append({"method": method, "uri": uri, "deferred": d, "cancelled": False})
         return d
-
-
-class FakeResponse:
-    def __init__(self, code: int, body: bytes = b"") -> None:
-        from twisted.web.http_headers import Headers
-
-        self.code = code
-        self.phrase = b"X"
-        self.version = (b"HTTP", 1, 1)
-        self.headers = Headers()
-        self.length = len(body)
-        self.request = None
-        self.body = body
-
-    def deliverBody(self, protocol) -> None:
-        from twisted.web.client import ResponseDone
-
-        protocol.makeConnection(None)
-        protocol.dataReceived(self.body)
-        protocol.connectionLost(Failure(ResponseDone()))
 
 
 def client(**upstream) -> tuple:
@@ -117,7 +100,7 @@ class BreakerTests(SynchronousTestCase):
         d = self.upstream.send("POST", "/api/chat", {"model": "m"})
         self.agent.requests[-1]["deferred"].errback(Failure(ierror.ConnectionRefusedError()))
         self.assertEqual([r["method"] for r in self.agent.requests], [b"POST", b"POST"])
-        self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
+        self.agent.requests[-1]["deferred"].callback(FakeResponse(200, b""))
         self.assertEqual(self.successResultOf(d).code, 200)
 
     def test_probe_and_recovery(self) -> None:
@@ -132,7 +115,7 @@ class BreakerTests(SynchronousTestCase):
         probe = self.upstream.send("GET", "/api/version")
         second = self.upstream.send("GET", "/api/version")
         self.assertEqual(map_failure(self.failureResultOf(second), "x").status, 503)
-        self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
+        self.agent.requests[-1]["deferred"].callback(FakeResponse(200, b""))
         self.assertEqual(self.successResultOf(probe).code, 200)
         self.assertEqual(self.upstream.breaker.state, "closed")
 
@@ -169,7 +152,7 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual((err.status, err.code), (503, "upstream_unavailable"))
         self.assertEqual(len(self.agent.requests), seen)
         d = self.upstream.send("POST", "/api/chat", {"model": "other"})
-        self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
+        self.agent.requests[-1]["deferred"].callback(FakeResponse(200, b""))
         self.assertEqual(self.successResultOf(d).code, 200)
 
     def test_one_tenant_cannot_open_the_server_breaker(self) -> None:
@@ -205,7 +188,7 @@ class BreakerTests(SynchronousTestCase):
         for _ in range(5):
             d = self.upstream.send("POST", "/api/chat", {})
             self.clock.advance(120)
-            self.agent.requests[-1]["deferred"].callback(FakeResponse(200))
+            self.agent.requests[-1]["deferred"].callback(FakeResponse(200, b""))
             self.successResultOf(d)
         self.assertEqual(self.upstream.breaker.state, "closed")
 
@@ -232,7 +215,7 @@ class ChurnTests(SynchronousTestCase):
         for d in pending[5:10]:
             d.errback(Failure(ierror.ConnectionLost()))
         for d in pending[10:]:
-            d.callback(FakeResponse(200))
+            d.callback(FakeResponse(200, b""))
         for d in calls[:10]:
             self.failureResultOf(d)
         for d in calls[10:]:

@@ -16,7 +16,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from qwen_twist import errors
 from qwen_twist.pipeline import AccessLog
-from qwen_twist.upstream.client import UpstreamTimeout
+from qwen_twist.upstream.failures import UpstreamTimeout
 
 from tests.web.helpers import EmulatorHarness, GatewayHarness
 
