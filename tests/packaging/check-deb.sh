@@ -325,6 +325,13 @@ check "SIGTERM (systemctl stop) drains and ends the daemon (status $rc)" \
     bash -c "[[ $stopped == 0 && ( $rc == 0 || $rc == 143 ) ]] && grep -q 'Server Shut Down' '$WORK/daemon.log'"
 stop_pid "$EMULATOR_PID"
 EMULATOR_PID=
+AUDIT=/var/log/qwengate/audit.log
+# Checked after the stop, when every record is surely written.
+check "the audit log is $AUDIT, owned by $UNIT_USER, with the calls and never a key" bash -c \
+    "[[ \$(stat -c %U $AUDIT) == $UNIT_USER ]] && (( \$(wc -l <$AUDIT) >= 4 )) &&
+     ! grep -qF -e '$KEY1' -e '$KEY2' $AUDIT"
+check "qwengate-audit reads it (keys: ci-one)" bash -c \
+    "qwengate-audit --file $AUDIT keys 2>&1 | grep -q ci-one"
 
 # --- autopkgtest -----------------------------------------------------------------
 

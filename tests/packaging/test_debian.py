@@ -89,6 +89,18 @@ class DebianDirectoryTests(SynchronousTestCase):
         with open(os.path.join(DEBIAN, "rules")) as f:
             self.assertIn("-name dropin.cache -delete", f.read())
 
+    def test_audit_log_in_var_log(self) -> None:
+        """
+        The package points the audit log at C{/var/log/qwengate}, by
+        rewriting the one C{audit.file} line of the reference configuration
+        (the rewrite must match exactly one line).
+        """
+        with open(os.path.join(REPO, "etc", "qwengate", "qwengate.yaml")) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines.count("  file: null"), 1)
+        with open(os.path.join(DEBIAN, "rules")) as f:
+            self.assertIn("|  file: /var/log/qwengate/audit.log|", f.read())
+
     def test_version_agrees(self) -> None:
         """
         The package version (a native package: no Debian revision) is the
