@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rpm", type=_positive_int, help="requests per rate-limit window for this key"
     )
     add.add_argument("--tpm", type=_positive_int, help="tokens per minute for this key")
+    add.add_argument(
+        "--scopes", type=_models, default=[],
+        help="extra rights, comma-separated: admin, options:all (default: none)",
+    )
     expiry = add.add_mutually_exclusive_group()
     expiry.add_argument(
         "--expires", type=_timestamp, help="expiry as RFC 3339, e.g. 2027-01-01T00:00:00Z"
@@ -124,6 +128,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
         models=tuple(options.models),
         requests_per_window=options.rpm,
         tokens_per_minute=options.tpm,
+        scopes=tuple(options.scopes),
         expires=expires,
         now=now,
     )

@@ -32,6 +32,7 @@ from qwen_twist.gate.keys import (
     _check_model,
     _check_text,
     _parse_records,
+    check_scope,
     hash_key,
     new_key,
     render,
@@ -188,6 +189,7 @@ def add_key(
     requests_per_window: Optional[int] = None,
     tokens_per_minute: Optional[int] = None,
     expires: Optional[float] = None,
+    scopes: Tuple[str, ...] = (),
     now: float,
 ) -> str:
     """
@@ -214,6 +216,11 @@ def add_key(
         problem = _check_model(model)
         if problem:
             raise ValueError("model %s" % (problem,))
+    scopes = tuple(scopes)
+    for scope in scopes:
+        problem = check_scope(scope)
+        if problem:
+            raise ValueError("scope %s" % (problem,))
     if expires is not None and not (math.isfinite(expires) and expires > now):
         raise ValueError("expires must be in the future")
     key = new_key()
@@ -224,6 +231,7 @@ def add_key(
         models=models,
         requests_per_window=requests_per_window,
         tokens_per_minute=tokens_per_minute,
+        scopes=scopes,
         expires=None if expires is None else float(math.floor(expires)),
         created=float(math.floor(now)),
     )

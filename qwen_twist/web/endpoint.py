@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.logsafe import clean
 from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream import failures
@@ -139,6 +140,17 @@ class ApiResource(resource.Resource):
             client_ip=client_ip(request),
             started=self.gateway.now(),
         )
+        screened = getattr(request, "screened", None)
+        if screened is not None:
+            # The channel ran the head-only checks before reading the body
+            # (web.screen): take what they learnt, do not check twice.
+            ctx.client_ip = screened.client_ip
+            ctx.identity = screened.identity
+            ctx.key_record = screened.key_record
+            ctx.per_ip_decision = screened.per_ip_decision
+            ctx.screened = True
+            ctx.end_user = screened.end_user
+            ctx.auth_method = screened.auth_method
         request.call = ctx
         request.call_clock = self.gateway.clock
         finished = request.notifyFinish()
@@ -239,6 +251,11 @@ class ApiResource(resource.Resource):
             ctx.cause = "Ollama HTTP %d from %s" % (response.code, where)
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
+        if err.detail:
+            # What the client is not told (Ollama's own text, an address).
+            self.log.info("{route} {request_id} answered {status}: {detail}",
+                          route=self.route, request_id=ctx.request_id,
+                          status=err.status, detail=clean(err.detail, 2048))
         if err.status >= 500 and ctx.cause is None:
             ctx.cause = getattr(err, "cause", None) or err.code or err.type
         ctx.status = err.status
@@ -260,7 +277,29 @@ class ApiResource(resource.Resource):
         @raise errors.ApiError: mapped from the upstream status (section 8)
             or from the transport failure.
         """
+        body = await self.upstream_bytes(ctx, method, path, payload, model_endpoint)
+        try:
+            native = json.loads(body)
+        except ValueError:
+            raise errors.upstream_protocol_error()
+        if not isinstance(native, dict):
+            raise errors.upstream_protocol_error()
+        return native
+
+    async def upstream_bytes(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        model_endpoint: bool = True, limit: int = 0,
+    ) -> bytes:
+        """
+        Make a non-streaming upstream call and return its body, read up to
+        C{limit} bytes (default C{upstream.max_response_bytes}; more is a
+        502, so one answer cannot take the gateway's memory).
+
+        @raise errors.ApiError: mapped from the upstream status (section 8)
+            or from the transport failure.
+        """
         gateway = self.gateway
+        limit = limit or gateway.config.upstream.max_response_bytes
         if ctx.upstream_started is None:
             # (A batch makes several calls: the span runs from the first.)
             ctx.upstream_started = gateway.now()
@@ -269,7 +308,7 @@ class ApiResource(resource.Resource):
                                                    request_id=ctx.request_id)
             ctx.upstream_status = response.code
             ctx.upstream = upstream_of(response)
-            body = await read_body(response)
+            body = await read_body(response, limit=limit)
         except errors.ApiError:
             raise
         except defer.CancelledError:
@@ -282,11 +321,5 @@ class ApiResource(resource.Resource):
             ctx.upstream_finished = gateway.now()
         if response.code != 200:
             self.upstream_cause(ctx, response)
-            raise errors.from_upstream(response.code, body, model_endpoint)
-        try:
-            native = json.loads(body)
-        except ValueError:
-            raise errors.upstream_protocol_error()
-        if not isinstance(native, dict):
-            raise errors.upstream_protocol_error()
-        return native
+            raise errors.from_upstream(response.code, body, model_endpoint, ctx.model)
+        return body

@@ -78,6 +78,15 @@ class CommandTests(SynchronousTestCase):
             ("team b", ("qwen3:32b", "qwen3:8b"), 60, 90000, 1811808000.0, NOW),
         )
 
+    def test_add_scopes(self) -> None:
+        """
+        C{--scopes} records extra rights (admin details on /ready, any
+        native option).
+        """
+        key = self.add("--id", "ops", "--scopes", "admin, options:all")
+        record = keyfile.load_store(self.path).authenticate(key, NOW)
+        self.assertEqual(record.scopes, ("admin", "options:all"))
+
     def test_add_days(self) -> None:
         """
         C{--days N} expires the key N days after now.

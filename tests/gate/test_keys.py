@@ -23,7 +23,10 @@ from qwen_twist.gate import keyfile, keys
 from qwen_twist.config import ConfigError
 
 NOW = 1_800_000_000.0
+<<<<<<< HEAD
 # The checkout root (tests/<area>/this file), put on the children's PYTHONPATH.
+=======
+>>>>>>> main
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 URLSAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -418,6 +421,23 @@ class AddKeyTests(SynchronousTestCase):
                 )
             ],
         )
+
+    def test_scopes(self) -> None:
+        """
+        Scopes are written, read back and answered by C{has_scope}; an
+        unknown scope is refused, in the file and as an argument.
+        """
+        keyfile.add_key(self.path, "ops", scopes=("admin", "options:all"), now=NOW)
+        record = keyfile.list_keys(self.path)[0]
+        self.assertEqual(record.scopes, ("admin", "options:all"))
+        self.assertTrue(record.has_scope("admin"))
+        self.assertFalse(keys.KeyRecord(id="x", hash="h").has_scope("admin"))
+        self.assertRaises(ValueError, keyfile.add_key, self.path, "bad",
+                          scopes=("root",), now=NOW)
+        with open(self.path, "a") as f:
+            f.write("- id: typo\n  hash: \"sha256:%s\"\n  scopes: [admn]\n" % ("0" * 64,))
+        error = self.assertRaises(ConfigError, keyfile.list_keys, self.path)
+        self.assertIn("scopes[0]", str(error))
 
     def test_appends_in_order(self) -> None:
         """
