@@ -15,11 +15,7 @@ from twisted.trial.unittest import TestCase
 
 import treq
 
-<<<<<<< HEAD
-from tests.support import async_test, in_thread, sdk, start_stack
-=======
-from tests.support import admin_key, async_test, in_thread, start_stack
->>>>>>> main
+from tests.support import admin_key, async_test, in_thread, sdk, start_stack
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 

@@ -23,10 +23,7 @@ from qwen_twist.gate import keyfile, keys
 from qwen_twist.config import ConfigError
 
 NOW = 1_800_000_000.0
-<<<<<<< HEAD
 # The checkout root (tests/<area>/this file), put on the children's PYTHONPATH.
-=======
->>>>>>> main
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 URLSAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
