@@ -1,12 +1,21 @@
 # -*- test-case-name: tests.test_errors -*-
 """
-Every error a client can see, in the OpenAI envelope, in one place.
+Every error a client can see, in one place, in the OpenAI envelope or (on
+Ollama's native routes, C{/api/*}) in Ollama's C{{"error": "..."}}.
 
 Clients (the OpenAI SDKs in particular) decide what to do from the HTTP status
 and the C{error.code} field, so each failure is an L{ApiError} carrying both,
 and the only way a response body for a failure is produced is
 L{ApiError.body}. Nothing here knows about Twisted: resources catch
 L{ApiError} and write C{status}, C{headers} and C{body()}.
+
+Why two envelopes for one L{ApiError}: the gate's refusals (401, 403, 429
+with C{Retry-After}, 503 while draining) are the same on every route, but a
+client of Ollama's native API (the C{ollama} libraries, Open WebUI's Ollama
+connection) reads only C{error} as a string and raises its C{ResponseError}
+with it; an OpenAI object there would be shown as a JSON blob. So the
+status and headers are shared and L{ApiError.render} picks the body shape
+per route (L{OPENAI} or L{OLLAMA}).
 
 Upstream (Ollama) failures are mapped by L{from_upstream} following section 8
 of the protocol reference: the status class decides, the native text is kept
@@ -20,6 +29,10 @@ import json
 from typing import Iterable, Optional, Tuple
 
 Headers = Tuple[Tuple[str, str], ...]
+
+#: The two body shapes of L{ApiError.render}.
+OPENAI = "openai"
+OLLAMA = "ollama"
 
 #: Longest upstream error text passed on to a client; the rest is cut so a
 #: misbehaving upstream cannot make us echo megabytes.
@@ -74,6 +87,23 @@ class ApiError(Exception):
         The response body: the envelope as compact UTF-8 JSON.
         """
         return json.dumps(self.envelope(), separators=(",", ":")).encode("utf-8")
+
+    def ollama_envelope(self) -> dict:
+        """
+        Ollama's error object, C{{"error": "<text>"}}: what Ollama itself
+        answers (and writes as the last line of a failed stream).
+        """
+        return {"error": self.message}
+
+    def render(self, envelope: str = OPENAI) -> bytes:
+        """
+        The response body in C{envelope}'s shape (L{OPENAI} or L{OLLAMA}).
+        """
+        if envelope == OLLAMA:
+            return json.dumps(
+                self.ollama_envelope(), separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
+        return self.body()
 
     def __repr__(self) -> str:
         return "<ApiError %d %s param=%r code=%r: %s>" % (
@@ -201,3 +231,81 @@ def from_upstream(status: int, body: bytes, model_endpoint: bool = True) -> ApiE
     # Ollama's 500s are runner or load failures; retrying them only triples
     # the load on a struggling GPU, so tell the OpenAI SDK not to.
     return ApiError(500, message, "server_error", headers=(("x-should-retry", "false"),))
+
+
+# Ollama's native API ---------------------------------------------------------
+
+
+def from_upstream_native(status: int, body: bytes) -> ApiError:
+    """
+    A non-200 answer of Ollama on a native route, passed on as Ollama gave
+    it: the same status (its clients branch on it: 404 unknown model, 499,
+    ...) and its own text; 429 and 503 gain a C{Retry-After}.
+    """
+    message = upstream_message(body)
+    if not 400 <= status <= 599:
+        return upstream_protocol_error()
+    headers: Tuple[Tuple[str, str], ...] = ()
+    if status in (429, 503):
+        headers = (("Retry-After", "1"),)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return ApiError(status, message, kind, headers=headers)
+
+
+def model_required() -> ApiError:
+    """
+    400 for a native call without a model (Ollama's own text).
+    """
+    return invalid_request("model is required", "model", "model_required")
+
+
+def body_not_object() -> ApiError:
+    """
+    400 for a native body that is JSON but not an object.
+    """
+    return invalid_request("request body must be a JSON object")
+
+
+def invalid_field(name: str, expected: str) -> ApiError:
+    """
+    400 for a native field of the wrong JSON type (the gateway reads it,
+    so it must be what Ollama would accept).
+    """
+    return invalid_request("%s must be %s" % (name, expected), name)
+
+
+def scope_required(path: str, scope: str) -> ApiError:
+    """
+    403 for a model-management route called without the key scope that
+    grants it (C{qwengate-keys add --scope models:manage}).
+    """
+    return ApiError(
+        403,
+        "%s is locked by the gateway: it needs an API key with the %r scope"
+        % (path, scope),
+        "permission_error",
+        code="scope_required",
+    )
+
+
+def route_refused(method: str, path: str) -> ApiError:
+    """
+    403 for an Ollama route the gateway never serves (it reaches outside
+    the host: web search and fetch, ollama.com sign-in).
+    """
+    return ApiError(
+        403,
+        "%s %s is not available through the gateway" % (method, path),
+        "permission_error",
+        code="route_refused",
+    )
+
+
+def route_unknown(method: str, path: str) -> ApiError:
+    """
+    404 for a path under C{/api/} that is not one of Ollama's served ones.
+    """
+    return ApiError(
+        404, "unknown API endpoint: %s %s" % (method, path), "invalid_request_error",
+        code="unknown_url",
+    )

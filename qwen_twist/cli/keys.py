@@ -14,6 +14,7 @@ Usage::
 
     qwengate-keys [--file PATH] add --id ID [--owner O] [--models a,b]
                   [--rpm N] [--tpm N] [--expires 2027-01-01T00:00:00Z | --days N]
+                  [--scope models:manage]
     qwengate-keys [--file PATH] list
     qwengate-keys [--file PATH] revoke --id ID
 
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rpm", type=_positive_int, help="requests per rate-limit window for this key"
     )
     add.add_argument("--tpm", type=_positive_int, help="tokens per minute for this key")
+    add.add_argument(
+        "--scope", action="append", default=[], choices=keys.SCOPES, dest="scopes",
+        help="extra right (repeatable); models:manage unlocks Ollama's model "
+             "management routes (/api/pull, /api/delete, ...)",
+    )
     expiry = add.add_mutually_exclusive_group()
     expiry.add_argument(
         "--expires", type=_timestamp, help="expiry as RFC 3339, e.g. 2027-01-01T00:00:00Z"
@@ -125,6 +131,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
         requests_per_window=options.rpm,
         tokens_per_minute=options.tpm,
         expires=expires,
+        scopes=tuple(options.scopes),
         now=now,
     )
     stdout.write(key + "\n")
@@ -137,7 +144,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
 
 
 def _list(options: argparse.Namespace, stdout: TextIO, now: float) -> int:
-    rows = [("ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH")]
+    rows = [("ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH", "SCOPES")]
     for record in keys.list_keys(options.file):
         if record.expires is None:
             expires = "never"
@@ -154,6 +161,7 @@ def _list(options: argparse.Namespace, stdout: TextIO, now: float) -> int:
                 "-" if record.created is None else keys.format_time(record.created),
                 # Enough to tell keys apart, too little to be the hash.
                 record.hash[: len(keys.HASH_PREFIX) + 8],
+                ",".join(record.scopes) or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

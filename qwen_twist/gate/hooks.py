@@ -155,21 +155,28 @@ class IdentityHook:
                     identity = "key:" + record.id
         if identity is None and self.cert_identity:
             identity = _certificate_identity(request)
+        scope = getattr(plan, "scope", None)
         if identity is None:
             if not self.required:
                 # Anonymous access is allowed; SDKs always send some key,
-                # so an unknown one is simply not an identity.
+                # so an unknown one is simply not an identity. A scope is
+                # granted only to a key that names it.
+                if scope is not None:
+                    raise errors.scope_required(ctx.path, scope)
                 return
             self._failed(ctx, now)
             raise unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
         ctx.extra["key_record"] = record
-        model = getattr(plan, "model", None) or ctx.model
-        if record is not None and model and not record.allows_model(model):
-            raise forbidden(
-                "this API key may not use model %r" % (model,), "model_not_allowed"
-            )
+        if scope is not None and (record is None or not record.has_scope(scope)):
+            raise errors.scope_required(ctx.path, scope)
+        models = getattr(plan, "models", None) or (getattr(plan, "model", None) or ctx.model,)
+        for model in models:
+            if record is not None and model and not record.allows_model(model):
+                raise forbidden(
+                    "this API key may not use model %r" % (model,), "model_not_allowed"
+                )
 
     def _verify_jwt(self, token: str, now: float) -> Optional[str]:
         from qwen_twist.gate.jwtauth import JwtError

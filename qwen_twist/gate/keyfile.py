@@ -27,6 +27,7 @@ from qwen_twist.gate.keys import (
     KeyFileError,
     KeyRecord,
     KeyStore,
+    SCOPES,
     _check_id,
     _check_limit,
     _check_model,
@@ -176,6 +177,7 @@ def add_key(
     requests_per_window: Optional[int] = None,
     tokens_per_minute: Optional[int] = None,
     expires: Optional[float] = None,
+    scopes: Tuple[str, ...] = (),
     now: float,
 ) -> str:
     """
@@ -202,6 +204,10 @@ def add_key(
         problem = _check_model(model)
         if problem:
             raise ValueError("model %s" % (problem,))
+    scopes = tuple(dict.fromkeys(scopes))
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise ValueError("unknown scope %r (known: %s)" % (scope, ", ".join(SCOPES)))
     if expires is not None and not (math.isfinite(expires) and expires > now):
         raise ValueError("expires must be in the future")
     key = new_key()
@@ -214,6 +220,7 @@ def add_key(
         tokens_per_minute=tokens_per_minute,
         expires=None if expires is None else float(math.floor(expires)),
         created=float(math.floor(now)),
+        scopes=scopes,
     )
 
     def append(records: List[KeyRecord]) -> List[KeyRecord]:

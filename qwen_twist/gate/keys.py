@@ -21,8 +21,16 @@ The file (C{auth.keys_file}, by default C{/etc/qwengate/keys.yaml})::
         models: [qwen3:32b]         # optional allow-list; absent = all models
         requests_per_window: 60     # optional, overrides rate_limits.per_key_requests
         tokens_per_minute: 200000   # optional, overrides rate_limits.per_key_tokens_per_minute
+        scopes: [models:manage]     # optional extra rights; absent = none
         expires: "2027-01-01T00:00:00Z"   # optional RFC 3339; absent = never
         created: "2026-11-02T10:00:00Z"   # optional, informational
+
+Scopes grant what no key may do by default; the only one is
+C{models:manage}, which unlocks Ollama's model management routes
+(C{/api/pull}, C{/api/delete}, ...; L{qwen_twist.translate.native}). An
+unknown scope is an error, so a typo cannot silently grant nothing. Files
+without C{scopes} read as before, and keys without scopes are written
+without the field, so older gateways read files written by this one.
 
 Key ids match C{[A-Za-z0-9._-]{1,64}}. A missing file is an empty store (a
 fresh install has no keys yet, so every key is refused); anything else that
@@ -74,8 +82,12 @@ _MAX_TEXT = 256
 _MAX_LIMIT = 10 ** 12
 _FIELDS = (
     "id", "hash", "owner", "models", "requests_per_window", "tokens_per_minute",
-    "expires", "created",
+    "expires", "created", "scopes",
 )
+
+#: The scopes a key may carry: C{models:manage} unlocks model management
+#: on Ollama's native API.
+SCOPES = ("models:manage",)
 
 # libyaml when present (Debian's python3-yaml has it): the file is re-read
 # on SIGHUP in the reactor thread and the pure-Python parser is ~10 times
@@ -113,6 +125,7 @@ class KeyRecord:
         C{rate_limits.per_key_tokens_per_minute}.
     @ivar expires: Unix time after which the key is refused; C{None} = never.
     @ivar created: Unix time the key was minted, if recorded.
+    @ivar scopes: extra rights (L{SCOPES}); empty means none.
     """
 
     id: str
@@ -123,12 +136,23 @@ class KeyRecord:
     tokens_per_minute: Optional[int] = None
     expires: Optional[float] = None
     created: Optional[float] = None
+    scopes: Tuple[str, ...] = ()
 
     def allows_model(self, model: str) -> bool:
         """
-        Whether this key may call C{model}.
+        Whether this key may call C{model}; C{name} and C{name:latest}
+        are the same model (as Ollama resolves them).
         """
-        return not self.models or model in self.models
+        if not self.models:
+            return True
+        allowed = self.models
+        return any(name in allowed for name in model_spellings(model))
+
+    def has_scope(self, scope: str) -> bool:
+        """
+        Whether this key was granted C{scope}.
+        """
+        return scope in self.scopes
 
     def expired(self, now: float) -> bool:
         """
@@ -202,6 +226,21 @@ class KeyStore:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def model_spellings(model: str) -> Tuple[str, ...]:
+    """
+    The names Ollama resolves to one model: an untagged name is its
+    C{:latest} tag (C{qwen3} is C{qwen3:latest}); a host or namespace part
+    may itself contain a colon (C{host:5000/m}), so only the last path
+    segment is looked at.
+    """
+    last = model.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return (model, model + ":latest")
+    if last.endswith(":latest"):
+        return (model, model[: -len(":latest")])
+    return (model,)
 
 
 def new_key() -> str:
@@ -418,6 +457,15 @@ def _record(entry: Any, path: str) -> KeyRecord:
             if problem:
                 raise fail("models[%d]" % (i,), problem)
         values["models"] = tuple(models)
+    scopes = entry.get("scopes")
+    if scopes is not None:
+        if not isinstance(scopes, list):
+            raise fail("scopes", "must be a list, got %s" % (_describe(scopes),))
+        for i, scope in enumerate(scopes):
+            if scope not in SCOPES:
+                raise fail("scopes[%d]" % (i,), "unknown scope %s (known: %s)"
+                           % (_describe(scope), ", ".join(SCOPES)))
+        values["scopes"] = tuple(dict.fromkeys(scopes))
     for name in ("requests_per_window", "tokens_per_minute"):
         value = entry.get(name)
         if value is not None:
@@ -452,6 +500,8 @@ def _entry(record: KeyRecord) -> Dict[str, Any]:
         entry["expires"] = format_time(record.expires)
     if record.created is not None:
         entry["created"] = format_time(record.created)
+    if record.scopes:
+        entry["scopes"] = list(record.scopes)
     return entry
 
 

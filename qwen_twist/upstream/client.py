@@ -135,7 +135,8 @@ class OllamaClient:
         """
         Start a request and fire with the response once its headers arrive.
 
-        @param payload: JSON body, or L{None} for none.
+        @param payload: JSON body, raw bytes (a native blob upload), or
+            L{None} for none.
         @param headers_timeout: seconds until response headers; defaults to
             C{upstream.timeouts.headers}. On expiry the request is cancelled
             (its connection closed) and the Deferred fails with
@@ -161,7 +162,10 @@ class OllamaClient:
         self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float]
     ) -> "defer.Deferred[IResponse]":
         body = None
-        if payload is not None:
+        if isinstance(payload, bytes):
+            # A native blob upload: the bytes are the file.
+            body = payload
+        elif payload is not None:
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(
                 "utf-8"
             )

@@ -38,6 +38,28 @@ class GenerationResource(ApiResource):
     def stream_translator(self, plan: Any, now: int) -> Any:
         raise NotImplementedError()
 
+    def stream_response(self, request: Any, plan: Any) -> SseResponse:
+        """
+        The client half of a stream: SSE here; Ollama's native routes
+        relay NDJSON through the same pipeline with their own framing.
+        """
+        return SseResponse(
+            request, self.gateway.clock, self.gateway.config.streaming.keepalive_interval
+        )
+
+    def stream_error(self, err: errors.ApiError) -> bytes:
+        """
+        How a failure is told once the stream has begun (never as a
+        successful end).
+        """
+        return sse.error_event(err.message, err.type, err.code)
+
+    def total_timeout(self, plan: Any) -> float:
+        """
+        The deadline of a whole stream (0: none, only the idle one).
+        """
+        return self.gateway.config.upstream.timeouts.total
+
     async def serve(self, request: Any, ctx: CallContext) -> None:
         body = parse_json_body(request)
         plan = self.translate_request(body)
@@ -57,7 +79,7 @@ class GenerationResource(ApiResource):
         gateway = self.gateway
         config = gateway.config
         translator = self.stream_translator(plan, int(gateway.now()))
-        response = SseResponse(request, gateway.clock, config.streaming.keepalive_interval)
+        response = self.stream_response(request, plan)
 
         def committed() -> None:
             ctx.status = 200
@@ -74,7 +96,7 @@ class GenerationResource(ApiResource):
             )
             ctx.upstream_status = upstream.code
             if upstream.code != 200:
-                raise errors.from_upstream(upstream.code, await read_body(upstream))
+                raise self.upstream_error(upstream.code, await read_body(upstream))
         except Exception as e:
             if ctx.client_gone:
                 response.close(finish=False)
@@ -93,7 +115,7 @@ class GenerationResource(ApiResource):
             # Already streaming keep-alives: the failure must be an event.
             ctx.outcome = "truncated"
             ctx.error_code = err.code
-            response.write(sse.error_event(err.message, err.type, err.code))
+            response.write(self.stream_error(err))
             response.close()
             return
         response.commit()
@@ -103,7 +125,7 @@ class GenerationResource(ApiResource):
             translator,
             gateway.clock,
             idle_timeout=config.upstream.timeouts.idle,
-            total_timeout=config.upstream.timeouts.total,
+            total_timeout=self.total_timeout(plan),
             first_token_timeout=config.upstream.timeouts.first_token,
         )
         upstream.deliverBody(relay)

@@ -13,7 +13,7 @@ Ollama connection so generation stops), or a body read.
 from __future__ import annotations
 
 import json
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -84,6 +84,9 @@ class ApiResource(resource.Resource):
     methods: Tuple[str, ...] = ("POST",)
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
+    #: The shape of error bodies: L{errors.OPENAI}, or L{errors.OLLAMA} on
+    #: Ollama's native routes (the gate's refusals included).
+    envelope = errors.OPENAI
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:
@@ -107,6 +110,8 @@ class ApiResource(resource.Resource):
         if self.gateway.draining:
             refusal = errors.shutting_down()
             request.setHeader(b"connection", b"close")
+        elif self.refusal(ctx) is not None:
+            refusal = self.refusal(ctx)
         elif not self.accepts_subpaths and request.postpath not in ([], [b""]):
             refusal = errors.not_found("Unknown request URL: %s %s" % (ctx.method, ctx.path))
         elif method not in self.methods:
@@ -179,10 +184,25 @@ class ApiResource(resource.Resource):
         ctx.outcome = "error"
         ctx.error_type = err.type
         ctx.error_code = err.code
-        respond.error(request, err)
+        respond.error(request, err, self.envelope)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()
+
+    def refusal(self, ctx: CallContext) -> Optional[errors.ApiError]:
+        """
+        A refusal decided by the URL alone, before any admission (an
+        endpoint serving a family of paths refuses some of them).
+        """
+        return None
+
+    def upstream_error(self, status: int, body: bytes,
+                       model_endpoint: bool = True) -> errors.ApiError:
+        """
+        The client's error for a non-200 upstream answer (section 8 here;
+        Ollama's native routes pass Ollama's status and text on).
+        """
+        return errors.from_upstream(status, body, model_endpoint)
 
     async def upstream_json(
         self, ctx: CallContext, method: str, path: str, payload: Any = None,
@@ -208,7 +228,7 @@ class ApiResource(resource.Resource):
                 raise
             raise self.api_error(Failure())
         if response.code != 200:
-            raise errors.from_upstream(response.code, body, model_endpoint)
+            raise self.upstream_error(response.code, body, model_endpoint)
         try:
             native = json.loads(body)
         except ValueError:

@@ -56,6 +56,9 @@ class SseResponse:
     @ivar written: count of writes since the last keep-alive tick.
     """
 
+    #: The response headers of the stream.
+    headers = SSE_HEADERS
+
     def __init__(self, request: Any, clock: Any, keepalive_interval: float) -> None:
         self.request = request
         self.clock = clock
@@ -83,9 +86,16 @@ class SseResponse:
             return
         if not self._activity:
             self.commit()
-            self.request.write(sse.KEEPALIVE)
+            self.request.write(self.keepalive())
         self._activity = False
         self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def keepalive(self) -> bytes:
+        """
+        What is written when the stream was silent for an interval (a
+        subclass for another framing says what its clients ignore).
+        """
+        return sse.KEEPALIVE
 
     def commit(self) -> None:
         """
@@ -94,7 +104,7 @@ class SseResponse:
         if self.committed:
             return
         self.committed = True
-        respond.start(self.request, 200, SSE_HEADERS)
+        respond.start(self.request, 200, self.headers)
         if self.on_commit is not None:
             self.on_commit()
 

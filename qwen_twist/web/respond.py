@@ -25,7 +25,7 @@ from typing import Any, Iterable, Tuple, Union
 from twisted.web.server import Request
 
 from qwen_twist.config import ResponseConfig
-from qwen_twist.errors import ApiError
+from qwen_twist.errors import OPENAI, ApiError
 from qwen_twist.web import hygiene
 
 #: Sent on every response; the Twisted version is nobody's business.
@@ -136,8 +136,9 @@ def json_body(request: Request, status: int, obj: Any,
     body(request, status, payload, _JSON, headers)
 
 
-def error(request: Request, err: ApiError) -> None:
+def error(request: Request, err: ApiError, envelope: str = OPENAI) -> None:
     """
-    Write an L{ApiError} in the OpenAI envelope with its status and headers.
+    Write an L{ApiError} with its status and headers, in the OpenAI
+    envelope or (C{envelope=OLLAMA}, native routes) in Ollama's.
     """
-    body(request, err.status, err.body(), _JSON, err.headers)
+    body(request, err.status, err.render(envelope), _JSON, err.headers)

@@ -9,6 +9,7 @@ The Resource tree: which URL is served by which endpoint.
     /v1/embeddings           EmbeddingsResource
     /v1/models[/{id}]        ModelsResource
     OPTIONS /v1/... with an Origin   PreflightResource (CORS)
+    /, /api/...              Ollama's native API (L{qwen_twist.web.native})
 
 Everything else is a JSON 404 in the OpenAI envelope, never Twisted's HTML.
 
@@ -34,6 +35,7 @@ from qwen_twist.web.cors import PreflightResource, is_preflight
 from qwen_twist.web.embeddings import EmbeddingsResource
 from qwen_twist.web.health import HealthResource, ReadyResource
 from qwen_twist.web.models import ModelsResource
+from qwen_twist.web import native
 
 
 class UnknownURL(resource.Resource):
@@ -96,4 +98,5 @@ def build_root(gateway: Gateway) -> resource.Resource:
     v1.putChild(b"completions", CompletionsResource(gateway))
     v1.putChild(b"embeddings", EmbeddingsResource(gateway))
     v1.putChild(b"models", ModelsResource(gateway))
+    native.mount(root, gateway)
     return root

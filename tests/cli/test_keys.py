@@ -145,27 +145,42 @@ class CommandTests(SynchronousTestCase):
         C{list} shows id, owner, models, expiry (marking expired keys) and
         creation, and neither the key nor its full hash.
         """
-        alice = self.add("--id", "alice", "--owner", "Alice", "--models", "qwen3:32b")
+        alice = self.add("--id", "alice", "--owner", "Alice", "--models", "qwen3:32b",
+                         "--scope", "models:manage")
         bob = self.add("--id", "bob", "--days", "1")
         self.now = NOW + 2 * 86400
         status, out, err = self.run_command("list")
         self.assertEqual((status, err), (0, ""))
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH"])
+        self.assertEqual(lines[0].split(), ["ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH", "SCOPES"])
         self.assertEqual(
             lines[1].split(),
             ["alice", "Alice", "qwen3:32b", "never", "2027-01-15T08:00:00Z",
-             keys.hash_key(alice)[:15]],
+             keys.hash_key(alice)[:15], "models:manage"],
         )
         self.assertEqual(
             lines[2].split(),
             ["bob", "-", "all", "2027-01-16T08:00:00Z", "(expired)",
-             "2027-01-15T08:00:00Z", keys.hash_key(bob)[:15]],
+             "2027-01-15T08:00:00Z", keys.hash_key(bob)[:15], "-"],
         )
         for key in (alice, bob):
             self.assertNotIn(key, out)
             self.assertNotIn(keys.hash_key(key)[7:], out)
             self.assertNotIn(keys.hash_key(key)[7:30], out)
+
+    def test_add_scope(self) -> None:
+        """
+        C{--scope models:manage} is stored in the key's record (and a key
+        added without it has none); an unknown scope is a usage error.
+        """
+        self.add("--id", "ops", "--scope", "models:manage")
+        self.add("--id", "app")
+        records = {r.id: r for r in keys.list_keys(self.path)}
+        self.assertTrue(records["ops"].has_scope("models:manage"))
+        self.assertEqual(records["app"].scopes, ())
+        status, out, err = self.run_command("add", "--id", "x", "--scope", "models:all")
+        self.assertEqual(status, 2)
+        self.assertIn("invalid choice", err)
 
     def test_list_empty(self) -> None:
         """
