@@ -307,7 +307,8 @@ def error_line(message: str) -> bytes:
     """
     Ollama's last line of a failed stream: C{{"error":"..."}} and a newline.
     """
-    return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8") + b"\n"
+    return json.dumps({"error": message}, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def _reject_constant(name: str) -> Any:
