@@ -17,7 +17,7 @@ from qwen_twist.gate import keys
 from qwen_twist.cli import keys as keys_cli
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class CommandTests(SynchronousTestCase):

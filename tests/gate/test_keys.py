@@ -23,7 +23,7 @@ from qwen_twist.gate import keyfile, keys
 from qwen_twist.config import ConfigError
 
 NOW = 1_800_000_000.0
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 URLSAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
