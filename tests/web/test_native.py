@@ -88,6 +88,8 @@ class NativeGateMixin:
         self.plain = add_key(path, "plain", now=now)
         self.manager = add_key(path, "manager", scopes=("models:manage",), now=now)
         self.narrow = add_key(path, "narrow", models=("qwen3:8b",), now=now)
+        self.narrow_manager = add_key(path, "narrow-manager", models=("qwen3:8b",),
+                                      scopes=("models:manage",), now=now)
         config: Dict[str, Any] = {"auth": {"required": True, "keys_file": path},
                                   "rate_limits": {"per_ip_rate": 0}}
         config.update(sections)
@@ -228,6 +230,31 @@ class ErrorShapeTests(NativeGateMixin, SynchronousTestCase):
             response = self.response(transport)
             self.assertEqual(response.status, 403)
             self.assertIn("may not use model 'llama3'", response.json()["error"])
+        self.assertEqual(self.harness.upstream.calls, [])
+
+    def test_management_within_allow_list(self) -> None:
+        """
+        A scoped key with a model list may manage only its models: every
+        model a call names (both of a copy) must be on the list.
+        """
+        self.make()
+        for path, body in (("/api/pull", {"model": "llama3"}),
+                           ("/api/copy", {"source": "qwen3:8b", "destination": "llama3"}),
+                           ("/api/copy", {"source": "llama3", "destination": "qwen3:8b"})):
+            _, transport = self.call("POST", path, body, self.narrow_manager)
+            self.assertEqual(self.response(transport).status, 403, body)
+        self.assertEqual(self.harness.upstream.calls, [])
+        self.call("POST", "/api/pull", {"model": "qwen3:8b"}, self.narrow_manager)
+        self.assertEqual(self.last_upstream().path, "/api/pull")
+
+    def test_anonymous_never_manages(self) -> None:
+        """
+        With C{auth.required: false}, anonymous callers may infer but
+        never manage models.
+        """
+        self.harness = GatewayHarness()
+        _, transport = self.call("POST", "/api/pull", {"model": "qwen3:8b"})
+        self.assertEqual(self.response(transport).status, 403)
         self.assertEqual(self.harness.upstream.calls, [])
 
     def test_rate_limited(self) -> None:
