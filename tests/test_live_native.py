@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
-import threading
 import time
 
-from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
 from qwen_twist.gate.keys import add_key
 
 from tests.support import async_test, in_thread, start_stack
 from tests.test_live import wait_for
-from tests.test_live_stream import gateway_buffered_bytes
-from tests.web.helpers import parse_response
+from tests.test_live_stream import slow_read
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -253,8 +249,6 @@ class NativeSlowReaderTests(TestCase):
     does not read.
     """
 
-    BOUND = 1024 * 1024
-
     @async_test
     async def test_slow_reader_bounded(self) -> None:
         """
@@ -263,49 +257,13 @@ class NativeSlowReaderTests(TestCase):
         arrives intact, ending with C{done}.
         """
         stack, keys = await native_stack(self)
-        word = "x" * 190 + " "
-        tokens = 80000
-        stack.script.push(text=word * tokens, tokens=tokens)
-        port = int(stack.url.rsplit(":", 1)[1])
         body = json.dumps({"model": "qwen3:8b", "messages": MESSAGES,
                            "think": False}).encode()
-        release = threading.Event()
-        result = {}
-
-        def client():
-            context = ssl.create_default_context(cafile=stack.cafile)
-            raw = socket.socket()
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-            raw.connect(("127.0.0.1", port))
-            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\n"
-                         b"Authorization: Bearer %s\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n" % (keys["plain"].encode(), len(body))
-                         + body)
-            release.wait(30)
-            chunks = []
-            while True:
-                data = sock.recv(1 << 16)
-                if not data:
-                    break
-                chunks.append(data)
-            sock.close()
-            result["raw"] = b"".join(chunks)
-
-        reading = in_thread(client)
-        await wait_for(lambda: stack.record.counters()["pauses"] >= 1, timeout=20)
-        peak = 0
-        for _ in range(50):
-            peak = max(peak, gateway_buffered_bytes(stack))
-            await task.deferLater(reactor, 0.01, lambda: None)
-        self.assertLess(peak, self.BOUND)
-        self.assertEqual(stack.record.counters()["streams_completed"], 0)
-        release.set()
-        await reading
-        response = parse_response(result["raw"])
+        response, expected = await slow_read(
+            self, stack, b"/api/chat", body,
+            b"Authorization: Bearer %s\r\n" % (keys["plain"].encode(),))
         self.assertTrue(response.complete)
         lines = [json.loads(line) for line in response.body.splitlines()]
         self.assertIs(lines[-1]["done"], True)
         text = "".join(line["message"]["content"] for line in lines)
-        self.assertEqual(text, word * tokens)
+        self.assertEqual(text, expected)

@@ -31,13 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist import errors
 from qwen_twist.translate.common import usage
-from qwen_twist.translate.ndjson import LineTooLong, NdjsonSplitter
-from qwen_twist.translate.stream import (
-    CLOSED_EARLY,
-    INVALID_JSON,
-    OVERSIZED_LINE,
-    _error_text,
-)
+from qwen_twist.translate.ndjson import NdjsonSplitter
+from qwen_twist.translate.stream import _StreamTranslator
 
 #: The key scope that unlocks model management.
 MANAGE_SCOPE = "models:manage"
@@ -311,22 +306,15 @@ def error_line(message: str) -> bytes:
                       ensure_ascii=False).encode("utf-8") + b"\n"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not valid JSON" % (name,))
-
-
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-
-
-class NativeStreamRelay:
+class NativeStreamRelay(_StreamTranslator):
     """
     Ollama's NDJSON, passed on whole line by whole line.
 
-    Has the interface L{qwen_twist.web.relay.UpstreamRelay} drives
-    (C{start}, C{feed}, C{end}, C{fail}, C{finished}, C{outcome},
-    C{final_usage}, C{chunks}). Lines are forwarded as Ollama wrote them;
-    each is decoded only to see whether it is the last one (C{done: true},
-    or C{status: "success"} for management progress) or an error, and to
+    The state machine of the C{/v1} translators (line splitting, the
+    failure paths, the end of the stream; L{_StreamTranslator}), with what
+    a line becomes replaced: lines are forwarded as Ollama wrote them, each
+    decoded only to see whether it is the last one (C{done: true}, or
+    C{status: "success"} for management progress) or an error, and to
     read the token counts of the last one. Failures end the stream with
     Ollama's own C{{"error": "..."}} line.
 
@@ -335,6 +323,7 @@ class NativeStreamRelay:
     """
 
     def __init__(self, *, final_key: str = "done", max_line: int) -> None:
+        # Not the base's: no OpenAI envelope to render.
         self.final_key = final_key
         self.finished = False
         self.outcome: Optional[str] = None
@@ -343,71 +332,9 @@ class NativeStreamRelay:
         self.chunks = 0
         self._splitter = NdjsonSplitter(max_line)
 
-    @property
-    def buffered(self) -> int:
-        return self._splitter.buffered
-
-    def start(self) -> bytes:
-        return b""
-
-    def feed(self, data: bytes) -> bytes:
-        """
-        The complete lines C{data} finishes, each with its newline.
-        """
-        if self.finished:
-            return b""
-        out: List[bytes] = []
-        try:
-            lines = self._splitter.feed(data)
-        except LineTooLong as e:
-            self._lines(e.lines, out)
-            if not self.finished:
-                out.append(self._error(OVERSIZED_LINE))
-            return b"".join(out)
-        self._lines(lines, out)
-        return b"".join(out)
-
-    def end(self) -> bytes:
-        """
-        The body ended: a last line without a newline is passed on, and a
-        stream that never reached its last line ends with an error line.
-        """
-        if self.finished:
-            return b""
-        out: List[bytes] = []
-        line = self._splitter.flush()
-        if line is not None:
-            self._line(line, out)
-        if not self.finished:
-            out.append(self._error(CLOSED_EARLY))
-        return b"".join(out)
-
-    def fail(self, message: str, code: Optional[str] = None) -> bytes:
-        """
-        The gateway gives up on the stream (a deadline, shutdown): one
-        error line.
-        """
-        if self.finished:
-            return b""
-        return self._error(message)
-
-    def _lines(self, lines: List[bytes], out: List[bytes]) -> None:
-        for line in lines:
-            self._line(line, out)
-            if self.finished:
-                return
-
     def _line(self, line: bytes, out: List[bytes]) -> None:
-        try:
-            native = _decode(line.decode("utf-8"))
-        except (ValueError, RecursionError):
-            out.append(self._error(INVALID_JSON))
-            return
-        if not isinstance(native, dict):
-            out.append(self._error(INVALID_JSON))
-            return
-        if native.get("error"):
-            out.append(self._error(_error_text(native["error"])))
+        native = self._decoded(line, out)
+        if native is None:
             return
         out.append(line + b"\n")
         self.chunks += 1
@@ -423,12 +350,7 @@ class NativeStreamRelay:
         self.outcome = "complete"
         self._splitter.flush()
 
-    def _error(self, message: str) -> bytes:
-        self.finished = True
-        self.outcome = "error"
-        self.error_message = message
-        self.chunks += 1
-        self._splitter.flush()
+    def _error_bytes(self, message: str, code: Optional[str]) -> bytes:
         return error_line(message)
 
 

@@ -60,15 +60,27 @@ class GenerationResource(ApiResource):
         """
         return self.gateway.config.upstream.timeouts.total
 
+    def plan_request(self, request: Any) -> Any:
+        """
+        The call's plan from the request (its C{model}, C{stream}, upstream
+        C{path} and C{payload}, and what the gate's hooks read).
+        """
+        return self.translate_request(parse_json_body(request))
+
     async def serve(self, request: Any, ctx: CallContext) -> None:
-        body = parse_json_body(request)
-        plan = self.translate_request(body)
+        plan = self.plan_request(request)
         ctx.model = plan.model
         ctx.stream = plan.stream
         await self.gateway.admit(request, ctx, plan)
         if plan.stream:
             await self.serve_stream(request, ctx, plan)
             return
+        await self.serve_whole(request, ctx, plan)
+
+    async def serve_whole(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        """
+        A call answered in one piece.
+        """
         native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
         result = self.translate_response(native, plan, int(self.gateway.now()))
         ctx.usage = result.get("usage")

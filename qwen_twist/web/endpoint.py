@@ -40,13 +40,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not valid JSON" % (name,))
 
 
-def parse_json_body(request: Any) -> Any:
+def check_body_size(request: Any) -> None:
     """
-    The request body as JSON.
-
-    @raise errors.ApiError: 413 for a body over the limit; 400 for an empty
-        body, invalid UTF-8, invalid JSON (including C{NaN}/C{Infinity}) or
-        nesting too deep to parse.
+    @raise errors.ApiError: 413 for a body over C{limits.max_body_bytes}
+        (which L{qwen_twist.web.request} discarded as it arrived).
     """
     if getattr(request, "body_too_large", False):
         limit = getattr(request.channel.site, "max_body_bytes", 0)
@@ -56,6 +53,17 @@ def parse_json_body(request: Any) -> Any:
             "invalid_request_error",
             code="request_too_large",
         )
+
+
+def parse_json_body(request: Any) -> Any:
+    """
+    The request body as JSON.
+
+    @raise errors.ApiError: 413 for a body over the limit; 400 for an empty
+        body, invalid UTF-8, invalid JSON (including C{NaN}/C{Infinity}) or
+        nesting too deep to parse.
+    """
+    check_body_size(request)
     request.content.seek(0)
     raw = request.content.read()
     if not raw.strip():
@@ -204,19 +212,17 @@ class ApiResource(resource.Resource):
         """
         return errors.from_upstream(status, body, model_endpoint)
 
-    async def upstream_json(
+    async def upstream_body(
         self, ctx: CallContext, method: str, path: str, payload: Any = None,
-        model_endpoint: bool = True,
-    ) -> Any:
+    ) -> Tuple[Any, bytes]:
         """
-        Make a non-streaming upstream call and return its parsed JSON body.
+        Make a non-streaming upstream call: the response and its whole
+        body, whatever the status.
 
-        @raise errors.ApiError: mapped from the upstream status (section 8)
-            or from the transport failure.
+        @raise errors.ApiError: mapped from the transport failure.
         """
-        gateway = self.gateway
         try:
-            response = await gateway.upstream.send(method, path, payload)
+            response = await self.gateway.upstream.send(method, path, payload)
             ctx.upstream_status = response.code
             body = await read_body(response)
         except errors.ApiError:
@@ -227,6 +233,19 @@ class ApiResource(resource.Resource):
             if ctx.client_gone:
                 raise
             raise self.api_error(Failure())
+        return response, body
+
+    async def upstream_json(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        model_endpoint: bool = True,
+    ) -> Any:
+        """
+        Make a non-streaming upstream call and return its parsed JSON body.
+
+        @raise errors.ApiError: mapped from the upstream status (section 8)
+            or from the transport failure.
+        """
+        response, body = await self.upstream_body(ctx, method, path, payload)
         if response.code != 200:
             raise self.upstream_error(response.code, body, model_endpoint)
         try:

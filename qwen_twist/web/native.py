@@ -27,19 +27,16 @@ import datetime
 import json
 from typing import Any, Optional
 
-from twisted.internet import defer
-from twisted.python.failure import Failure
 from twisted.web import resource
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.translate import native
 from qwen_twist.translate.native import MANAGED, REFUSED, Route, route_for
-from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
 from qwen_twist.web.completions import GenerationResource
 from qwen_twist.web.cors import PreflightResource, is_preflight
-from qwen_twist.web.endpoint import parse_json_body
+from qwen_twist.web.endpoint import check_body_size, parse_json_body
 from qwen_twist.web.relay import SseResponse
 
 NDJSON_HEADERS = (
@@ -118,22 +115,16 @@ class NativeEndpoint(GenerationResource):
 
     # The call --------------------------------------------------------------
 
-    async def serve(self, request: Any, ctx: CallContext) -> None:
+    def plan_request(self, request: Any) -> Any:
         route = self.native
-        path = self.native_path
         body = parse_json_body(request) if route.body else None
-        plan = native.native_request(path, route, body)
-        if path.startswith("/api/blobs/") and ctx.method == "POST":
+        plan = native.native_request(self.native_path, route, body)
+        if self.native_path.startswith("/api/blobs/") and request.method == b"POST":
             # A blob upload: the body is the file's bytes, forwarded as is.
+            check_body_size(request)
             request.content.seek(0)
             plan.payload = request.content.read()
-        ctx.model = plan.model
-        ctx.stream = plan.stream
-        await self.gateway.admit(request, ctx, plan)
-        if plan.stream:
-            await self.serve_stream(request, ctx, plan)
-            return
-        await self.serve_whole(request, ctx, plan)
+        return plan
 
     async def serve_whole(self, request: Any, ctx: CallContext, plan: Any) -> None:
         """
@@ -142,18 +133,7 @@ class NativeEndpoint(GenerationResource):
         budget and the observers).
         """
         method = "GET" if ctx.method == "HEAD" and "GET" in self.methods else ctx.method
-        try:
-            response = await self.gateway.upstream.send(method, self.native_path, plan.payload)
-            ctx.upstream_status = response.code
-            raw = await read_body(response)
-        except errors.ApiError:
-            raise
-        except defer.CancelledError:
-            raise
-        except Exception:
-            if ctx.client_gone:
-                raise
-            raise self.api_error(Failure())
+        response, raw = await self.upstream_body(ctx, method, self.native_path, plan.payload)
         if not 200 <= response.code < 300:
             raise self.upstream_error(response.code, raw)
         content_type = _content_type(response)
