@@ -31,7 +31,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist import errors
 from qwen_twist.translate.common import usage
-from qwen_twist.translate.ndjson import NdjsonSplitter
 from qwen_twist.translate.stream import _StreamTranslator
 
 #: The key scope that unlocks model management.
@@ -323,14 +322,10 @@ class NativeStreamRelay(_StreamTranslator):
     """
 
     def __init__(self, *, final_key: str = "done", max_line: int) -> None:
-        # Not the base's: no OpenAI envelope to render.
+        # The OpenAI envelope the base renders goes unused.
+        super().__init__(model="", completion_id="", created=0, include_usage=False,
+                         max_line=max_line)
         self.final_key = final_key
-        self.finished = False
-        self.outcome: Optional[str] = None
-        self.error_message: Optional[str] = None
-        self.final_usage: Optional[Dict[str, Any]] = None
-        self.chunks = 0
-        self._splitter = NdjsonSplitter(max_line)
 
     def _line(self, line: bytes, out: List[bytes]) -> None:
         native = self._decoded(line, out)
