@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bench.fronts import Front, direct_front, qwengate_front
 from bench.procfs import Sampler
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"

@@ -31,11 +31,8 @@ from typing import Optional, Tuple
 import yaml
 
 from qwen_twist import schema
-from qwen_twist.schema import (  # noqa: F401 -- re-exported
-    Check,
+from qwen_twist.schema import (
     ConfigError,
-    _convert_scalar,
-    _describe,
     _join,
     between,
     build,
@@ -43,7 +40,6 @@ from qwen_twist.schema import (  # noqa: F401 -- re-exported
     http_origin,
     http_url,
     ip_address,
-    merge_settings,
     non_empty,
     non_negative,
     one_of,
@@ -417,8 +413,9 @@ class Config:
     The whole configuration file.
     """
 
-    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory")
-    listen: ListenConfig = section(ListenConfig)
+    state_dir: str = setting("/var/lib/qwengate", non_empty, "writable state directory",
+                             restart=True)
+    listen: ListenConfig = section(ListenConfig, restart=True)
     tls: TLSConfig = section(TLSConfig)
     upstream: UpstreamConfig = section(UpstreamConfig)
     streaming: StreamingConfig = section(StreamingConfig)

@@ -23,13 +23,16 @@ from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
+from qwen_twist.interfaces import ICallObserver, IReconfigurable
 from qwen_twist.translate.chat import ChatOptions
 from qwen_twist.upstream.client import OllamaClient
 
 
+@implementer(ICallObserver)
 class AccessLog:
     """
     One log line per finished call: no query strings, no headers, no body,
@@ -54,15 +57,22 @@ class AccessLog:
         )
 
 
+@implementer(IReconfigurable)
 class Gateway:
     """
     What every Resource needs: configuration, clock, the upstream client,
     the admission hooks and the observers.
 
     @ivar clock: the reactor (an C{IReactorTime}); tests pass a C{Clock}.
+    @ivar config: the L{Config} in force; Resources read the streaming,
+        deadline and translation settings from it when a call starts, so a
+        call in flight keeps the settings it started with.
     """
 
     log = Logger()
+
+    #: The settings the Resources read through the gateway.
+    uses = ("streaming", "translation", "upstream.timeouts", "lifecycle")
 
     def __init__(
         self,
@@ -72,19 +82,27 @@ class Gateway:
         hooks: Optional[List[Any]] = None,
         observers: Optional[List[Any]] = None,
     ) -> None:
-        self.config = config
         self.clock = reactor
         self.upstream = upstream
-        self.hooks: List[Any] = list(hooks or [])
+        # The gate's own list: it changes the contents on reload.
+        self.hooks: List[Any] = hooks if hooks is not None else []
         self.observers: List[Any] = list(observers if observers is not None else [AccessLog()])
-        self.chat_options = ChatOptions(
-            reasoning_field=config.translation.reasoning_field,
-            max_think_level=config.translation.think_max,
-        )
+        self.reconfigure(config)
         #: Calls in flight: request id -> the call's context.
         self.active: Dict[str, CallContext] = {}
         self.draining = False
         self._drained: List[defer.Deferred] = []
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        New calls use C{config}; the translation options derived from it are
+        rebuilt here and nowhere else.
+        """
+        self.config = config
+        self.chat_options = ChatOptions(
+            reasoning_field=config.translation.reasoning_field,
+            max_think_level=config.translation.think_max,
+        )
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -147,12 +165,10 @@ class Gateway:
         if hooks is None:
             hooks = ctx.extra.pop("admitted_hooks", [])
         for hook in reversed(hooks):
-            release = getattr(hook, "release", None)
-            if release is not None:
-                try:
-                    release(ctx)
-                except Exception:
-                    self.log.failure("releasing {hook}", hook=hook)
+            try:
+                hook.release(ctx)
+            except Exception:
+                self.log.failure("releasing {hook}", hook=hook)
 
     def call_finished(self, ctx: CallContext) -> None:
         """

@@ -55,21 +55,25 @@ class ConfigError(Exception):
 Check = Callable[[Any], Optional[str]]
 
 
-def setting(default: Any, check: Optional[Check] = None, doc: str = "") -> Any:
+def setting(default: Any, check: Optional[Check] = None, doc: str = "",
+            restart: bool = False) -> Any:
     """
     Declare a config field: its default, an optional check returning an
-    error text (or None when fine), and a one-line description.
+    error text (or None when fine), a one-line description, and whether a
+    change needs a restart (C{restart=True}: a reload keeps the running
+    value and says so; everything else must reach a component on reload).
     """
     if isinstance(default, (list, dict)):
         raise TypeError("use a tuple or a section for mutable defaults")
-    return field(default=default, metadata={"check": check, "doc": doc})
+    return field(default=default, metadata={"check": check, "doc": doc, "restart": restart})
 
 
-def section(cls: type) -> Any:
+def section(cls: type, restart: bool = False) -> Any:
     """
-    Declare a nested section whose defaults are the section's own.
+    Declare a nested section whose defaults are the section's own; with
+    C{restart=True} every key in it needs a restart.
     """
-    return field(default_factory=cls, metadata={"check": None, "doc": ""})
+    return field(default_factory=cls, metadata={"check": None, "doc": "", "restart": restart})
 
 
 # Checks -------------------------------------------------------------------
@@ -297,3 +301,44 @@ def describe_keys(cls: type, path: str = "") -> list:
         else:
             rows.append((key_path, f.default, f.metadata.get("doc", "")))
     return rows
+
+
+def leaves(cls: type, path: str = "", restart: bool = False) -> list:
+    """
+    Every leaf setting of C{cls} as C{(dotted path, restart-only)}: the
+    list the reload machinery diffs, and the one the generated reload test
+    walks so that no setting can be added without a reload path.
+    """
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key_path = _join(path, f.name)
+        hint, _ = _unwrap_optional(hints[f.name])
+        needs_restart = restart or bool(f.metadata.get("restart"))
+        if dataclasses.is_dataclass(hint):
+            rows.extend(leaves(hint, key_path, needs_restart))
+        else:
+            rows.append((key_path, needs_restart))
+    return rows
+
+
+def lookup(config: Any, dotted: str) -> Any:
+    """
+    The value at C{dotted} (C{"upstream.timeouts.connect"}) in a built
+    config.
+    """
+    value = config
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def replace(config: Any, dotted: str, value: Any) -> Any:
+    """
+    A copy of the frozen C{config} with the setting at C{dotted} replaced
+    (sections are copied along the path, the rest is shared).
+    """
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{head: value})
+    return dataclasses.replace(config, **{head: replace(getattr(config, head), rest, value)})

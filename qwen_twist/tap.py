@@ -22,13 +22,16 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from zope.interface import implementer
 
 from qwen_twist import __version__, config as configmod
 from qwen_twist.gate import hooks as gate, tls
-from qwen_twist.pipeline import Gateway
+from qwen_twist.interfaces import IReconfigurable
 from qwen_twist.gate.peerfilter import PeerFilterFactory
+from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream.client import OllamaClient
 from qwen_twist.upstream.pool import UpstreamPool
+from qwen_twist.reconfigure import Reconfigurer
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
 
@@ -85,12 +88,20 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
+@implementer(IReconfigurable)
 class GatewayService(service.MultiService):
     """
-    The running gateway: the TLS listener and the upstream pool.
+    The running gateway: the TLS listener, the upstream pool and the one
+    configuration path (L{settings}) every component is registered with.
+
+    @ivar settings: the L{Reconfigurer}; C{settings.config} is the
+        configuration in force.
     """
 
     log = Logger()
+
+    #: The service itself owns the upstream pool (rebuilt when it changes).
+    uses = ("upstream",)
 
     def __init__(self, config: configmod.Config, certificate_options: Any, reactor: Any,
                  notices: Optional[list] = None, identities: Optional[tuple] = None,
@@ -100,17 +111,22 @@ class GatewayService(service.MultiService):
         self.config_path = config_path
         self.reactor = reactor
         self._notices = notices or []
+        self.settings = Reconfigurer(config)
         self.upstream = build_upstream(reactor, config.upstream)
+        self.upstream.setServiceParent(self)
         self.gate = gate.Gate(config, reactor, identities)
         self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks)
-        self.site = GatewaySite(
-            build_root(self.gateway), config, reactor=reactor
-        )
-        self.server_tls = tls.ReloadableServerTLS(certificate_options)
+        self.site = GatewaySite(build_root(self.gateway), config, reactor=reactor)
+        self.server_tls = tls.ReloadableServerTLS(certificate_options, config)
         self.factory = build_listener_factory(self.server_tls, self.site)
         self.peer_filter = PeerFilterFactory(
             self.factory, self.gate.rules, self.gate.bans, config.connections, reactor
         )
+        # The order a request meets them: the connection filter and TLS,
+        # then the HTTP limits, the gate's hooks, the pipeline, upstream.
+        for component in (self.peer_filter, self.server_tls, self.site, self.gate,
+                          self.gateway, self):
+            self.settings.register(component)
         endpoint = listen_endpoint(reactor, config.listen)
         self.listener = internet.StreamServerEndpointService(endpoint, self.peer_filter)
         self.listener.setServiceParent(self)
@@ -132,49 +148,59 @@ class GatewayService(service.MultiService):
 
     def reload(self) -> bool:
         """
-        SIGHUP: re-read the configuration file, the keys file and the JWT key
-        and apply keys, address rules and limits to new requests and
-        connections. Nothing in flight is dropped; an invalid new
-        configuration is logged and the old one stays in force.
+        SIGHUP: re-read the configuration file and hand it to every
+        registered component (L{Reconfigurer.apply}, which logs each changed
+        key and whether it applied), and re-read the keys file and the JWT
+        key on their own.
+
+        Why the keys are separate: revoking a key must never wait on an
+        unrelated file. An invalid configuration file keeps the running
+        configuration (and says why), but the keys file named by the
+        configuration in force is still re-read; a bad certificate keeps
+        the running certificate and nothing else.
+
+        @return: True when the configuration file was valid and applied.
         """
         if self.config_path is None:
             return False
         try:
-            config = configmod.load(self.config_path)
-            identities = gate.load_identities(config)
-            certificate_options = tls.certificate_options(
-                config.tls, config.state_dir, mtls=config.auth.mtls
-            )
+            config: Optional[configmod.Config] = configmod.load(self.config_path)
         except configmod.ConfigError as e:
             self.log.error("reload refused, keeping the running configuration: {error}",
                            error=str(e))
+            config = None
+        try:
+            identities = gate.load_identities(config or self.settings.config)
+        except configmod.ConfigError as e:
+            self.log.error("keys not reloaded, keeping the running keys: {error}",
+                           error=str(e))
+            identities = None
+        if config is not None:
+            changes = self.settings.apply(config)
+        if identities is not None:
+            self.gate.set_identities(identities)
+        if config is None:
             return False
-        self.gate.reload(config, identities)
-        self.peer_filter.set_rules(self.gate.rules)
-        # New connections get the new certificate; open ones keep theirs.
-        self.server_tls.options = certificate_options
-        if config.upstream != self.config.upstream:
-            self._replace_upstream(build_upstream(self.reactor, config.upstream))
-        self.config = config
-        self.log.info("reloaded {path}: {keys} API keys", path=self.config_path,
-                      keys=len(identities[0]))
+        self.log.info("reloaded {path}: {changed} settings changed, {keys} API keys",
+                      path=self.config_path, changed=len(changes),
+                      keys=len(identities[0]) if identities else "unchanged")
         return True
 
-    def _replace_upstream(self, upstream: Any) -> None:
+    def reconfigure(self, config: configmod.Config) -> None:
         """
-        New calls go to the new upstream(s); calls in flight finish on the
-        old client, whose idle pooled connections are closed now.
+        A changed C{upstream} section gets a new pool: new calls go there,
+        calls in flight finish on the old one, which is then closed.
         """
-        old, self.upstream = self.upstream, upstream
-        self.gateway.upstream = upstream
-        if isinstance(upstream, UpstreamPool) and self.running:
-            upstream.start()
-        old.close()
+        old_config, self.config = self.config, config
+        if config.upstream == old_config.upstream:
+            return
+        old, self.upstream = self.upstream, build_upstream(self.reactor, config.upstream)
+        self.gateway.upstream = self.upstream
+        old.disownServiceParent()
+        self.upstream.setServiceParent(self)
 
     def startService(self) -> None:
         install_reload_signal(self.reactor, self.reload)
-        if isinstance(self.upstream, UpstreamPool):
-            self.upstream.start()
         for fmt, fields in self._notices:
             self.log.info(fmt, **fields)
         listen = self.config.listen
@@ -191,15 +217,17 @@ class GatewayService(service.MultiService):
         """
         SIGTERM / C{systemctl stop}: close the listener first, let calls in
         flight finish for up to C{lifecycle.drain_timeout} seconds (then
-        streams end with an error event), then stop the rest and close the
-        upstream pool.
+        streams end with an error event), wait until what was written to
+        each client has left the process (TLS included), then stop the rest
+        and close the upstream pool.
         """
         service.Service.stopService(self)
+        timeout = self.config.lifecycle.drain_timeout
         d = defer.maybeDeferred(self.listener.stopService) if self.listener.running \
             else defer.succeed(None)
-        d.addCallback(lambda _: self.gateway.drain(self.config.lifecycle.drain_timeout))
+        d.addCallback(lambda _: self.gateway.drain(timeout))
+        d.addBoth(lambda _: self.site.close_connections(timeout))
         d.addBoth(lambda _: self._stop_others())
-        d.addBoth(lambda _: self.upstream.close())
         return d
 
     def _stop_others(self) -> Any:
@@ -211,14 +239,14 @@ class GatewayService(service.MultiService):
         ])
 
 
-def build_upstream(reactor: Any, config: configmod.UpstreamConfig) -> Any:
+def build_upstream(reactor: Any, config: configmod.UpstreamConfig) -> UpstreamPool:
     """
-    One L{OllamaClient} for C{upstream.url}, or an L{UpstreamPool} over one
-    client per C{upstream.urls} entry (routing, health checks, retry once).
+    An L{UpstreamPool} over one L{OllamaClient} per server: C{upstream.url}
+    is a pool of one, C{upstream.urls} several (routing, health checks,
+    retry once).
     """
-    if not config.urls:
-        return OllamaClient(reactor, config)
-    clients = [OllamaClient(reactor, dataclasses.replace(config, url=url)) for url in config.urls]
+    urls = config.urls or (config.url,)
+    clients = [OllamaClient(reactor, dataclasses.replace(config, url=url)) for url in urls]
     return UpstreamPool(reactor, clients, config.health_interval)
 
 

@@ -19,7 +19,7 @@ from qwen_twist import config as configmod
 from qwen_twist.gate import tls
 from qwen_twist.emulator import server as emulator_server
 from qwen_twist.tap import GatewayService
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 
 def async_test(f: Any) -> Any:

@@ -20,7 +20,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config
-from qwen_twist.config import merge_settings as merge
+from qwen_twist.schema import merge_settings as merge
 
 FILE = "qwengate.yaml"
 MiB = 1024 * 1024

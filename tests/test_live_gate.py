@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 import treq
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.support import async_test, in_thread, start_stack
 

@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.support import async_test, in_thread, start_stack
 from tests.test_live import wait_for

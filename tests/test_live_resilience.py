@@ -52,7 +52,7 @@ class HungUpstreamTests(TestCase):
         response = await stack.post("/v1/chat/completions", json=CHAT)
         self.assertEqual(response.code, 200)
         await treq.content(response)
-        self.assertEqual(stack.service.upstream.breaker.state, "closed")
+        self.assertEqual(stack.service.upstream.members[0].client.breaker.state, "closed")
 
 
 class FairnessTests(TestCase):
@@ -69,7 +69,7 @@ class FairnessTests(TestCase):
         """
         import os
 
-        from qwen_twist.gate.keys import add_key
+        from qwen_twist.gate.keyfile import add_key
 
         directory = self.mktemp()
         os.makedirs(directory)
@@ -121,7 +121,7 @@ class ReloadAndDrainUnderLoadTests(TestCase):
 
         from twisted.internet import defer
 
-        from qwen_twist.gate.keys import add_key
+        from qwen_twist.gate.keyfile import add_key
         from tests.web.test_relay import events
 
         directory = os.path.abspath(self.mktemp())

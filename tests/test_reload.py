@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import config as configmod
 from qwen_twist.gate import tls
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 from qwen_twist.tap import GatewayService, install_reload_signal
 
 CONFIG = """
@@ -70,7 +70,7 @@ class ReloadTests(SynchronousTestCase):
         """
         A revoked key stops working at the next reload.
         """
-        from qwen_twist.gate.keys import revoke_key
+        from qwen_twist.gate.keyfile import revoke_key
 
         revoke_key(self.keys, "alice")
         self.assertTrue(self.authenticates(self.alice))
@@ -156,14 +156,18 @@ class ReloadMoreTests(SynchronousTestCase):
         self.assertNotEqual(before, after)
         self.assertEqual(after, tls.fingerprint(tls.load_chain(cert)[0]))
 
-    def test_bad_certificate_refused(self) -> None:
+    def test_bad_certificate_kept(self) -> None:
         """
-        A reload whose certificate does not load keeps the old one.
+        A reload whose certificate does not load keeps the old certificate,
+        and only that: the rest of the new file still applies.
         """
-        before = self.served_fingerprint()
-        self.write("/nonexistent.pem", self.key, "http://127.0.0.1:11434")
-        self.assertFalse(self.service.reload())
-        self.assertEqual(self.served_fingerprint(), before)
+        before = self.service.gateway.config.upstream.url
+        fingerprint = self.served_fingerprint()
+        self.write("/nonexistent.pem", self.key, "http://127.0.0.1:11499")
+        self.assertTrue(self.service.reload())
+        self.assertEqual(self.served_fingerprint(), fingerprint)
+        self.assertNotEqual(self.service.gateway.config.upstream.url, before)
+        self.assertEqual(self.service.gateway.upstream.base_url, "http://127.0.0.1:11499")
 
     def test_upstreams(self) -> None:
         """

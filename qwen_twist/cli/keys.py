@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any, Callable, List, Optional, TextIO
 
-from qwen_twist.gate import keys
+from qwen_twist.gate import keyfile, keys
 
 DEFAULT_FILE = "/etc/qwengate/keys.yaml"
 
@@ -123,7 +123,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
     expires = options.expires
     if options.days is not None:
         expires = now + options.days * _DAY
-    key = keys.add_key(
+    key = keyfile.add_key(
         options.file,
         options.id,
         owner=options.owner,
@@ -145,7 +145,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
 
 def _list(options: argparse.Namespace, stdout: TextIO, now: float) -> int:
     rows = [("ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH", "SCOPES")]
-    for record in keys.list_keys(options.file):
+    for record in keyfile.list_keys(options.file):
         if record.expires is None:
             expires = "never"
         else:
@@ -172,7 +172,7 @@ def _list(options: argparse.Namespace, stdout: TextIO, now: float) -> int:
 
 
 def _revoke(options: argparse.Namespace, stderr: TextIO) -> int:
-    if not keys.revoke_key(options.file, options.id):
+    if not keyfile.revoke_key(options.file, options.id):
         stderr.write("%s: no key with id %r in %s\n" % (PROG, options.id, options.file))
         return 1
     stderr.write(

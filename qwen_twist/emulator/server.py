@@ -37,14 +37,6 @@ from qwen_twist.emulator.script import Script, ScriptError
 from qwen_twist.emulator.stream import reply
 from qwen_twist.emulator.wire import TEXT_TYPE, Refusal, decode_body, dumps, error_body
 
-# Re-exported: these were defined here before the split, and tests and
-# tools import them from this module.
-from qwen_twist.emulator.fields import (  # noqa: F401
-    base64_error_offset,
-    check_options,
-    parse_go_duration,
-)
-from qwen_twist.emulator.stream import GARBAGE_LINE  # noqa: F401
 
 __all__ = ["Emulator", "EmulatorResource", "build_resource", "listen"]
 

@@ -26,9 +26,10 @@ nothing (the hooks run before the first upstream byte).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.gate.addresses import AddressRules
@@ -36,7 +37,9 @@ from qwen_twist.gate.queue import AdmissionHook, SlotQueue
 from qwen_twist.gate.bans import BanList
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
-from qwen_twist.gate.keys import presented_key
+from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
+from qwen_twist.gate.keyfile import load_store
+from qwen_twist.gate.keys import KeyStore, presented_key
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 #: Rough characters per token, to reserve a prompt's share of a token
@@ -87,6 +90,7 @@ def _text(value: Optional[bytes]) -> Optional[str]:
         return None
 
 
+@implementer(IAdmissionHook)
 class AddressHook:
     """
     Resolves and checks the client address of each request.
@@ -96,6 +100,11 @@ class AddressHook:
         self.rules = rules
         self.bans = bans
         self.clock = clock
+
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         peer = ctx.client_ip
@@ -112,6 +121,7 @@ class AddressHook:
             raise forbidden("address temporarily banned", "address_banned")
 
 
+@implementer(IAdmissionHook)
 class IdentityHook:
     """
     Authenticates each request; see the module docstring for the order.
@@ -138,6 +148,11 @@ class IdentityHook:
         )
         self.keys = keys
         self.jwt = jwt
+
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         now = self.clock.seconds()
@@ -211,6 +226,7 @@ def _certificate_identity(request: Any) -> Optional[str]:
     return "cert:" + cn if cn else None
 
 
+@implementer(IAdmissionHook)
 class PromptLimitHook:
     """
     Refuses prompts longer than C{limits.max_prompt_chars} with the seed's
@@ -219,6 +235,11 @@ class PromptLimitHook:
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
+
+    def release(self, ctx: CallContext) -> None:
+        """
+        Nothing to undo: this hook reserves nothing.
+        """
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         chars = getattr(plan, "prompt_chars", 0)
@@ -229,6 +250,7 @@ class PromptLimitHook:
             )
 
 
+@implementer(IAdmissionHook)
 class RateLimitHook:
     """
     Request buckets per client IP and per identity, and the per-identity
@@ -351,29 +373,39 @@ def load_identities(config: Config) -> tuple:
     @return: C{(KeyStore, JwtVerifier or None)}.
     @raise qwen_twist.config.ConfigError: an unreadable or invalid file.
     """
+
     from qwen_twist.gate.jwtauth import JwtVerifier
-    from qwen_twist.gate.keys import KeyStore
 
     auth = config.auth
-    keys = KeyStore.load(auth.keys_file) if auth.keys_file else KeyStore.empty()
+    keys = load_store(auth.keys_file) if auth.keys_file else KeyStore.empty()
     jwt = JwtVerifier(auth.jwt) if auth.jwt.enabled else None
     return keys, jwt
 
 
+@implementer(IReconfigurable)
 class Gate:
     """
     The gate's state for one process: the hooks in pipeline order and what
-    they share (the ban list, the address rules). Rebuilt in place on
+    they share (the ban list, the address rules). Reconfigured in place on
     reload, so counters and bans survive a SIGHUP.
 
-    @ivar hooks: admission hooks for L{qwen_twist.pipeline.Gateway}.
+    @ivar hooks: admission hooks for L{qwen_twist.pipeline.Gateway}; the
+        same list object for the gateway's whole life (reconfiguring
+        changes its contents in place).
     @ivar queue: the GPU slot queue, or L{None} when C{admission.slots} is 0.
+    @ivar identities: the key store and JWT verifier in force; replaced by
+        L{set_identities}, independently of the configuration file.
     """
 
     log = Logger()
 
+    uses = ("auth", "access", "limits.max_prompt_chars", "rate_limits", "admission",
+            "bans", "upstream.urls")
+
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
-        keys, jwt = identities if identities is not None else load_identities(config)
+        self.identities = identities if identities is not None else load_identities(config)
+        keys, jwt = self.identities
+        self.config = config
         self.clock = clock
         self.bans = BanList(config.bans.failures, config.bans.duration)
         self.rules = AddressRules.from_config(config.access)
@@ -381,34 +413,54 @@ class Gate:
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock)
-        self.hooks = [self.address, self.identity, self.prompt, self.rates]
+        self.hooks: List[Any] = []
         self.queue: Optional[SlotQueue] = None
-        admission = config.admission
-        if admission.slots > 0:
-            # Last: only callers that passed every other check wait for the
-            # GPU, and a queued caller who leaves is never dispatched.
-            self.queue = SlotQueue(
-                total_slots(config), admission.max_depth, admission.max_wait, clock
-            )
-            self.hooks.append(AdmissionHook(self.queue))
+        self.reconfigure(config)
 
-    def reload(self, config: Config, identities: tuple) -> None:
+    def reconfigure(self, config: Config) -> None:
         """
-        Apply new keys, JWT settings, address rules and limits to new
-        requests; calls in flight keep what admitted them.
+        Apply address rules, ban thresholds, limits and the queue's size to
+        new requests; calls in flight keep what admitted them. Keys and the
+        JWT key are L{set_identities}'s (they come from other files).
         """
-        keys, jwt = identities
+        self.config = config
+        keys, jwt = self.identities
         self.rules = AddressRules.from_config(config.access)
         self.address.rules = self.rules
+        self.bans.threshold = config.bans.failures
+        self.bans.duration = float(config.bans.duration)
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)
         admission = config.admission
-        if self.queue is not None and admission.slots > 0:
-            self.queue.configure(total_slots(config), admission.max_depth, admission.max_wait)
-        elif (self.queue is not None) != (admission.slots > 0):
-            self.log.warn("admission.slots switched between 0 and a number: "
-                          "takes effect at the next restart")
+        hooks: List[Any] = [self.address, self.identity, self.prompt, self.rates]
+        if admission.slots > 0:
+            if self.queue is None:
+                self.queue = SlotQueue(
+                    total_slots(config), admission.max_depth, admission.max_wait, self.clock
+                )
+                self._admission = AdmissionHook(self.queue)
+            else:
+                self.queue.configure(total_slots(config), admission.max_depth,
+                                     admission.max_wait)
+            # Last: only callers that passed every other check wait for the
+            # GPU, and a queued caller who leaves is never dispatched.
+            hooks.append(self._admission)
+        else:
+            # Calls holding a slot release it through the hook list they
+            # were admitted with; new calls no longer queue.
+            self.queue = None
+        self.hooks[:] = hooks
+
+    def set_identities(self, identities: tuple) -> None:
+        """
+        Use a freshly read key store and JWT verifier (SIGHUP): a revoked
+        key stops working for the next request, whatever else the reload
+        did.
+        """
+        self.identities = identities
+        keys, jwt = identities
+        self.identity.configure(self.config, keys, jwt)
 
     def prune(self) -> None:
         """

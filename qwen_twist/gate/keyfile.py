@@ -59,6 +59,18 @@ def read_file(path: str) -> Optional[bytes]:
 # Rewriting ------------------------------------------------------------------
 
 
+def load_store(path: str) -> KeyStore:
+    """
+    Read the keys file at C{path}; a missing file is an empty store.
+
+    @raise KeyFileError: the file cannot be read or is invalid.
+    """
+    raw = read_file(path)
+    if raw is None:
+        return KeyStore.empty()
+    return KeyStore.parse(raw, path)
+
+
 def _open_locked(path: str) -> Tuple[int, bool]:
     """
     Open C{path} (creating it empty if missing) and hold an exclusive
@@ -264,4 +276,4 @@ def list_keys(path: str) -> List[KeyRecord]:
 
     @raise KeyFileError: the file cannot be read or is invalid.
     """
-    return list(KeyStore.load(path).records)
+    return list(load_store(path).records)

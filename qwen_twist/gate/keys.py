@@ -41,8 +41,9 @@ rewrites.
 
 This module is the model: records, hashing, the file's YAML and the
 in-memory L{KeyStore}. Reading the file and rewriting it under its lock
-(L{add_key}, L{revoke_key}, L{list_keys}, L{KeyStore.load}) is
-L{qwen_twist.gate.keyfile}'s; those names are importable from here too.
+(C{add_key}, C{revoke_key}, C{list_keys}, C{load_store}) is
+L{qwen_twist.gate.keyfile}'s, which imports this module and never the other
+way round.
 
 No Twisted imports; the only I/O (in L{qwen_twist.gate.keyfile}) is reading and
 writing the keys file.
@@ -182,20 +183,6 @@ class KeyStore:
         A store that knows no key.
         """
         return cls(())
-    @classmethod
-    def load(cls, path: str) -> "KeyStore":
-        """
-        Read the keys file at C{path}; a missing file is an empty store.
-
-        @raise KeyFileError: the file cannot be read or is invalid.
-        """
-        from qwen_twist.gate.keyfile import read_file
-
-        raw = read_file(path)
-        if raw is None:
-            return cls.empty()
-        return cls.parse(raw, path)
-
     @classmethod
     def parse(cls, raw: bytes, filename: str = "<keys>") -> "KeyStore":
         """
@@ -517,21 +504,3 @@ def render(records: List[KeyRecord]) -> bytes:
         allow_unicode=True,
     )
     return (_HEADER + body).encode("utf-8")
-
-
-# Re-exports -----------------------------------------------------------------
-
-#: Names that moved to L{qwen_twist.gate.keyfile}, which imports this module, so
-#: they are fetched on first use instead of at import time.
-_KEYFILE_NAMES = frozenset((
-    "FILE_MODE", "add_key", "revoke_key", "list_keys",
-    "_open_locked", "_read_fd", "_write_atomically", "_update",
-))
-
-
-def __getattr__(name: str) -> Any:
-    if name in _KEYFILE_NAMES:
-        from qwen_twist.gate import keyfile
-
-        return getattr(keyfile, name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))

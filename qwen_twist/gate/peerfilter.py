@@ -38,12 +38,14 @@ from typing import Any, Dict, Optional, Tuple
 
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
 
 from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.bans import BanList
 from qwen_twist.config import ConnectionsConfig
 from qwen_twist.errors import ApiError
 from qwen_twist.gate.ratelimit import TokenBuckets
+from qwen_twist.interfaces import IReconfigurable
 
 #: Why a connection was refused at accept time, as counted in
 #: L{PeerFilterFactory.refused} and logged.
@@ -151,6 +153,7 @@ class FilteredConnection(ProtocolWrapper):
         ProtocolWrapper.connectionLost(self, reason)
 
 
+@implementer(IReconfigurable)
 class PeerFilterFactory(WrappingFactory):
     """
     Wraps the TLS factory from outside and refuses before any handshake.
@@ -166,6 +169,9 @@ class PeerFilterFactory(WrappingFactory):
     protocol = FilteredConnection  # type: ignore[assignment]
     noisy = False
     log = Logger()
+
+    #: What L{reconfigure} reads (bans are the shared L{BanList}'s).
+    uses = ("connections", "access")
 
     def __init__(
         self,
@@ -296,6 +302,20 @@ class PeerFilterFactory(WrappingFactory):
         self.log.info(fmt, peer=peer, reason=reason, why=why, more=more)
 
     # Operations -------------------------------------------------------------
+
+    def reconfigure(self, config: Any) -> None:
+        """
+        New caps, connection rate and address rules for connections
+        accepted from now on; open connections are not dropped (the
+        request-level address hook re-checks the rules per request).
+        """
+        self.config = config
+        connections = config.connections
+        if (connections.rate, connections.burst) != (self.connections.rate,
+                                                     self.connections.burst):
+            self.buckets = TokenBuckets(connections.rate, connections.burst)
+        self.connections = connections
+        self.rules = AddressRules.from_config(config.access)
 
     def set_rules(self, rules: AddressRules) -> None:
         """

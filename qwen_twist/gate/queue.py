@@ -44,9 +44,11 @@ from typing import Any, Deque, Mapping, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.interfaces import IAdmissionHook
 
 #: C{Retry-After} (seconds) when no call has finished recently, so the
 #: service rate is unknown.
@@ -451,6 +453,7 @@ def queue_timeout(retry_after: float) -> errors.ApiError:
     )
 
 
+@implementer(IAdmissionHook)
 class AdmissionHook:
     """
     The pipeline hook: admit() waits for a slot (owner = C{ctx.identity},

@@ -24,9 +24,11 @@ from typing import Any, Callable, List, Optional, Tuple
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from qwen_twist.config import ConfigError, MutualTLSConfig, TLSConfig
+from qwen_twist.interfaces import IReconfigurable
 
 _BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -219,18 +221,42 @@ def certificate_options(
     return options
 
 
-@implementer(IOpenSSLServerConnectionCreator)
+@implementer(IOpenSSLServerConnectionCreator, IReconfigurable)
 class ReloadableServerTLS:
     """
     The server's TLS settings, swappable at run time: SIGHUP replaces the
     certificate (a renewed one from certbot, say) for new connections while
     connections already open keep theirs.
 
+    Why a bad file on reload is not fatal here: the certificate is one file
+    among several a reload reads, and a half-written renewal must not stop
+    a key revocation or a lowered limit from taking effect. The running
+    certificate stays, and the log says why.
+
     @ivar options: the C{CertificateOptions} in force.
+    @ivar config: the L{qwen_twist.config.Config} last given, or L{None}.
     """
 
-    def __init__(self, options: ssl.CertificateOptions) -> None:
+    log = Logger()
+
+    uses = ("tls", "auth.mtls")
+
+    def __init__(self, options: ssl.CertificateOptions, config: Any = None) -> None:
         self.options = options
+        self.config = config
+
+    def reconfigure(self, config: Any) -> None:
+        """
+        Load the certificate, key and client CA named by C{config}; on any
+        problem keep serving the running ones.
+        """
+        self.config = config
+        try:
+            self.options = certificate_options(config.tls, config.state_dir,
+                                               mtls=config.auth.mtls)
+        except ConfigError as e:
+            self.log.error("TLS files not reloaded, keeping the running certificate: {error}",
+                           error=str(e))
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self.options.getContext(), None)

@@ -40,6 +40,7 @@ import json
 import math
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
+from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -48,6 +49,7 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from qwen_twist import errors
+from qwen_twist.interfaces import IUpstream
 from qwen_twist.upstream.breaker import BreakerOpen, counts_as_failure
 from qwen_twist.upstream.client import read_body
 
@@ -261,7 +263,8 @@ class _Call:
             self.inner.cancel()
 
 
-class UpstreamPool:
+@implementer(IUpstream)
+class UpstreamPool(service.Service):
     """
     Several L{qwen_twist.upstream.client.OllamaClient}s behind one C{send}.
 
@@ -292,6 +295,7 @@ class UpstreamPool:
         self._checks: Dict[Member, defer.Deferred] = {}
         self._generation = 0
         self._next_check: Optional[float] = None
+        self._last_round: Optional[float] = None
 
     # Routing ---------------------------------------------------------------
 
@@ -402,6 +406,20 @@ class UpstreamPool:
             pending.append(d)
         return defer.DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
 
+    def current_state(self, max_age: float) -> "defer.Deferred[List[dict]]":
+        """
+        L{state}, after a health-check round if the last one started more
+        than C{max_age} seconds ago (or none has). Concurrent callers share
+        the round in flight, so a flood of C{/ready} requests costs Ollama
+        at most one round per C{max_age}.
+        """
+        now = self._reactor.seconds()
+        last = self._last_round
+        if last is not None and now - last < max_age:
+            return defer.succeed(self.state())
+        self._last_round = now
+        return self.check_health().addCallback(lambda _: self.state())
+
     def _check_done(self, result: Any, member: Member) -> None:
         self._checks.pop(member, None)
         if isinstance(result, Failure) and not result.check(defer.CancelledError):
@@ -457,6 +475,21 @@ class UpstreamPool:
             self.log.info("Ollama at {url} is healthy again ({why})", url=member.url, why=why)
         else:
             self.log.warn("Ollama at {url} is unhealthy: {why}", url=member.url, why=why)
+
+    def startService(self) -> None:
+        """
+        In the service hierarchy: health checks run while the gateway runs.
+        """
+        service.Service.startService(self)
+        self.start()
+
+    def stopService(self) -> "defer.Deferred[None]":
+        """
+        Stop the checks and close the connections (calls in flight have
+        finished or been aborted by the drain before this runs).
+        """
+        service.Service.stopService(self)
+        return self.close()
 
     def start(self) -> None:
         """

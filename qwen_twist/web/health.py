@@ -4,25 +4,22 @@ C{GET /health} (liveness) and C{GET /ready} (readiness).
 
 Liveness never touches the upstream: a systemd watchdog or load balancer
 asking "is the process serving?" must not be answered "no" because Ollama is
-loading a model. Readiness asks Ollama's C{/api/version} with a short
-deadline and says 503 when nothing answers.
+loading a model. Readiness reports the upstream pool's health checks
+(C{/api/version} with a short deadline) and says 503 when nothing answers.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from twisted.python.failure import Failure
-
-from qwen_twist import __version__, errors
+from qwen_twist import __version__
 from qwen_twist.context import CallContext
-from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource
 
-#: Readiness must answer quickly even when Ollama hangs.
-READY_TIMEOUT = 3.0
+#: Seconds a readiness verdict is reused: C{/ready} is unauthenticated,
+#: so it must not turn a flood of requests into a flood of upstream checks.
+READY_MAX_AGE = 1.0
 
 
 class HealthResource(ApiResource):
@@ -40,46 +37,18 @@ class HealthResource(ApiResource):
 
 class ReadyResource(ApiResource):
     """
-    200 with the upstream version when Ollama answers, else 503.
+    200 when at least one Ollama server answers (and its breaker is not
+    open), else 503. The upstream pool's state is refreshed at most once
+    per L{READY_MAX_AGE} seconds however often this is asked.
     """
 
     route = "ready"
     methods = ("GET",)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
-        upstream = self.gateway.upstream
-        if hasattr(upstream, "state"):
-            # Several upstreams: the pool's health checks know each one.
-            states = upstream.state()
-            ready = any(s["healthy"] and s.get("breaker") != "open" for s in states)
-            status = 200 if ready else 503
-            ctx.status = status
-            respond.json_body(request, status, {
-                "status": "ready" if ready else "unavailable", "upstreams": states})
-            return
-        state: dict = {"url": upstream.base_url, "ready": False}
-        try:
-            response = await upstream.send(
-                "GET", "/api/version", headers_timeout=READY_TIMEOUT
-            )
-            body = await read_body(response, limit=64 * 1024)
-            if response.code == 200:
-                version = json.loads(body).get("version")
-                state["ready"] = True
-                state["version"] = version if isinstance(version, str) else None
-            else:
-                state["error"] = "HTTP %d" % (response.code,)
-        except Exception:
-            if ctx.client_gone:
-                raise
-            failure = Failure()
-            err = failure.value if isinstance(failure.value, errors.ApiError) else (
-                map_failure(failure, upstream.where))
-            state["error"] = err.message
-        status = 200 if state["ready"] else 503
+        states = await self.gateway.upstream.current_state(READY_MAX_AGE)
+        ready = any(s["healthy"] and s.get("breaker") != "open" for s in states)
+        status = 200 if ready else 503
         ctx.status = status
-        respond.json_body(
-            request,
-            status,
-            {"status": "ready" if state["ready"] else "unavailable", "upstreams": [state]},
-        )
+        respond.json_body(request, status, {
+            "status": "ready" if ready else "unavailable", "upstreams": states})

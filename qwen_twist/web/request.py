@@ -30,11 +30,14 @@ import io
 import uuid
 from typing import Any, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from zope.interface import implementer
 
 from qwen_twist import errors
+from qwen_twist.interfaces import IReconfigurable
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy
 
@@ -257,6 +260,9 @@ class GatewayChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure) -> None:
         self._stop_head_timer()
         super().connectionLost(reason)
+        site = getattr(self, "site", None)
+        if site is not None:
+            site.channel_closed(self)
 
     def _stop_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
@@ -320,6 +326,7 @@ class GatewayChannel(http.HTTPChannel):
         return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
+@implementer(IReconfigurable)
 class GatewaySite(server.Site):
     """
     The HTTP factory: gateway requests and channels, no tracebacks, no
@@ -339,6 +346,10 @@ class GatewaySite(server.Site):
     displayTracebacks = False
     noisy = False
 
+    #: What L{reconfigure} derives the site's limits and headers from.
+    uses = ("limits.max_body_bytes", "limits.max_header_bytes", "limits.header_timeout",
+            "response")
+
     def __init__(self, root: object, config: Any, reactor: object = None) -> None:
         kwargs: dict = {}
         if reactor is not None:
@@ -348,6 +359,22 @@ class GatewaySite(server.Site):
         super().__init__(
             root, requestFactory=GatewayRequest, timeout=KEEPALIVE_TIMEOUT, **kwargs
         )
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._clock = reactor
+        #: Open client connections (to flush and close them at shutdown).
+        self.channels: set = set()
+        self._all_closed: list = []
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Any) -> None:
+        """
+        Body and head limits, security headers, CORS and field stripping
+        for requests read from now on (a request being read keeps its own).
+        """
+        self.config = config
         limits = config.limits
         self.max_body_bytes = limits.max_body_bytes
         self.max_header_bytes = limits.max_header_bytes
@@ -359,10 +386,49 @@ class GatewaySite(server.Site):
 
     def buildProtocol(self, addr: object) -> Any:
         channel = super().buildProtocol(addr)
+        self.channels.add(channel)
         channel.totalHeadersSize = self.max_header_bytes
         channel.MAX_LENGTH = self.max_header_bytes
         channel.header_timeout = self.header_timeout
         return channel
+
+    def channel_closed(self, channel: Any) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_connections(self, timeout: float) -> "defer.Deferred[None]":
+        """
+        Shutdown, after the drain: close every client connection once what
+        was written to it has left the process, and fire when all are
+        closed (or after C{timeout} seconds, aborting the rest).
+
+        Why wait for the close: a response that is complete from the
+        pipeline's point of view may still sit in the TLS and transport
+        buffers of a slow client; stopping the reactor then would cut the
+        last tokens, the finish chunk and C{[DONE]}. C{loseConnection}
+        writes everything buffered (and TLS's close_notify) before closing.
+        """
+        if not self.channels:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._all_closed.append(d)
+        for channel in list(self.channels):
+            channel.loseConnection()
+
+        def abort() -> None:
+            for channel in list(self.channels):
+                transport = channel.transport
+                if transport is not None:
+                    transport.abortConnection()
+            if not d.called:
+                d.callback(None)
+
+        timer = self._clock.callLater(timeout, abort)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
 
     def acceptableProtocols(self) -> list:
         """

@@ -13,7 +13,7 @@ from typing import Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist.gate import keys
+from qwen_twist.gate import keyfile, keys
 from qwen_twist.cli import keys as keys_cli
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -55,7 +55,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(err.count("\n"), 1)
         self.assertIn("cannot be shown again", err)
         self.assertNotIn(key, err)
-        record = keys.KeyStore.load(self.path).authenticate(key, NOW)
+        record = keyfile.load_store(self.path).authenticate(key, NOW)
         self.assertEqual(record.id, "alice")
         with open(self.path) as f:
             content = f.read()
@@ -70,7 +70,7 @@ class CommandTests(SynchronousTestCase):
             "--id", "bob", "--owner", "team b", "--models", "qwen3:32b, qwen3:8b",
             "--rpm", "60", "--tpm", "90000", "--expires", "2027-06-01T00:00:00Z",
         )
-        record = keys.KeyStore.load(self.path).authenticate(key, NOW)
+        record = keyfile.load_store(self.path).authenticate(key, NOW)
         self.assertEqual(
             (record.owner, record.models, record.requests_per_window,
              record.tokens_per_minute, record.expires, record.created),
@@ -82,7 +82,7 @@ class CommandTests(SynchronousTestCase):
         C{--days N} expires the key N days after now.
         """
         key = self.add("--id", "carol", "--days", "30")
-        store = keys.KeyStore.load(self.path)
+        store = keyfile.load_store(self.path)
         self.assertEqual(store.records[0].expires, NOW + 30 * 86400)
         self.assertIsNotNone(store.authenticate(key, NOW + 30 * 86400 - 1))
         self.assertIsNone(store.authenticate(key, NOW + 30 * 86400))
@@ -97,8 +97,8 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err.count("\n"), 1)
         self.assertIn("already in use", err)
-        self.assertIsNotNone(keys.KeyStore.load(self.path).authenticate(first, NOW))
-        self.assertEqual(len(keys.list_keys(self.path)), 1)
+        self.assertIsNotNone(keyfile.load_store(self.path).authenticate(first, NOW))
+        self.assertEqual(len(keyfile.list_keys(self.path)), 1)
 
     def test_add_invalid_id(self) -> None:
         """
@@ -175,7 +175,7 @@ class CommandTests(SynchronousTestCase):
         """
         self.add("--id", "ops", "--scope", "models:manage")
         self.add("--id", "app")
-        records = {r.id: r for r in keys.list_keys(self.path)}
+        records = {r.id: r for r in keyfile.list_keys(self.path)}
         self.assertTrue(records["ops"].has_scope("models:manage"))
         self.assertEqual(records["app"].scopes, ())
         status, out, err = self.run_command("add", "--id", "x", "--scope", "models:all")
@@ -209,7 +209,7 @@ class CommandTests(SynchronousTestCase):
         status, out, err = self.run_command("revoke", "--id", "alice")
         self.assertEqual((status, out), (0, ""))
         self.assertIn("revoked", err)
-        store = keys.KeyStore.load(self.path)
+        store = keyfile.load_store(self.path)
         self.assertIsNone(store.authenticate(alice, NOW))
         self.assertEqual(store.authenticate(bob, NOW).id, "bob")
 
@@ -230,7 +230,7 @@ class CommandTests(SynchronousTestCase):
         stdout, stderr = io.StringIO(), io.StringIO()
         status = keys_cli.main(["add", "--id", "x", "--file", other], stdout, stderr, lambda: NOW)
         self.assertEqual(status, 0, stderr.getvalue())
-        self.assertEqual([r.id for r in keys.list_keys(other)], ["x"])
+        self.assertEqual([r.id for r in keyfile.list_keys(other)], ["x"])
         self.assertFalse(os.path.exists(self.path))
 
     def test_unwritable(self) -> None:
@@ -275,7 +275,7 @@ class ProcessTests(SynchronousTestCase):
         added = self.run_process("--file", path, "add", "--id", "alice")
         self.assertEqual(added.returncode, 0, added.stderr)
         key = added.stdout.strip()
-        self.assertIsNotNone(keys.KeyStore.load(path).authenticate(key, NOW))
+        self.assertIsNotNone(keyfile.load_store(path).authenticate(key, NOW))
         listed = self.run_process("--file", path, "list")
         self.assertEqual(listed.returncode, 0)
         self.assertIn("alice", listed.stdout)
@@ -283,6 +283,6 @@ class ProcessTests(SynchronousTestCase):
         self.assertNotIn(keys.hash_key(key), listed.stdout)
         revoked = self.run_process("--file", path, "revoke", "--id", "alice")
         self.assertEqual(revoked.returncode, 0)
-        self.assertIsNone(keys.KeyStore.load(path).authenticate(key, NOW))
+        self.assertIsNone(keyfile.load_store(path).authenticate(key, NOW))
         usage = self.run_process("--file", path)
         self.assertEqual(usage.returncode, 2)

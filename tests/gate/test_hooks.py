@@ -11,7 +11,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.web.helpers import GatewayHarness
 

@@ -95,11 +95,11 @@ class KeyStoreTests(SynchronousTestCase):
         self.path = self.mktemp()
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.alice = keys.add_key(
+        self.alice = keyfile.add_key(
             self.path, "alice", models=("qwen3:32b",), expires=NOW + 3600, now=NOW
         )
-        self.bob = keys.add_key(self.path, "bob", owner="team-b", now=NOW)
-        self.store = keys.KeyStore.load(self.path)
+        self.bob = keyfile.add_key(self.path, "bob", owner="team-b", now=NOW)
+        self.store = keyfile.load_store(self.path)
 
     def test_known_key(self) -> None:
         """
@@ -140,8 +140,8 @@ class KeyStoreTests(SynchronousTestCase):
         After C{revoke_key}, the reloaded store refuses the key and still
         accepts the others.
         """
-        self.assertTrue(keys.revoke_key(self.path, "bob"))
-        store = keys.KeyStore.load(self.path)
+        self.assertTrue(keyfile.revoke_key(self.path, "bob"))
+        store = keyfile.load_store(self.path)
         now = self.clock.seconds()
         self.assertIsNone(store.authenticate(self.bob, now))
         self.assertEqual(store.authenticate(self.alice, now).id, "alice")
@@ -238,11 +238,11 @@ class LoadTests(SynchronousTestCase):
     """
 
     def load(self, text: str) -> keys.KeyStore:
-        return keys.KeyStore.load(write(self.mktemp(), text))
+        return keyfile.load_store(write(self.mktemp(), text))
 
     def refused(self, text: str) -> keys.KeyFileError:
         path = write(self.mktemp(), text)
-        error = self.assertRaises(keys.KeyFileError, keys.KeyStore.load, path)
+        error = self.assertRaises(keys.KeyFileError, keyfile.load_store, path)
         self.assertEqual(error.filename, path)
         self.assertTrue(str(error).startswith(path + ": "))
         return error
@@ -270,7 +270,7 @@ class LoadTests(SynchronousTestCase):
         """
         A keys file that does not exist yet is an empty store.
         """
-        self.assertEqual(len(keys.KeyStore.load(self.mktemp())), 0)
+        self.assertEqual(len(keyfile.load_store(self.mktemp())), 0)
 
     def test_empty_documents(self) -> None:
         """
@@ -398,7 +398,7 @@ class LoadTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(b"keys: [\xff]\n")
-        error = self.assertRaises(keys.KeyFileError, keys.KeyStore.load, path)
+        error = self.assertRaises(keys.KeyFileError, keyfile.load_store, path)
         self.assertIn("UTF-8", str(error))
 
     def test_unreadable(self) -> None:
@@ -408,13 +408,13 @@ class LoadTests(SynchronousTestCase):
         """
         path = self.mktemp()
         os.mkdir(path)
-        error = self.assertRaises(keys.KeyFileError, keys.KeyStore.load, path)
+        error = self.assertRaises(keys.KeyFileError, keyfile.load_store, path)
         self.assertIn("cannot read", str(error))
 
 
 class AddKeyTests(SynchronousTestCase):
     """
-    L{keys.add_key} mints a key and appends its hash to the file.
+    L{keyfile.add_key} mints a key and appends its hash to the file.
     """
 
     def setUp(self) -> None:
@@ -424,7 +424,7 @@ class AddKeyTests(SynchronousTestCase):
         """
         The returned key authenticates as a record with every option given.
         """
-        key = keys.add_key(
+        key = keyfile.add_key(
             self.path,
             "alice",
             owner="Alice",
@@ -435,7 +435,7 @@ class AddKeyTests(SynchronousTestCase):
             now=NOW + 0.75,
         )
         self.assertEqual(
-            keys.list_keys(self.path),
+            keyfile.list_keys(self.path),
             [
                 keys.KeyRecord(
                     id="alice",
@@ -455,29 +455,29 @@ class AddKeyTests(SynchronousTestCase):
         Keys are appended after the existing entries.
         """
         for name in ("a", "b", "c"):
-            keys.add_key(self.path, name, now=NOW)
-        self.assertEqual([r.id for r in keys.list_keys(self.path)], ["a", "b", "c"])
+            keyfile.add_key(self.path, name, now=NOW)
+        self.assertEqual([r.id for r in keyfile.list_keys(self.path)], ["a", "b", "c"])
 
     def test_file_mode(self) -> None:
         """
         The keys file is written with mode 0640, also over a file that had
         looser permissions.
         """
-        keys.add_key(self.path, "a", now=NOW)
+        keyfile.add_key(self.path, "a", now=NOW)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
         os.chmod(self.path, 0o666)
-        keys.add_key(self.path, "b", now=NOW)
+        keyfile.add_key(self.path, "b", now=NOW)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
 
     def test_duplicate_id(self) -> None:
         """
         An id already in the file is refused and the file is unchanged.
         """
-        keys.add_key(self.path, "alice", now=NOW)
+        keyfile.add_key(self.path, "alice", now=NOW)
         with open(self.path, "rb") as f:
             before = f.read()
         error = self.assertRaises(
-            keys.KeyFileError, keys.add_key, self.path, "alice", now=NOW
+            keys.KeyFileError, keyfile.add_key, self.path, "alice", now=NOW
         )
         self.assertEqual(error.path, "keys[0].id")
         self.assertIn("already in use", str(error))
@@ -503,7 +503,7 @@ class AddKeyTests(SynchronousTestCase):
         ]
         for kwargs in cases:
             key_id = kwargs.pop("key_id")
-            self.assertRaises(ValueError, keys.add_key, self.path, key_id, now=NOW, **kwargs)
+            self.assertRaises(ValueError, keyfile.add_key, self.path, key_id, now=NOW, **kwargs)
         self.assertFalse(os.path.exists(self.path))
 
     def test_refuses_to_rewrite_invalid_file(self) -> None:
@@ -511,7 +511,7 @@ class AddKeyTests(SynchronousTestCase):
         A broken keys file is reported, not overwritten.
         """
         write(self.path, "keys: [\n")
-        self.assertRaises(keys.KeyFileError, keys.add_key, self.path, "a", now=NOW)
+        self.assertRaises(keys.KeyFileError, keyfile.add_key, self.path, "a", now=NOW)
         with open(self.path) as f:
             self.assertEqual(f.read(), "keys: [\n")
 
@@ -524,7 +524,7 @@ class AddKeyTests(SynchronousTestCase):
         When writing fails, the old file is intact and no temporary file is
         left behind.
         """
-        keys.add_key(self.path, "a", now=NOW)
+        keyfile.add_key(self.path, "a", now=NOW)
         with open(self.path, "rb") as f:
             before = f.read()
 
@@ -532,7 +532,7 @@ class AddKeyTests(SynchronousTestCase):
             raise OSError(28, "No space left on device")
 
         self.patch(keyfile.os, "fsync", fsync)
-        self.assertRaises(OSError, keys.add_key, self.path, "b", now=NOW)
+        self.assertRaises(OSError, keyfile.add_key, self.path, "b", now=NOW)
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), before)
         self.assertEqual(self.leftovers(), [])
@@ -545,7 +545,7 @@ class AddKeyTests(SynchronousTestCase):
             raise OSError(28, "No space left on device")
 
         self.patch(keyfile.os, "fsync", fsync)
-        self.assertRaises(OSError, keys.add_key, self.path, "a", now=NOW)
+        self.assertRaises(OSError, keyfile.add_key, self.path, "a", now=NOW)
         self.assertFalse(os.path.exists(self.path))
         self.assertEqual(self.leftovers(), [])
 
@@ -554,20 +554,20 @@ class AddKeyTests(SynchronousTestCase):
         The file is replaced by rename: a reader holding the old file keeps
         reading the old content in full.
         """
-        keys.add_key(self.path, "a", now=NOW)
+        keyfile.add_key(self.path, "a", now=NOW)
         with open(self.path, "rb") as old:
-            keys.add_key(self.path, "b", now=NOW)
+            keyfile.add_key(self.path, "b", now=NOW)
             self.assertEqual(
                 [r.id for r in keys.KeyStore.parse(old.read()).records], ["a"]
             )
-        self.assertEqual([r.id for r in keys.list_keys(self.path)], ["a", "b"])
+        self.assertEqual([r.id for r in keyfile.list_keys(self.path)], ["a", "b"])
 
     def test_concurrent_writer_not_lost(self) -> None:
         """
         When another writer replaces the file while we wait for the lock,
         we lock and re-read the new file, so its key is kept.
         """
-        keys.add_key(self.path, "first", now=NOW)
+        keyfile.add_key(self.path, "first", now=NOW)
         real_flock = fcntl.flock
         state = {"raced": False}
 
@@ -575,14 +575,14 @@ class AddKeyTests(SynchronousTestCase):
             if not state["raced"]:
                 # Another qwengate-keys finishes while we wait.
                 state["raced"] = True
-                keys.add_key(self.path, "other", now=NOW)
+                keyfile.add_key(self.path, "other", now=NOW)
             real_flock(fd, operation)
 
         self.patch(keyfile.fcntl, "flock", flock)
-        keys.add_key(self.path, "mine", now=NOW)
+        keyfile.add_key(self.path, "mine", now=NOW)
         self.assertTrue(state["raced"])
         self.assertEqual(
-            [r.id for r in keys.list_keys(self.path)], ["first", "other", "mine"]
+            [r.id for r in keyfile.list_keys(self.path)], ["first", "other", "mine"]
         )
 
     def test_concurrent_processes(self) -> None:
@@ -591,9 +591,9 @@ class AddKeyTests(SynchronousTestCase):
         """
         script = (
             "import sys\n"
-            "from qwen_twist.gate import keys\n"
+            "from qwen_twist.gate import keyfile\n"
             "for i in range(10):\n"
-            "    keys.add_key(sys.argv[1], '%s-%d' % (sys.argv[2], i), now=0)\n"
+            "    keyfile.add_key(sys.argv[1], '%s-%d' % (sys.argv[2], i), now=0)\n"
         )
         path = os.path.abspath(self.path)
         env = dict(os.environ, PYTHONPATH=REPO)
@@ -602,13 +602,13 @@ class AddKeyTests(SynchronousTestCase):
             for n in range(4)
         ]
         self.assertEqual([p.wait(timeout=60) for p in processes], [0] * 4)
-        self.assertEqual(len(keys.list_keys(path)), 40)
+        self.assertEqual(len(keyfile.list_keys(path)), 40)
         self.assertEqual(self.leftovers(), [])
 
 
 class RevokeKeyTests(SynchronousTestCase):
     """
-    L{keys.revoke_key} deletes an entry.
+    L{keyfile.revoke_key} deletes an entry.
     """
 
     def test_revoke(self) -> None:
@@ -616,10 +616,10 @@ class RevokeKeyTests(SynchronousTestCase):
         The entry is gone, the others stay.
         """
         path = self.mktemp()
-        keys.add_key(path, "a", now=NOW)
-        keys.add_key(path, "b", now=NOW)
-        self.assertTrue(keys.revoke_key(path, "a"))
-        self.assertEqual([r.id for r in keys.list_keys(path)], ["b"])
+        keyfile.add_key(path, "a", now=NOW)
+        keyfile.add_key(path, "b", now=NOW)
+        self.assertTrue(keyfile.revoke_key(path, "a"))
+        self.assertEqual([r.id for r in keyfile.list_keys(path)], ["b"])
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
 
     def test_unknown_id(self) -> None:
@@ -628,9 +628,9 @@ class RevokeKeyTests(SynchronousTestCase):
         untouched.
         """
         path = self.mktemp()
-        keys.add_key(path, "a", now=NOW)
+        keyfile.add_key(path, "a", now=NOW)
         before = os.stat(path)
-        self.assertFalse(keys.revoke_key(path, "zzz"))
+        self.assertFalse(keyfile.revoke_key(path, "zzz"))
         after = os.stat(path)
         self.assertEqual((before.st_ino, before.st_mtime_ns), (after.st_ino, after.st_mtime_ns))
 
@@ -639,7 +639,7 @@ class RevokeKeyTests(SynchronousTestCase):
         Revoking from a file that does not exist does not create it.
         """
         path = self.mktemp()
-        self.assertFalse(keys.revoke_key(path, "a"))
+        self.assertFalse(keyfile.revoke_key(path, "a"))
         self.assertFalse(os.path.exists(path))
 
 

@@ -783,8 +783,8 @@ class OpenClawRequestTests(SynchronousTestCase):
         snapshot = json.dumps(self.body, sort_keys=True)
         payload = chat_request(self.body).payload
         self.assertIs(payload["messages"][0]["content"], self.system)
-        for sent, given in zip(payload["tools"], self.tools):
-            self.assertIs(sent["function"]["parameters"], given["function"]["parameters"])
+        for sent, original in zip(payload["tools"], self.tools):
+            self.assertIs(sent["function"]["parameters"], original["function"]["parameters"])
         self.assertEqual(json.dumps(self.body, sort_keys=True), snapshot)
 
     def test_body_size_is_realistic(self):

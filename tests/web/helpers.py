@@ -15,9 +15,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import client as wclient
+from zope.interface import implementer
 
 from qwen_twist import config as configmod
 from qwen_twist.gate.hooks import Gate
+from qwen_twist.interfaces import IUpstream
 from qwen_twist.pipeline import Gateway
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
@@ -102,6 +104,7 @@ class UpstreamCall:
         return response
 
 
+@implementer(IUpstream)
 class FakeUpstream:
     """
     Records every upstream call; the test answers them.
@@ -121,6 +124,13 @@ class FakeUpstream:
 
     def close(self) -> defer.Deferred:
         return defer.succeed(None)
+
+    def state(self) -> List[dict]:
+        return [{"url": self.base_url, "healthy": True, "version": None, "models": None,
+                 "loaded": [], "outstanding": len(self.calls), "breaker": "closed"}]
+
+    def current_state(self, max_age: float) -> defer.Deferred:
+        return defer.succeed(self.state())
 
 
 class ParsedResponse:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qwen_twist.gate.keys import add_key
+from qwen_twist.gate.keyfile import add_key
 
 from tests.web.helpers import GatewayHarness
 
