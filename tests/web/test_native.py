@@ -505,3 +505,26 @@ class StreamTests(NativeGateMixin, SynchronousTestCase):
         self.call("GET", "/api/tags", key=self.plain)
         self.assertEqual(self.last_upstream().path, "/api/tags")
         self.assertIsNot(first, self.last_upstream())
+
+
+class PreflightTests(SynchronousTestCase):
+    """
+    Browser preflights under C{/api} are answered like those under C{/v1}.
+    """
+
+    def test_preflight(self) -> None:
+        """
+        A preflight from a configured origin is a 204 with the CORS
+        headers, without the gate or Ollama being asked.
+        """
+        origin = "https://chat.example.com"
+        keys_file = os.path.join(self.mktemp() + "-keys.yaml")
+        harness = GatewayHarness({"response": {"cors_origins": [origin]},
+                                  "auth": {"required": True, "keys_file": keys_file}})
+        for path in ("/api/chat", "/api/tags", "/api/nope"):
+            _, transport = harness.request("OPTIONS", path, headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"})
+            response = harness.response(transport)
+            self.assertEqual(response.status, 204, path)
+            self.assertEqual(response.headers["access-control-allow-origin"], origin)
+        self.assertEqual(harness.upstream.calls, [])
