@@ -26,6 +26,7 @@ Nothing here does I/O or imports Twisted.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -111,22 +112,30 @@ ROUTES: Dict[str, Route] = {
 }
 
 #: Routes whose paths continue below them (C{/api/blobs/sha256:...},
-#: C{/api/user/keys/...}).
+#: C{/api/user/keys/...}); the bare paths are not routes.
 _PREFIXED = ("/api/blobs", "/api/user")
+
+
+#: The one path segment C{/api/blobs/} takes: a blob digest as Ollama
+#: names blobs. Anything else (C{../me}, C{%2e%2e/me}) must not reach an
+#: upstream URL parser that might resolve it to another route.
+_DIGEST = re.compile(r"sha256[:-][0-9a-f]{64}")
 
 
 def route_for(path: str) -> Optional[Route]:
     """
     The route serving C{path} (no query string), or L{None} for a path
     Ollama does not have. A trailing slash is not the same path (Ollama's
-    router redirects it; the gateway does not guess).
+    router redirects it; the gateway does not guess); below C{/api/blobs/}
+    only a digest is a path.
     """
     route = ROUTES.get(path)
     if route is not None:
         return route if path not in _PREFIXED else None
-    for prefix in _PREFIXED:
-        if path.startswith(prefix + "/") and len(path) > len(prefix) + 1:
-            return ROUTES[prefix]
+    if path.startswith("/api/blobs/"):
+        return ROUTES["/api/blobs"] if _DIGEST.fullmatch(path[len("/api/blobs/"):]) else None
+    if path.startswith("/api/user/"):
+        return ROUTES["/api/user"]
     return None
 
 

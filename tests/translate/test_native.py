@@ -40,8 +40,21 @@ class RouteTests(SynchronousTestCase):
         """
         A blob digest and a user key path land on their routes.
         """
-        self.assertEqual(route_for("/api/blobs/sha256:ab").name, "native_blobs")
+        digest = "sha256:" + "0" * 64
+        self.assertEqual(route_for("/api/blobs/" + digest).name, "native_blobs")
+        self.assertEqual(route_for("/api/blobs/sha256-" + "a" * 64).name, "native_blobs")
         self.assertEqual(route_for("/api/user/keys/abc").fate, REFUSED)
+
+    def test_blob_path_is_a_digest(self) -> None:
+        """
+        Below C{/api/blobs/} only a digest is a route: dot segments (raw or
+        percent-encoded) and extra segments could be resolved by an URL
+        library into another route (C{/api/me}), so they are unknown.
+        """
+        digest = "sha256:" + "0" * 64
+        for tail in ("../me", "%2e%2e/me", "sha256:ab", digest + "/x", digest + "/../../me",
+                     digest.upper()):
+            self.assertIsNone(route_for("/api/blobs/" + tail), tail)
 
 
 class RequestTests(SynchronousTestCase):

@@ -182,7 +182,9 @@ class RouteWalkTests(NativeGateMixin, SynchronousTestCase):
                 ("POST", "/api/nope", 404), ("GET", "/api/chat/", 404),
                 ("GET", "/api", 404), ("POST", "/api/blobs", 404),
                 ("GET", "/api/chat", 405), ("POST", "/api/tags", 405),
-                ("PUT", "/api/experimental/x", 404)):
+                ("PUT", "/api/experimental/x", 404),
+                ("POST", "/api/blobs/../me", 404), ("POST", "/api/blobs/%2e%2e%2fme", 404),
+                ("POST", "/api/blobs/" + DIGEST + "/../../me", 404)):
             response, calls = self.attempt(method, path, self.manager)
             self.assertEqual((response.status, calls), (status, []), (method, path))
             self.assertEqual(list(response.json()), ["error"])
