@@ -213,10 +213,30 @@ class NativeBranch(resource.Resource):
         return NativeEndpoint(self.gateway, _UNKNOWN, "/api").render(request)
 
 
-def mount(root: resource.Resource, gateway: Any) -> None:
+class _Slash(resource.Resource):
+    """
+    The root's empty segment: C{/} itself is Ollama's probe, anything
+    below it (C{//x}) is no URL of Ollama's and gets the tree's 404.
+    """
+
+    def __init__(self, endpoint: resource.Resource, unknown: resource.Resource) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.unknown = unknown
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return self.unknown
+
+    def render(self, request: Any) -> Any:
+        return self.endpoint.render(request)
+
+
+def mount(root: resource.Resource, gateway: Any, unknown: resource.Resource) -> None:
     """
     Put Ollama's native API on the gateway's root: C{/} (Ollama's
     "is running" probe) and C{/api}.
+
+    @param unknown: what answers URLs of neither API (C{//x}).
     """
-    root.putChild(b"", NativeEndpoint(gateway, native.ROUTES["/"], "/"))
+    root.putChild(b"", _Slash(NativeEndpoint(gateway, native.ROUTES["/"], "/"), unknown))
     root.putChild(b"api", NativeBranch(gateway))

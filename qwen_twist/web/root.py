@@ -98,5 +98,5 @@ def build_root(gateway: Gateway) -> resource.Resource:
     v1.putChild(b"completions", CompletionsResource(gateway))
     v1.putChild(b"embeddings", EmbeddingsResource(gateway))
     v1.putChild(b"models", ModelsResource(gateway))
-    native.mount(root, gateway)
+    native.mount(root, gateway, UnknownURL())
     return root

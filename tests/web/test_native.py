@@ -183,6 +183,7 @@ class RouteWalkTests(NativeGateMixin, SynchronousTestCase):
                 ("GET", "/api", 404), ("POST", "/api/blobs", 404),
                 ("GET", "/api/chat", 405), ("POST", "/api/tags", 405),
                 ("PUT", "/api/experimental/x", 404),
+                ("GET", "//api/tags", 404), ("GET", "//", 404),
                 ("POST", "/api/blobs/../me", 404), ("POST", "/api/blobs/%2e%2e%2fme", 404),
                 ("POST", "/api/blobs/" + DIGEST + "/../../me", 404)):
             response, calls = self.attempt(method, path, self.manager)
