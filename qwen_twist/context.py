@@ -13,7 +13,7 @@ key id, never by key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 
 @dataclass
@@ -45,7 +45,24 @@ class CallContext:
     usage: Optional[dict] = None
     chunks: int = 0
     identity: Optional[str] = None
-    extra: dict = field(default_factory=dict)
+    #: The API key's record (L{qwen_twist.gate.keys.KeyRecord}) when the
+    #: caller presented a key: its id, owner, models and per-key limits.
+    key_record: Optional[Any] = None
+    #: C{(budget, tokens)} reserved from a per-key token budget, settled
+    #: when the call ends.
+    token_reservation: Optional[Tuple[Any, int]] = None
+    #: The GPU slot L{qwen_twist.gate.queue.Ticket} while the call holds one.
+    queue_ticket: Optional[Any] = None
+    #: Milliseconds the call waited in the GPU queue.
+    queue_wait_ms: Optional[float] = None
+    #: The admission hooks that admitted the call (released in reverse).
+    admitted_hooks: List[Any] = field(default_factory=list)
+    #: Ends the call early (shutdown): C{abort(reason)}.
+    abort: Optional[Callable[[str], None]] = None
+    #: Refused or cut because the gateway is shutting down.
+    shutting_down: bool = False
+    #: Times the client's slowness paused reading from Ollama.
+    backpressure_pauses: int = 0
 
     @property
     def duration(self) -> Optional[float]:

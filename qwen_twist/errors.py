@@ -26,6 +26,7 @@ not Ollama's C{{"error": "..."}} shape is reduced to trimmed text.
 from __future__ import annotations
 
 import json
+import math
 from typing import Iterable, Optional, Tuple
 
 Headers = Tuple[Tuple[str, str], ...]
@@ -34,9 +35,45 @@ Headers = Tuple[Tuple[str, str], ...]
 OPENAI = "openai"
 OLLAMA = "ollama"
 
+# Error codes (C{error.code}): what clients and the gateway's own control
+# flow compare against; never spelt out elsewhere.
+INVALID_API_KEY = "invalid_api_key"
+RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+REQUEST_TOO_LARGE = "request_too_large"
+REQUEST_HEADERS_TOO_LARGE = "request_headers_too_large"
+REQUEST_TIMEOUT = "request_timeout"
+BAD_REQUEST = "bad_request"
+HTTPS_REQUIRED = "https_required"
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+MODEL_NOT_FOUND = "model_not_found"
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+UPSTREAM_TIMEOUT = "upstream_timeout"
+UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"
+QUEUE_FULL = "queue_full"
+QUEUE_TIMEOUT = "queue_timeout"
+SHUTTING_DOWN = "shutting_down"
+INTERNAL_ERROR = "internal_error"
+MODEL_REQUIRED = "model_required"
+SCOPE_REQUIRED = "scope_required"
+ROUTE_REFUSED = "route_refused"
+UNKNOWN_URL = "unknown_url"
+
 #: Longest upstream error text passed on to a client; the rest is cut so a
 #: misbehaving upstream cannot make us echo megabytes.
 MAX_UPSTREAM_MESSAGE = 2048
+
+
+def retry_after(seconds: float) -> str:
+    """
+    The C{Retry-After} value for a wait of C{seconds}: whole seconds,
+    rounded up (a client that waits exactly that long is admitted), at
+    least 1. The one rounding every refusal uses.
+    """
+    return str(max(1, math.ceil(seconds - 1e-9)))
+
+
+def _retry_headers(seconds: float) -> Headers:
+    return (("Retry-After", retry_after(seconds)),)
 
 
 class ApiError(Exception):
@@ -153,7 +190,7 @@ def upstream_unavailable(where: str) -> ApiError:
         502,
         "cannot reach Ollama at %s" % (where,),
         "server_error",
-        code="upstream_unavailable",
+        code=UPSTREAM_UNAVAILABLE,
     )
 
 
@@ -161,14 +198,14 @@ def upstream_timeout(what: str) -> ApiError:
     """
     504: the upstream did not answer in time. C{what} says which deadline.
     """
-    return ApiError(504, what, "server_error", code="upstream_timeout")
+    return ApiError(504, what, "server_error", code=UPSTREAM_TIMEOUT)
 
 
 def upstream_protocol_error(message: str = "upstream sent an invalid response") -> ApiError:
     """
     502: the upstream answered, but not in a form we can translate.
     """
-    return ApiError(502, message, "server_error", code="upstream_invalid_response")
+    return ApiError(502, message, "server_error", code=UPSTREAM_INVALID_RESPONSE)
 
 
 def shutting_down() -> ApiError:
@@ -177,7 +214,7 @@ def shutting_down() -> ApiError:
     after a restart) can take the retry.
     """
     return ApiError(
-        503, "gateway is shutting down", "server_error", code="shutting_down",
+        503, "gateway is shutting down", "server_error", code=SHUTTING_DOWN,
         headers=(("Retry-After", "1"),),
     )
 
@@ -187,7 +224,7 @@ def internal_error() -> ApiError:
     500 for a bug in the gateway. The details go to the log, never to the
     client.
     """
-    return ApiError(500, "internal gateway error", "server_error", code="internal_error")
+    return ApiError(500, "internal gateway error", "server_error", code=INTERNAL_ERROR)
 
 
 def upstream_message(body: bytes) -> str:
@@ -219,7 +256,7 @@ def from_upstream(status: int, body: bytes, model_endpoint: bool = True) -> ApiE
     """
     message = upstream_message(body)
     if status == 404 and model_endpoint:
-        return ApiError(404, message, "invalid_request_error", code="model_not_found")
+        return ApiError(404, message, "invalid_request_error", code=MODEL_NOT_FOUND)
     if status == 429:
         return ApiError(429, message, "rate_limit_error", headers=(("Retry-After", "1"),))
     if status == 503:
@@ -256,7 +293,7 @@ def model_required() -> ApiError:
     """
     400 for a native call without a model (Ollama's own text).
     """
-    return invalid_request("model is required", "model", "model_required")
+    return invalid_request("model is required", "model", MODEL_REQUIRED)
 
 
 def body_not_object() -> ApiError:
@@ -284,7 +321,7 @@ def scope_required(path: str, scope: str) -> ApiError:
         "%s is locked by the gateway: it needs an API key with the %r scope"
         % (path, scope),
         "permission_error",
-        code="scope_required",
+        code=SCOPE_REQUIRED,
     )
 
 
@@ -297,7 +334,7 @@ def route_refused(method: str, path: str) -> ApiError:
         403,
         "%s %s is not available through the gateway" % (method, path),
         "permission_error",
-        code="route_refused",
+        code=ROUTE_REFUSED,
     )
 
 
@@ -307,5 +344,140 @@ def route_unknown(method: str, path: str) -> ApiError:
     """
     return ApiError(
         404, "unknown API endpoint: %s %s" % (method, path), "invalid_request_error",
-        code="unknown_url",
+        code=UNKNOWN_URL,
     )
+
+# The gate's refusals ---------------------------------------------------------
+
+
+def unauthorized() -> ApiError:
+    """
+    The seed's 401, in the OpenAI envelope (what the SDK raises as
+    C{AuthenticationError}).
+    """
+    return ApiError(
+        401, "invalid api key", "invalid_request_error", code=INVALID_API_KEY,
+        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
+    )
+
+
+def forbidden(message: str, code: str) -> ApiError:
+    """
+    403: the caller is known but may not do this (address, model, scope).
+    """
+    return ApiError(403, message, "invalid_request_error", code=code)
+
+
+def rate_limited(message: str, wait: float) -> ApiError:
+    """
+    429 with C{Retry-After} for a wait of C{wait} seconds (the OpenAI SDK
+    honours it when at most 60 s).
+    """
+    return ApiError(429, message, "rate_limit_error", code=RATE_LIMIT_EXCEEDED,
+                    headers=_retry_headers(wait))
+
+
+def queue_full(wait: float) -> ApiError:
+    """
+    429: too many calls already wait for the model. The OpenAI SDKs retry
+    it after C{Retry-After}.
+    """
+    return ApiError(
+        429, "too many requests are waiting for the model; retry later",
+        "rate_limit_error", code=QUEUE_FULL, headers=_retry_headers(wait),
+    )
+
+
+def queue_timeout(wait: float) -> ApiError:
+    """
+    503: the call waited the longest allowed time without getting a slot.
+    """
+    return ApiError(
+        503, "timed out waiting for a free model slot; retry later",
+        "server_error", code=QUEUE_TIMEOUT, headers=_retry_headers(wait),
+    )
+
+
+def breaker_open(where: str, wait: float) -> ApiError:
+    """
+    503 while an upstream's circuit breaker is open, with C{Retry-After}
+    the cool-down left (the OpenAI SDKs honour it before retrying).
+    """
+    where = (" at %s" % (where,)) if where else ""
+    return ApiError(
+        503, "Ollama%s is failing; not retrying it for %s s" % (where, retry_after(wait)),
+        "server_error", code=UPSTREAM_UNAVAILABLE, headers=_retry_headers(wait),
+    )
+
+
+def no_upstream_available(wait: float) -> ApiError:
+    """
+    503 when no Ollama server of the pool may take the call now.
+    """
+    return ApiError(
+        503, "no Ollama upstream is available; retry after %s s" % (retry_after(wait),),
+        "server_error", code=UPSTREAM_UNAVAILABLE, headers=_retry_headers(wait),
+    )
+
+
+# HTTP-level refusals ---------------------------------------------------------
+
+
+def body_too_large(limit: int) -> ApiError:
+    """
+    413: the request body is over C{limits.max_body_bytes}.
+    """
+    return ApiError(413, "request body too large, max %d bytes" % (limit,),
+                    "invalid_request_error", code=REQUEST_TOO_LARGE)
+
+
+def head_too_large(limit: int) -> ApiError:
+    """
+    431: the request line and headers together exceed C{limit} bytes.
+    """
+    return ApiError(431, "request headers too large, max %d bytes" % (limit,),
+                    "invalid_request_error", code=REQUEST_HEADERS_TOO_LARGE)
+
+
+def head_too_slow(timeout: float) -> ApiError:
+    """
+    408: the request head did not arrive within C{timeout} seconds.
+    """
+    return ApiError(408, "request headers not received within %g seconds" % (timeout,),
+                    "invalid_request_error", code=REQUEST_TIMEOUT)
+
+
+def malformed_request() -> ApiError:
+    """
+    400 for a request Twisted's parser refuses (bad request line, bad
+    header, bad C{Content-Length}, broken chunked framing).
+    """
+    return ApiError(400, "malformed HTTP request", "invalid_request_error", code=BAD_REQUEST)
+
+
+def https_required() -> ApiError:
+    """
+    400 for plain HTTP sent to the TLS port.
+    """
+    return ApiError(400, "this port speaks HTTPS: use an https:// base URL",
+                    code=HTTPS_REQUIRED)
+
+
+def origin_refused(origin: bytes) -> ApiError:
+    """
+    The 403 for a preflight from an origin that is not configured.
+    """
+    shown = origin.decode("latin-1")[:256]
+    return ApiError(
+        403, "origin %s is not allowed to call this API (see response.cors_origins)" % (shown,),
+        "invalid_request_error", code=ORIGIN_NOT_ALLOWED,
+    )
+
+
+def stream_error(message: str, type: str = "server_error",
+                 code: Optional[str] = None) -> ApiError:
+    """
+    The error a stream ends with once it has started (sent as an SSE error
+    event, never as a status).
+    """
+    return ApiError(500, message, type, None, code)

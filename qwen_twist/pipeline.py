@@ -132,10 +132,10 @@ class Gateway:
 
     def _abort_all(self) -> None:
         for ctx in list(self.active.values()):
-            abort = ctx.extra.get("abort")
+            abort = ctx.abort
             if abort is not None:
                 self.log.info("shutting down: aborting {route} call {request_id}",
-                              route=getattr(ctx, "route", "?"), request_id=ctx.request_id)
+                              route=ctx.route, request_id=ctx.request_id)
                 abort("gateway shutting down")
         # The deadline is the deadline: stop waiting even for a call that
         # could not be aborted.
@@ -156,14 +156,14 @@ class Gateway:
         except BaseException:
             self.release(ctx, admitted)
             raise
-        ctx.extra["admitted_hooks"] = admitted
+        ctx.admitted_hooks = admitted
 
     def release(self, ctx: CallContext, hooks: Optional[List[Any]] = None) -> None:
         """
         Undo admission (the call ended, however it ended).
         """
         if hooks is None:
-            hooks = ctx.extra.pop("admitted_hooks", [])
+            hooks, ctx.admitted_hooks = ctx.admitted_hooks, []
         for hook in reversed(hooks):
             try:
                 hook.release(ctx)

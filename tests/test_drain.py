@@ -130,7 +130,9 @@ class ServiceStopTests(SynchronousTestCase):
         service = GatewayService(config, tls.certificate_options(config.tls, state), reactor)
         service.startService()
         [(port, factory, backlog, interface)] = reactor.tcpServers
-        ctx = type("Ctx", (), {"request_id": "r1", "extra": {}})()
+        from qwen_twist.context import CallContext
+
+        ctx = CallContext("r1", "chat", "POST", "/v1/chat/completions", "127.0.0.1", 0.0)
         service.gateway.call_started(ctx)
         stopped = service.stopService()
         self.assertTrue(reactor.getDelayedCalls())  # the drain timer

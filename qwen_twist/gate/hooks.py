@@ -25,7 +25,6 @@ nothing (the hooks run before the first upstream byte).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
@@ -45,33 +44,6 @@ from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, windo
 #: Rough characters per token, to reserve a prompt's share of a token
 #: budget before Ollama has counted it (settled on the real count later).
 CHARS_PER_TOKEN = 4
-
-
-def unauthorized() -> errors.ApiError:
-    """
-    The seed's 401, in the OpenAI envelope (what the SDK raises as
-    C{AuthenticationError}).
-    """
-    return errors.ApiError(
-        401, "invalid api key", "invalid_request_error", code="invalid_api_key",
-        headers=(("WWW-Authenticate", 'Bearer realm="qwengate"'),),
-    )
-
-
-def forbidden(message: str, code: str) -> errors.ApiError:
-    return errors.ApiError(403, message, "invalid_request_error", code=code)
-
-
-def too_many(message: str, decision: Decision) -> errors.ApiError:
-    """
-    429 with C{Retry-After} computed from the bucket (whole seconds, at
-    least 1: the OpenAI SDK honours it when at most 60 s).
-    """
-    retry = max(1, int(math.ceil(decision.retry_after)))
-    return errors.ApiError(
-        429, message, "rate_limit_error", code="rate_limit_exceeded",
-        headers=(("Retry-After", str(retry)),),
-    )
 
 
 def _header(request: Any, name: bytes) -> Optional[bytes]:
@@ -116,9 +88,9 @@ class AddressHook:
         if ctx.client_ip != peer:
             # A forwarded client: the accept-time checks saw only the proxy.
             if not self.rules.permits(ctx.client_ip):
-                raise forbidden("address not allowed", "address_not_allowed")
+                raise errors.forbidden("address not allowed", "address_not_allowed")
         if self.bans.banned_for(ctx.client_ip, self.clock.seconds()) > 0:
-            raise forbidden("address temporarily banned", "address_banned")
+            raise errors.forbidden("address temporarily banned", "address_banned")
 
 
 @implementer(IAdmissionHook)
@@ -180,16 +152,16 @@ class IdentityHook:
                     raise errors.scope_required(ctx.path, scope)
                 return
             self._failed(ctx, now)
-            raise unauthorized()
+            raise errors.unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
-        ctx.extra["key_record"] = record
+        ctx.key_record = record
         if scope is not None and (record is None or not record.has_scope(scope)):
             raise errors.scope_required(ctx.path, scope)
         models = getattr(plan, "models", None) or (getattr(plan, "model", None) or ctx.model,)
         for model in models:
             if record is not None and model and not record.allows_model(model):
-                raise forbidden(
+                raise errors.forbidden(
                     "this API key may not use model %r" % (model,), "model_not_allowed"
                 )
 
@@ -297,9 +269,9 @@ class RateLimitHook:
         shown = decision
         if not decision.allowed:
             _rate_headers(request, decision, "requests")
-            raise too_many("rate limit exceeded for this address", decision)
+            raise errors.rate_limited("rate limit exceeded for this address", decision.retry_after)
         if ctx.identity is not None:
-            record = ctx.extra.get("key_record")
+            record = ctx.key_record
             requests = self.default_requests
             tokens = self.default_tokens
             if record is not None:
@@ -312,7 +284,7 @@ class RateLimitHook:
                 if not shown.allowed:
                     self.per_ip.refund(ctx.client_ip, now, 1)
                     _rate_headers(request, shown, "requests")
-                    raise too_many("rate limit exceeded for this key", shown)
+                    raise errors.rate_limited("rate limit exceeded for this key", shown.retry_after)
             if tokens > 0:
                 max_tokens = getattr(plan, "max_tokens", None) or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
@@ -320,12 +292,12 @@ class RateLimitHook:
                 spent = budget.reserve(ctx.identity, now, reserve)
                 _rate_headers(request, spent, "tokens")
                 if not spent.allowed:
-                    raise too_many("token budget exceeded for this key", spent)
-                ctx.extra["token_reservation"] = (budget, reserve)
+                    raise errors.rate_limited("token budget exceeded for this key", spent.retry_after)
+                ctx.token_reservation = (budget, reserve)
         _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
-        reservation = ctx.extra.pop("token_reservation", None)
+        reservation, ctx.token_reservation = ctx.token_reservation, None
         if reservation is None:
             return
         budget, reserved = reservation

@@ -43,7 +43,7 @@ from zope.interface import implementer
 from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.bans import BanList
 from qwen_twist.config import ConnectionsConfig
-from qwen_twist.errors import ApiError
+from qwen_twist import errors
 from qwen_twist.gate.ratelimit import TokenBuckets
 from qwen_twist.interfaces import IReconfigurable
 
@@ -80,11 +80,7 @@ _SNIFF = 8192
 
 
 def _https_required() -> bytes:
-    body = ApiError(
-        400,
-        "this port speaks HTTPS: use an https:// base URL",
-        code="https_required",
-    ).body()
+    body = errors.https_required().body()
     head = (
         "HTTP/1.1 400 Bad Request\r\n"
         "Content-Type: application/json\r\n"

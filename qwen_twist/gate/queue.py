@@ -424,41 +424,13 @@ class SlotQueue:
             return waiter
 
 
-#: C{ctx.extra} key of the granted L{Ticket}.
-TICKET = "queue_ticket"
-
-
-def _retry_after_header(seconds: float) -> Tuple[str, str]:
-    return ("Retry-After", str(max(1, int(math.ceil(seconds)))))
-
-
-def queue_full(retry_after: float) -> errors.ApiError:
-    """
-    429: too many calls already wait for the model. The OpenAI SDKs retry
-    it after C{Retry-After}.
-    """
-    return errors.ApiError(
-        429, "too many requests are waiting for the model; retry later",
-        "rate_limit_error", code="queue_full", headers=(_retry_after_header(retry_after),),
-    )
-
-
-def queue_timeout(retry_after: float) -> errors.ApiError:
-    """
-    503: the call waited the longest allowed time without getting a slot.
-    """
-    return errors.ApiError(
-        503, "timed out waiting for a free model slot; retry later",
-        "server_error", code="queue_timeout", headers=(_retry_after_header(retry_after),),
-    )
-
 
 @implementer(IAdmissionHook)
 class AdmissionHook:
     """
     The pipeline hook: admit() waits for a slot (owner = C{ctx.identity},
     or C{"ip:" + ctx.client_ip} for anonymous calls), sets
-    C{ctx.extra["queue_wait_ms"]} and the response header C{x-queue-wait-ms}
+    C{ctx.queue_wait_ms} and the response header C{x-queue-wait-ms}
     when granted; refusals become L{errors.ApiError} 429 (queue full, code
     C{queue_full}) or 503 (waited too long, code C{queue_timeout}), both
     with C{Retry-After}; release(ctx) frees the ticket if one was granted.
@@ -487,9 +459,9 @@ class AdmissionHook:
         return d
 
     def _granted(self, ticket: Ticket, request: Any, ctx: CallContext) -> None:
-        ctx.extra[TICKET] = ticket
+        ctx.queue_ticket = ticket
         wait_ms = ticket.wait * 1000.0
-        ctx.extra["queue_wait_ms"] = wait_ms
+        ctx.queue_wait_ms = wait_ms
         try:
             request.setHeader(b"x-queue-wait-ms", b"%d" % (round(wait_ms),))
         except BaseException:
@@ -504,14 +476,14 @@ class AdmissionHook:
         waited_ms = 0.0
         if isinstance(refusal, QueueTimeout):
             waited_ms = refusal.waited * 1000.0
-            error = queue_timeout(refusal.retry_after)
+            error = errors.queue_timeout(refusal.retry_after)
         else:
-            error = queue_full(refusal.retry_after)
-        ctx.extra["queue_wait_ms"] = waited_ms
+            error = errors.queue_full(refusal.retry_after)
+        ctx.queue_wait_ms = waited_ms
         request.setHeader(b"x-queue-wait-ms", b"%d" % (round(waited_ms),))
         raise error
 
     def release(self, ctx: CallContext) -> None:
-        ticket = ctx.extra.pop(TICKET, None)
+        ticket, ctx.queue_ticket = ctx.queue_ticket, None
         if ticket is not None:
             ticket.queue.release(ticket)

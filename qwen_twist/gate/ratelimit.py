@@ -50,7 +50,7 @@ class Decision:
     @ivar reset_after: seconds until the bucket is full again
         (C{x-ratelimit-reset-*}).
     @ivar retry_after: seconds until this request would be granted; C{0.0}
-        when allowed. C{Retry-After} is its ceiling (L{retry_after_header}).
+        when allowed. C{Retry-After} is its ceiling (L{qwen_twist.errors.retry_after}).
     """
 
     allowed: bool
@@ -58,16 +58,6 @@ class Decision:
     remaining: int
     reset_after: float
     retry_after: float
-
-    def retry_after_header(self) -> str:
-        """
-        The C{Retry-After} value: whole seconds, rounded up so a client that
-        honours it is never refused again for arriving a fraction early, and
-        at least 1 for a refusal.
-        """
-        if self.allowed:
-            return "0"
-        return str(max(1, math.ceil(self.retry_after - _EPSILON)))
 
 
 class TokenBuckets:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from qwen_twist.errors import ApiError
+from qwen_twist import errors
 
 #: The end-of-stream sentinel, sent only after a successful stream.
 DONE = b"data: [DONE]\n\n"
@@ -40,4 +40,4 @@ def error_event(message: str, type: str = "server_error", code: Optional[str] = 
     A mid-stream error in the OpenAI envelope (the object form, so the SDK
     raises C{APIError} with C{message}; reference section 3.7).
     """
-    return event(ApiError(500, message, type, None, code).envelope())
+    return event(errors.stream_error(message, type, code).envelope())

@@ -46,7 +46,6 @@ Twisted's failure types.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -87,25 +86,11 @@ class BreakerOpen(Exception):
     def __str__(self) -> str:
         return "circuit breaker %s open; retry after %.3f s" % (self.name, self.retry_after)
 
-    def retry_after_header(self) -> str:
-        """
-        The C{Retry-After} value: whole seconds, rounded up, at least 1.
-        """
-        return str(max(1, math.ceil(self.retry_after - 1e-9)))
-
     def api_error(self) -> errors.ApiError:
         """
-        The client's answer: 503 with C{Retry-After} (the OpenAI SDKs honour
-        it before retrying).
+        The client's answer: 503 with C{Retry-After}.
         """
-        where = (" at %s" % (self.name,)) if self.name else ""
-        return errors.ApiError(
-            503,
-            "Ollama%s is failing; not retrying it for %s s" % (where, self.retry_after_header()),
-            "server_error",
-            code="upstream_unavailable",
-            headers=(("Retry-After", self.retry_after_header()),),
-        )
+        return errors.breaker_open(self.name, self.retry_after)
 
 
 _failure_types: Optional[Tuple[type, ...]] = None
@@ -162,7 +147,7 @@ def counts_as_failure(failure: Failure) -> bool:
         return (
             value.status >= 500
             and value.status != 503
-            and value.code != "internal_error"
+            and value.code != errors.INTERNAL_ERROR
         )
     if _failure_types is None:
         _load_failure_types()

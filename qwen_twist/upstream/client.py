@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as wclient
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
 
 import treq.client
 
@@ -164,11 +165,10 @@ class OllamaClient:
         body = None
         if isinstance(payload, bytes):
             # A native blob upload: the bytes are the file.
-            body = payload
+            body = BytesBody(payload)
         elif payload is not None:
-            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(
-                "utf-8"
-            )
+            body = BytesBody(json.dumps(payload, separators=(",", ":"),
+                                        ensure_ascii=False).encode("utf-8"))
         d = self._http.request(
             method,
             self.base_url + path,
@@ -196,6 +196,35 @@ class OllamaClient:
         if self._pool is None:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
+
+
+@implementer(IBodyProducer)
+class BytesBody:
+    """
+    A request body already in memory, written in one go.
+
+    Why not treq's default for C{bytes} (a C{FileBodyProducer}): that one
+    feeds the body through a cooperator on the global reactor, one more
+    scheduled call per request for a body we already hold whole, and one
+    that an injected clock or an in-memory agent never runs.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> "defer.Deferred[None]":
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _raise_server_error(response: IResponse) -> IResponse:

@@ -37,7 +37,6 @@ through L{read_body} or C{deliverBody}); only C{deliverBody} is counted.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from twisted.application import service
@@ -377,12 +376,7 @@ class UpstreamPool(service.Service):
                     waits.append(e.retry_after)
                 else:
                     breaker.neutral()  # the cool-down just ended: undo the admission
-        wait = max(1, math.ceil(min(waits) - 1e-9)) if waits else 1
-        return errors.ApiError(
-            503, "no Ollama upstream is available; retry after %d s" % (wait,),
-            "server_error", code="upstream_unavailable",
-            headers=(("Retry-After", str(wait)),),
-        )
+        return errors.no_upstream_available(min(waits) if waits else 1.0)
 
     # Health checks -----------------------------------------------------------
 

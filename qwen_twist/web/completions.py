@@ -113,7 +113,7 @@ class GenerationResource(ApiResource):
             if ctx.client_gone:
                 response.close(finish=False)
                 raise
-            if ctx.extra.get("shutting_down"):
+            if ctx.shutting_down:
                 # Cancelled by the shutdown drain (whatever the cancellation
                 # surfaced as: CancelledError, ResponseNeverReceived, ...).
                 err = errors.shutting_down()
@@ -141,7 +141,7 @@ class GenerationResource(ApiResource):
             first_token_timeout=config.upstream.timeouts.first_token,
         )
         upstream.deliverBody(relay)
-        ctx.extra["abort"] = relay.abort
+        ctx.abort = relay.abort
         try:
             await relay.done
         finally:
@@ -150,7 +150,7 @@ class GenerationResource(ApiResource):
             if translator.outcome == "error":
                 ctx.outcome = "truncated"
                 ctx.error_code = "stream_error"
-            ctx.extra["backpressure_pauses"] = relay.pauses
+            ctx.backpressure_pauses = relay.pauses
 
 
 class ChatCompletionsResource(GenerationResource):

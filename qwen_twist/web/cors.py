@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
-from qwen_twist.errors import ApiError
+from qwen_twist import errors
 from qwen_twist.web import respond
 
 Header = Tuple[bytes, bytes]
@@ -188,19 +188,6 @@ def is_preflight(request: Any) -> bool:
     return request.method == b"OPTIONS" and request.getHeader(b"origin") is not None
 
 
-def origin_refused(origin: bytes) -> ApiError:
-    """
-    The 403 for a preflight from an origin that is not configured.
-    """
-    shown = origin.decode("latin-1")[:256]
-    return ApiError(
-        403,
-        "origin %s is not allowed to call this API (see response.cors_origins)" % (shown,),
-        "invalid_request_error",
-        code="origin_not_allowed",
-    )
-
-
 class PreflightResource(resource.Resource):
     """
     Answers every CORS preflight: 204 with the allowed methods and headers
@@ -215,7 +202,7 @@ class PreflightResource(resource.Resource):
         policy = getattr(site, "cors", None) or _NO_CORS
         origin = request.getHeader(b"origin") or b""
         if policy.allowed(origin) is None:
-            respond.error(request, origin_refused(origin))
+            respond.error(request, errors.origin_refused(origin))
         else:
             requested = request.getHeader(b"access-control-request-headers")
             respond.empty(request, 204, policy.preflight_headers(requested))

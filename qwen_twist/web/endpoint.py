@@ -47,12 +47,7 @@ def check_body_size(request: Any) -> None:
     """
     if getattr(request, "body_too_large", False):
         limit = getattr(request.channel.site, "max_body_bytes", 0)
-        raise errors.ApiError(
-            413,
-            "request body too large, max %d bytes" % (limit,),
-            "invalid_request_error",
-            code="request_too_large",
-        )
+        raise errors.body_too_large(limit)
 
 
 def parse_json_body(request: Any) -> Any:
@@ -134,10 +129,10 @@ class ApiResource(resource.Resource):
         def abort(message: str) -> None:
             # Shutdown ran out of time: the streaming code replaces this with
             # an error event once a stream has begun.
-            ctx.extra["shutting_down"] = True
+            ctx.shutting_down = True
             call.cancel()
 
-        ctx.extra["abort"] = abort
+        ctx.abort = abort
 
         def client_gone(reason: Failure) -> None:
             if not ctx.finished_at:
@@ -157,7 +152,7 @@ class ApiResource(resource.Resource):
         except BaseException as e:
             if ctx.client_gone:
                 pass
-            elif ctx.extra.get("shutting_down") and not request.startedWriting:
+            elif ctx.shutting_down and not request.startedWriting:
                 self._fail(request, ctx, errors.shutting_down())
             elif isinstance(e, errors.ApiError):
                 self._fail(request, ctx, e)
@@ -183,7 +178,7 @@ class ApiResource(resource.Resource):
         and answered with a bare 500.
         """
         mapped = map_failure(failure, self.gateway.upstream.where)
-        if mapped.code == "internal_error":
+        if mapped.code == errors.INTERNAL_ERROR:
             self.log.failure("Unhandled error in {route}", failure, route=self.route)
         return mapped
 

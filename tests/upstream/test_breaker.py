@@ -116,7 +116,7 @@ class StateTests(_BreakerTestCase):
         exc = self.refused()
         self.assertAlmostEqual(exc.retry_after, 0.1)
         self.assertEqual(exc.name, "ollama-a")
-        self.assertEqual(exc.retry_after_header(), "1")
+        self.assertEqual(errors.retry_after(exc.retry_after), "1")
 
     def test_threshold_zero_never_opens(self) -> None:
         """
@@ -466,8 +466,8 @@ class BreakerOpenTests(SynchronousTestCase):
         """
         Retry-After is never 0, even when the cool-down is nearly over.
         """
-        self.assertEqual(BreakerOpen(0.0).retry_after_header(), "1")
-        self.assertEqual(BreakerOpen(3.0).retry_after_header(), "3")
+        self.assertEqual(errors.retry_after(BreakerOpen(0.0).retry_after), "1")
+        self.assertEqual(errors.retry_after(BreakerOpen(3.0).retry_after), "3")
 
 
 class CountsAsFailureTests(SynchronousTestCase):

@@ -230,3 +230,51 @@ class GatewayHarness:
 
     def response(self, transport: StringTransport) -> Optional[ParsedResponse]:
         return parse_response(transport.value())
+
+
+class EmulatorHarness(GatewayHarness):
+    """
+    L{GatewayHarness} with the gateway's real upstream side: an
+    L{UpstreamPool} over the real L{OllamaClient} (treq, deadlines, breaker,
+    error mapping), whose agent is treq's in-memory
+    C{RequestTraversalAgent} over the emulator's resource. Nothing about
+    the upstream is hand-written here: what Ollama says is what the
+    emulator (which follows the protocol reference) says.
+
+    @ivar emulator: the L{EmulatorResource}; C{emulator.script} and
+        C{emulator.record} to script and inspect it.
+    """
+
+    def __init__(self, config: Optional[dict] = None, script: Any = None) -> None:
+        from treq.testing import RequestTraversalAgent
+
+        from qwen_twist.emulator.script import Script
+        from qwen_twist.emulator.server import build_resource
+        from qwen_twist.upstream.client import OllamaClient
+        from qwen_twist.upstream.pool import UpstreamPool
+
+        config = dict(config or {})
+        config.setdefault("upstream", {"breaker": {"threshold": 0}})
+        super().__init__(config)
+        if isinstance(script, dict):
+            script = Script.from_dict(script)
+        self.emulator = build_resource(script, reactor=self.clock)
+        self.agent = RequestTraversalAgent(self.emulator)
+        client = OllamaClient(self.clock, self.config.upstream, agent=self.agent)
+        self.upstream = UpstreamPool(self.clock, [client], self.config.upstream.health_interval)
+        self.gateway.upstream = self.upstream
+
+    def pump(self, rounds: int = 20) -> None:
+        """
+        Move bytes between the gateway and the emulator until both are idle
+        (the emulator's paced chunks need the clock: advance it too).
+        """
+        for _ in range(rounds):
+            self.agent.flush()
+            self.clock.advance(0)
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: Optional[dict] = None) -> tuple:
+        channel, transport = super().request(method, path, body, headers)
+        self.pump()
+        return channel, transport

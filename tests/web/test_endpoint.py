@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qwen_twist import errors
 from qwen_twist.upstream.client import UpstreamTimeout
 
-from tests.web.helpers import GatewayHarness
+from tests.web.helpers import EmulatorHarness, GatewayHarness
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 NATIVE_OK = {
@@ -316,3 +316,70 @@ class HookTests(SynchronousTestCase):
         harness.upstream.calls[-1].respond(200, NATIVE_OK)
         self.assertEqual(events, [("admit", "qwen3:8b"), ("release", 200)])
         self.assertEqual(json.loads(harness.response(transport).body)["object"], "chat.completion")
+
+
+class RealUpstreamTests(SynchronousTestCase):
+    """
+    The whole pipeline with the real upstream client (treq over an
+    in-memory agent) against the emulator: translation out, the native
+    call, translation back, and Ollama's errors mapped on the way.
+    """
+
+    def setUp(self) -> None:
+        self.harness = EmulatorHarness(
+            script={"default": {"text": "Hello there!"}})
+
+    def test_chat(self) -> None:
+        """
+        A chat completion reaches the emulator as a native C{/api/chat}
+        call and comes back in the OpenAI shape with Ollama's counts.
+        """
+        _, transport = self.harness.request("POST", "/v1/chat/completions", CHAT)
+        response = self.harness.response(transport)
+        self.assertEqual(response.status, 200)
+        body = response.json()
+        self.assertEqual(body["object"], "chat.completion")
+        self.assertEqual(body["choices"][0]["message"]["content"], "Hello there!")
+        self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+        self.assertGreater(body["usage"]["completion_tokens"], 0)
+        [received] = self.harness.emulator.record.requests
+        self.assertEqual(received.path, "/api/chat")
+        self.assertEqual(received.body["stream"], False)
+
+    def test_stream(self) -> None:
+        """
+        A streamed chat completion relays the emulator's NDJSON lines as
+        SSE chunks ending in C{[DONE]}.
+        """
+        body = dict(CHAT, stream=True)
+        _, transport = self.harness.request("POST", "/v1/chat/completions", body)
+        response = self.harness.response(transport)
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.headers["content-type"].startswith("text/event-stream"))
+        events = [line[6:] for line in response.body.split(b"\n")
+                  if line.startswith(b"data: ")]
+        self.assertEqual(events[-1], b"[DONE]")
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                       for e in events[:-1] if json.loads(e)["choices"])
+        self.assertEqual(text, "Hello there!")
+
+    def test_unknown_model(self) -> None:
+        """
+        The emulator's 404 for an unknown model is a 404
+        C{model_not_found}.
+        """
+        _, transport = self.harness.request(
+            "POST", "/v1/chat/completions", dict(CHAT, model="nope:1b"))
+        response = self.harness.response(transport)
+        self.assertEqual(response.status, 404)
+        self.assertEqual(response.json()["error"]["code"], errors.MODEL_NOT_FOUND)
+
+    def test_upstream_500(self) -> None:
+        """
+        An Ollama 500 is a 500 the OpenAI SDK is told not to retry.
+        """
+        self.harness.emulator.script.push({"http_status": 500})
+        _, transport = self.harness.request("POST", "/v1/chat/completions", CHAT)
+        response = self.harness.response(transport)
+        self.assertEqual(response.status, 500)
+        self.assertEqual(response.headers["x-should-retry"], "false")

@@ -235,7 +235,7 @@ class StreamTests(SynchronousTestCase):
         self.transport.producer.resumeProducing()
         self.assertEqual(upstream.transport.state, "producing")
         upstream.send(DONE)
-        self.assertEqual(self.harness.finished[0].extra["backpressure_pauses"], 1)
+        self.assertEqual(self.harness.finished[0].backpressure_pauses, 1)
 
     def test_client_disconnect(self) -> None:
         """
