@@ -193,6 +193,27 @@ class OllamaClientTests(TestCase):
         self.assertEqual(list(json.loads(await response.content())), ["error"])
 
     @async_test
+    async def test_keepalive_while_loading(self) -> None:
+        """
+        While Ollama takes its time before the first chunk (a model
+        loading), the gateway's keep-alive lines reach the library as
+        empty deltas it reads without complaint, and the answer follows.
+        """
+        stack, keys = await native_stack(self, {"streaming": {"keepalive_interval": 0.1}})
+        stack.script.push(text="Hello there", ttft=0.5, thinking="")
+        client = ollama_client(self, stack, keys["plain"])
+
+        def run():
+            return list(client.chat(model="qwen3:8b", messages=MESSAGES, stream=True,
+                                    think=False))
+
+        parts = await in_thread(run)
+        empty = [p for p in parts if not p.done and not p.message.content]
+        self.assertGreaterEqual(len(empty), 2)
+        self.assertEqual("".join(p.message.content for p in parts), "Hello there")
+        self.assertTrue(parts[-1].done)
+
+    @async_test
     async def test_midstream_error_raises(self) -> None:
         """
         Ollama failing mid-stream reaches the client as its own error line,
