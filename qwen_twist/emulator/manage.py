@@ -112,27 +112,33 @@ class ModelManagement:
         name = self._name(body)
         if ModelName.parse(name) is None:
             raise Refusal(400, "invalid model name")
-        lines: List[Dict[str, Any]] = [{"status": "pulling manifest"}]
-        spec = self.script.find_model(name)
-        if spec is None:
-            lines.append({"error": "pull model manifest: file does not exist"})
-        else:
-            lines += self._layer("pulling", spec.model_digest, spec.size)
-            lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"},
-                      {"status": "success"}]
-        return self._answer(request, body, lines)
+        return self._transfer(
+            request, body, name, "pulling", "pulling manifest",
+            "pull model manifest: file does not exist",
+            ["verifying sha256 digest", "writing manifest"])
 
     def push(self, request: Any, body: Any) -> bytes:
         name = self._name(body)
         if not name:
             raise Refusal(400, "model is required")
-        lines: List[Dict[str, Any]] = [{"status": "retrieving manifest"}]
+        return self._transfer(
+            request, body, name, "pushing", "retrieving manifest",
+            "open manifest: no such file or directory", ["pushing manifest"])
+
+    def _transfer(self, request: Any, body: Any, name: str, verb: str, first: str,
+                  missing: str, closing: List[str]) -> bytes:
+        """
+        A pull's or push's progress: the manifest step, the model's layer
+        (or the error for a model there is none of), the closing steps and
+        C{success}.
+        """
+        lines: List[Dict[str, Any]] = [{"status": first}]
         spec = self.script.find_model(name)
         if spec is None:
-            lines.append({"error": "open manifest: no such file or directory"})
+            lines.append({"error": missing})
         else:
-            lines += self._layer("pushing", spec.model_digest, spec.size)
-            lines += [{"status": "pushing manifest"}, {"status": "success"}]
+            lines += self._layer(verb, spec.model_digest, spec.size)
+            lines += [{"status": status} for status in closing + ["success"]]
         return self._answer(request, body, lines)
 
     def create(self, request: Any, body: Any) -> bytes:

@@ -75,6 +75,20 @@ class ManageTests(SynchronousTestCase):
         status, body, _ = self.call("POST", "/api/pull", {"model": "qwen3:8b", "stream": False})
         self.assertEqual((status, json.loads(body)), (200, {"status": "success"}))
 
+    def test_push(self) -> None:
+        """
+        A push streams C{retrieving manifest}, the layer, C{pushing
+        manifest} and C{success}; a model the host lacks ends in an error
+        line; no model is Ollama's 400.
+        """
+        lines = ndjson(self.call("POST", "/api/push", {"model": "qwen3:8b"})[1])
+        self.assertEqual([line["status"] for line in lines][:1] + lines[-2:],
+                         ["retrieving manifest", {"status": "pushing manifest"},
+                          {"status": "success"}])
+        lines = ndjson(self.call("POST", "/api/push", {"model": "nope:1"})[1])
+        self.assertIn("error", lines[-1])
+        self.assertEqual(self.call("POST", "/api/push", {})[0], 400)
+
     def test_copy_and_delete(self) -> None:
         """
         Copy and delete answer 200 with an empty body and change the model
