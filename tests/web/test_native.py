@@ -288,6 +288,21 @@ class ErrorShapeTests(NativeGateMixin, SynchronousTestCase):
         self.assertIn("prompt too long", response.json()["error"])
         self.assertEqual(self.harness.upstream.calls, [])
 
+    def test_body_too_large(self) -> None:
+        """
+        A body over C{limits.max_body_bytes} is a 413 in Ollama's shape, a
+        blob upload included.
+        """
+        self.make(limits={"max_body_bytes": 1024})
+        big = dict(CHAT, messages=[{"role": "user", "content": "x" * 2000}])
+        for path, body, key in (("/api/chat", big, self.plain),
+                                ("/api/blobs/" + DIGEST, b"x" * 2000, self.manager)):
+            _, transport = self.call("POST", path, body, key)
+            response = self.response(transport)
+            self.assertEqual(response.status, 413, path)
+            self.assertIn("too large", response.json()["error"])
+        self.assertEqual(self.harness.upstream.calls, [])
+
     def test_invalid_bodies(self) -> None:
         """
         Invalid JSON, a non-object and a missing model are 400s in
