@@ -10,6 +10,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist import errors
+from qwen_twist.gate import keys
 from qwen_twist.translate import native
 from qwen_twist.translate.native import MANAGED, REFUSED, SERVED, route_for
 
@@ -134,6 +135,8 @@ class RequestTests(SynchronousTestCase):
         self.assertRaises(errors.ApiError, plan, "/api/copy", {"source": "a"})
         pull = plan("/api/pull", {"model": "a"})
         self.assertEqual((pull.stream, pull.final_key), (True, "status"))
+        # The scope asked for is one a keys file can grant.
+        self.assertIn(native.MANAGE_SCOPE, keys.SCOPES)
 
     def test_no_body(self) -> None:
         """
