@@ -219,6 +219,16 @@ class LimitsConfig:
     header_timeout: float = setting(
         10.0, positive, "seconds a client may take to send a request's headers"
     )
+    body_timeout: float = setting(
+        10.0,
+        positive,
+        "a request body is checked every this many seconds: unfinished and "
+        "below body_min_rate over the last period, it gets 408 and the "
+        "connection closes (a small body must arrive within this time)",
+    )
+    body_min_rate: int = setting(
+        1024, between(1, 1024 * MiB), "bytes per second a request body must keep up"
+    )
 
 
 @dataclass(frozen=True)
@@ -330,6 +340,38 @@ class ConnectionsConfig:
     max_per_ip: int = setting(50, between(1, 1000000), "concurrent connections per IP")
     rate: float = setting(10.0, positive, "new connections per second per IP")
     burst: int = setting(20, between(1, 1000000), "new connections per IP in a burst")
+    handshake_timeout: float = setting(
+        10.0,
+        positive,
+        "seconds from accept to a completed TLS handshake; a bare TCP connect "
+        "or a stalled handshake is closed then",
+    )
+    evict_strangers: bool = setting(
+        True,
+        None,
+        "at max_total, close the oldest connection that has not made an "
+        "authenticated request to admit a new one, so a few addresses cannot "
+        "fill the gateway",
+    )
+    ipv6_prefix: int = setting(
+        64,
+        between(16, 128),
+        "IPv6 peers in one prefix of this length count as one address for "
+        "max_per_ip and the connection rate (a host usually owns a /64)",
+    )
+    refusal_answers: int = setting(
+        3,
+        between(0, 1000),
+        "refused connections (banned, over a cap or the rate) per address and "
+        "minute answered over TLS with 403/429 and Retry-After; beyond this "
+        "they are dropped at accept; 0 = always drop",
+    )
+    refusal_budget: int = setting(
+        60,
+        between(0, 1000000),
+        "refused connections answered per minute over all addresses (the TLS "
+        "work a flood can cost at most)",
+    )
 
 
 @dataclass(frozen=True)

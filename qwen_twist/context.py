@@ -55,6 +55,9 @@ class CallContext:
     queue_ticket: Optional[Any] = None
     #: Milliseconds the call waited in the GPU queue.
     queue_wait_ms: Optional[float] = None
+    #: The client connection (L{qwen_twist.gate.peerfilter.FilteredConnection})
+    #: kept from eviction while this anonymous call is answered.
+    busy_connection: Optional[Any] = None
     #: The admission hooks that admitted the call (released in reverse).
     admitted_hooks: List[Any] = field(default_factory=list)
     #: Ends the call early (shutdown): C{abort(reason)}.
@@ -63,6 +66,10 @@ class CallContext:
     shutting_down: bool = False
     #: Times the client's slowness paused reading from Ollama.
     backpressure_pauses: int = 0
+    #: The client's own id for its end user (Anthropic C{metadata.user_id},
+    #: Responses C{user}/C{safety_identifier}): for the audit log, never
+    #: for admission.
+    end_user: Optional[str] = None
 
     @property
     def duration(self) -> Optional[float]:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_errors -*-
 """
-Every error a client can see, in one place, in the OpenAI envelope or (on
-Ollama's native routes, C{/api/*}) in Ollama's C{{"error": "..."}}.
+Every error a client can see, in one place: in the OpenAI envelope, or on
+the Anthropic routes in Anthropic's, or on Ollama's native routes
+(C{/api/*}) in Ollama's C{{"error": "..."}}.
 
 Clients (the OpenAI SDKs in particular) decide what to do from the HTTP status
 and the C{error.code} field, so each failure is an L{ApiError} carrying both,
@@ -9,13 +10,13 @@ and the only way a response body for a failure is produced is
 L{ApiError.body}. Nothing here knows about Twisted: resources catch
 L{ApiError} and write C{status}, C{headers} and C{body()}.
 
-Why two envelopes for one L{ApiError}: the gate's refusals (401, 403, 429
-with C{Retry-After}, 503 while draining) are the same on every route, but a
-client of Ollama's native API (the C{ollama} libraries, Open WebUI's Ollama
-connection) reads only C{error} as a string and raises its C{ResponseError}
-with it; an OpenAI object there would be shown as a JSON blob. So the
-status and headers are shared and L{ApiError.render} picks the body shape
-per route (L{OPENAI} or L{OLLAMA}).
+Why several envelopes for one L{ApiError}: the gate's refusals (401, 403,
+429 with C{Retry-After}, 503 while draining) are the same on every route,
+but each family of clients reads its own shape; a client of Ollama's
+native API (the C{ollama} libraries, Open WebUI's Ollama connection) reads
+only C{error} as a string and raises its C{ResponseError} with it, and an
+OpenAI object there would be shown as a JSON blob. So the status and
+headers are shared and L{ApiError.body} picks the body shape per route.
 
 Upstream (Ollama) failures are mapped by L{from_upstream} following section 8
 of the protocol reference: the status class decides, the native text is kept
@@ -30,10 +31,6 @@ import math
 from typing import Iterable, Optional, Tuple
 
 Headers = Tuple[Tuple[str, str], ...]
-
-#: The two body shapes of L{ApiError.render}.
-OPENAI = "openai"
-OLLAMA = "ollama"
 
 # Error codes (C{error.code}): what clients and the gateway's own control
 # flow compare against; never spelt out elsewhere.
@@ -51,6 +48,9 @@ UPSTREAM_TIMEOUT = "upstream_timeout"
 UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"
 QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
+ADDRESS_BANNED = "address_banned"
+TOO_MANY_CONNECTIONS = "too_many_connections"
+TOKEN_ARRAYS_UNSUPPORTED = "token_arrays_unsupported"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL_ERROR = "internal_error"
 MODEL_REQUIRED = "model_required"
@@ -119,11 +119,34 @@ class ApiError(Exception):
             }
         }
 
-    def body(self) -> bytes:
+    def anthropic_type(self) -> str:
         """
-        The response body: the envelope as compact UTF-8 JSON.
+        The Anthropic error type for this failure (L{anthropic_error_type}).
         """
-        return json.dumps(self.envelope(), separators=(",", ":")).encode("utf-8")
+        return anthropic_error_type(self.status)
+
+    def anthropic_envelope(self) -> dict:
+        """
+        The same failure in Anthropic's envelope, C{{"type": "error",
+        "error": {"type", "message"}}}: what C{/v1/messages} answers, so the
+        C{anthropic} SDK raises the exception class its users catch (it picks
+        the class from the status, and shows C{error.type}). Also the
+        payload of a mid-stream C{error} event.
+        """
+        return anthropic_stream_error(self.message, self.anthropic_type())
+
+    def body(self, style: str = "openai") -> bytes:
+        """
+        The response body: the envelope (C{style} C{"openai"},
+        C{"anthropic"} or C{"ollama"}) as compact UTF-8 JSON.
+        """
+        if style == "anthropic":
+            envelope = self.anthropic_envelope()
+        elif style == "ollama":
+            envelope = self.ollama_envelope()
+        else:
+            envelope = self.envelope()
+        return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
 
     def ollama_envelope(self) -> dict:
         """
@@ -131,16 +154,6 @@ class ApiError(Exception):
         answers (and writes as the last line of a failed stream).
         """
         return {"error": self.message}
-
-    def render(self, envelope: str = OPENAI) -> bytes:
-        """
-        The response body in C{envelope}'s shape (L{OPENAI} or L{OLLAMA}).
-        """
-        if envelope == OLLAMA:
-            return json.dumps(
-                self.ollama_envelope(), separators=(",", ":"), ensure_ascii=False
-            ).encode("utf-8")
-        return self.body()
 
     def __repr__(self) -> str:
         return "<ApiError %d %s param=%r code=%r: %s>" % (
@@ -150,6 +163,37 @@ class ApiError(Exception):
             self.code,
             self.message,
         )
+
+
+#: Anthropic error types by HTTP status (the statuses the C{anthropic} SDK
+#: maps to C{BadRequestError}, C{AuthenticationError}, ...).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """
+    Anthropic's C{error.type} for one of our failures. The status decides,
+    as it does for the SDK; a 503 is C{overloaded_error} (a busy or
+    draining gateway, an open breaker: retry later), other 4xx are
+    C{invalid_request_error}, other 5xx C{api_error}.
+    """
+    known = _ANTHROPIC_TYPES.get(status)
+    if known is not None:
+        return known
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
 
 
 def invalid_request(
@@ -481,3 +525,87 @@ def stream_error(message: str, type: str = "server_error",
     event, never as a status).
     """
     return ApiError(500, message, type, None, code)
+
+
+#: Anthropic error types of the failures a stream itself ends with (the
+#: relay's deadlines, the shutdown drain); any other is C{api_error}.
+_ANTHROPIC_STREAM_TYPES = {
+    UPSTREAM_TIMEOUT: "timeout_error",
+    SHUTTING_DOWN: "overloaded_error",
+}
+
+
+def anthropic_stream_error(message: str, error_type: Optional[str] = None,
+                           code: Optional[str] = None) -> dict:
+    """
+    Anthropic's error envelope: the payload of a mid-stream C{error} event
+    of C{/v1/messages} (which the C{anthropic} SDK raises), and the body of
+    that route's error responses (L{ApiError.anthropic_envelope}). Without
+    C{error_type}, the type follows the gateway's C{code}.
+    """
+    if error_type is None:
+        error_type = _ANTHROPIC_STREAM_TYPES.get(code or "", "api_error")
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def responses_stream_error(message: str) -> dict:
+    """
+    The C{error} of a C{response.failed} event of C{/v1/responses}: the
+    Responses API's C{server_error} code (the SDK's C{ResponseError} type
+    admits only its own codes), with the gateway's message.
+    """
+    return {"code": "server_error", "message": message}
+
+
+# Refusals at the connection level --------------------------------------------
+
+
+def address_banned(seconds: float, until: str) -> ApiError:
+    """
+    403 for a connection from an address banned after failed
+    authentications: what happened and until when, never which credential
+    was tried (whoever shares the address learns nothing about it).
+
+    @param seconds: ban time left.
+    @param until: when it ends, as an RFC 3339 UTC time.
+    """
+    return ApiError(
+        403,
+        "this address is banned until %s (%s s from now) after repeated failed "
+        "authentication from it; retry then with a valid API key"
+        % (until, retry_after(seconds)),
+        "invalid_request_error",
+        code=ADDRESS_BANNED,
+        headers=_retry_headers(seconds),
+    )
+
+
+def too_many_connections(why: str, seconds: float) -> ApiError:
+    """
+    429 for a connection refused at accept time (too many open connections
+    from the address or in all, or too many new ones per second).
+
+    @param why: which limit, in words.
+    @param seconds: when a retry may succeed (the bucket's refill time).
+    """
+    return ApiError(
+        429,
+        "%s; close idle connections or retry later" % (why,),
+        "rate_limit_error",
+        code=TOO_MANY_CONNECTIONS,
+        headers=_retry_headers(seconds),
+    )
+
+
+def body_too_slow(timeout: float, min_rate: int) -> ApiError:
+    """
+    408: a request body stalled (fewer than C{min_rate} bytes per second
+    over C{timeout} seconds).
+    """
+    return ApiError(
+        408,
+        "request body not received: less than %d bytes arrived in %g seconds"
+        % (int(min_rate * timeout), timeout),
+        "invalid_request_error",
+        code=REQUEST_TIMEOUT,
+    )

@@ -120,7 +120,8 @@ class GatewayService(service.MultiService):
         self.server_tls = tls.ReloadableServerTLS(certificate_options, config)
         self.factory = build_listener_factory(self.server_tls, self.site)
         self.peer_filter = PeerFilterFactory(
-            self.factory, self.gate.rules, self.gate.bans, config.connections, reactor
+            self.factory, self.gate.rules, self.gate.bans, config, reactor,
+            answer_tls=answer_tls(self.factory),
         )
         # The order a request meets them: the connection filter and TLS,
         # then the HTTP limits, the gate's hooks, the pipeline, upstream.
@@ -270,6 +271,18 @@ def build_listener_factory(certificate_options: Any, site: Any) -> Any:
     any handshake work; see style.md section 1.3).
     """
     return TLSMemoryBIOFactory(certificate_options, False, site)
+
+
+def answer_tls(tls_factory: Any) -> Any:
+    """
+    How the peer filter wraps the inner protocol that answers a refused
+    connection: in a server TLS protocol of the listener's own TLS factory
+    (same certificate and settings), which never reaches the HTTP site.
+    """
+    def wrap(inner: Any) -> Any:
+        return tls_factory.protocol(tls_factory, inner)
+
+    return wrap
 
 
 def listen_endpoint(reactor: Any, listen: configmod.ListenConfig) -> Any:

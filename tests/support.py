@@ -74,30 +74,50 @@ class Stack:
             kwargs["data"] = data
         return self.http.post(self.url + path, **kwargs)
 
+    def _http_client(self) -> Any:
+        """
+        An HTTP client for an SDK that trusts this gateway's certificate:
+        openai 3.x and both anthropic generations are built on httpx2,
+        openai 2.x (the Debian 12 venv) on httpx.
+        """
+        import ssl as stdlib_ssl
+
+        try:
+            import httpx2 as httpx  # type: ignore[import-not-found]
+        except ImportError:
+            import httpx  # type: ignore[no-redef]
+
+        return httpx.Client(verify=stdlib_ssl.create_default_context(cafile=self.cafile))
+
     def openai_client(self, **kwargs: Any) -> Any:
         """
         An official OpenAI SDK client for this gateway (use it from a thread:
         L{in_thread}).
         """
-        import ssl as stdlib_ssl
-
         import openai
-
-        try:
-            # openai 3.x is built on httpx2; 2.x (the Debian 12 venv) on httpx.
-            import httpx2 as httpx  # type: ignore[import-not-found]
-        except ImportError:
-            import httpx  # type: ignore[no-redef]
 
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("api_key", "sk-test-not-needed")
         kwargs.setdefault("timeout", 20)
-        context = stdlib_ssl.create_default_context(cafile=self.cafile)
         client = openai.OpenAI(
-            base_url=self.url + "/v1",
-            http_client=httpx.Client(verify=context),
-            **kwargs,
+            base_url=self.url + "/v1", http_client=self._http_client(), **kwargs
         )
+        self._sdk_clients.append(client)
+        return client
+
+
+    def anthropic_client(self, **kwargs: Any) -> Any:
+        """
+        An official Anthropic SDK client for this gateway (C{base_url} is
+        the gateway's root: the SDK appends C{/v1/messages}); use it from a
+        thread (L{in_thread}).
+        """
+        import anthropic
+
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", "sk-ant-test-not-needed")
+        kwargs.setdefault("timeout", 20)
+        client = anthropic.Anthropic(base_url=self.url, http_client=self._http_client(), **kwargs)
         self._sdk_clients.append(client)
         return client
 

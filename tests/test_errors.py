@@ -180,3 +180,82 @@ class FromUpstreamTests(SynchronousTestCase):
         message = errors.upstream_message(b"x" * 100_000)
         self.assertEqual(len(message), errors.MAX_UPSTREAM_MESSAGE + 3)
         self.assertTrue(message.endswith("..."))
+
+
+class AnthropicEnvelopeTests(SynchronousTestCase):
+    """
+    L{errors.ApiError} in Anthropic's envelope (AV-12 of
+    C{docs/anthropic-responses-protocol.md}).
+    """
+
+    def test_types_by_status(self):
+        """
+        Each status maps to the type the SDK's exception expects.
+        """
+        rows = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error",
+                502: "api_error", 503: "overloaded_error", 504: "timeout_error"}
+        for status, kind in rows.items():
+            self.assertEqual(errors.ApiError(status, "m").anthropic_type(), kind)
+
+    def test_body(self):
+        """
+        The Anthropic body has only type and error{type, message}.
+        """
+        self.assertEqual(
+            errors.ApiError(401, "invalid api key").body("anthropic"),
+            b'{"type":"error","error":{"type":"authentication_error",'
+            b'"message":"invalid api key"}}')
+
+    def test_stream_errors(self):
+        """
+        A stream's own failures: an explicit type wins, else the gateway's
+        code decides (a deadline is timeout_error, the drain
+        overloaded_error, anything else api_error); the Responses failure
+        carries server_error.
+        """
+        self.assertEqual(errors.anthropic_stream_error("m", "rate_limit_error"),
+                         {"type": "error", "error": {"type": "rate_limit_error", "message": "m"}})
+        rows = [(errors.UPSTREAM_TIMEOUT, "timeout_error"),
+                (errors.SHUTTING_DOWN, "overloaded_error"), (None, "api_error")]
+        for code, kind in rows:
+            self.assertEqual(errors.anthropic_stream_error("m", code=code)["error"]["type"], kind)
+        self.assertEqual(errors.responses_stream_error("m"),
+                         {"code": "server_error", "message": "m"})
+
+
+class ConnectionRefusalTests(SynchronousTestCase):
+    """
+    The answers a refused connection or a stalled request gets.
+    """
+
+    def test_address_banned(self):
+        """
+        403 C{address_banned}: until when, Retry-After rounded up, and
+        nothing about the credential.
+        """
+        error = errors.address_banned(599.2, "2026-12-06T23:40:00Z")
+        self.assertEqual((error.status, error.code), (403, "address_banned"))
+        self.assertIn(("Retry-After", "600"), error.headers)
+        self.assertIn("banned until 2026-12-06T23:40:00Z", error.message)
+        self.assertNotIn("key", error.message.replace("API key", ""))
+
+    def test_too_many_connections(self):
+        """
+        429 C{too_many_connections} says which limit; Retry-After is at
+        least 1.
+        """
+        error = errors.too_many_connections("too many open connections in all", 0.2)
+        self.assertEqual((error.status, error.type, error.code),
+                         (429, "rate_limit_error", "too_many_connections"))
+        self.assertIn(("Retry-After", "1"), error.headers)
+        self.assertTrue(error.message.startswith("too many open connections in all"))
+
+    def test_body_too_slow(self):
+        """
+        408 C{request_timeout} naming the bytes that were due.
+        """
+        error = errors.body_too_slow(10.0, 1024)
+        self.assertEqual((error.status, error.code), (408, "request_timeout"))
+        self.assertIn("less than 10240 bytes arrived in 10 seconds", error.message)

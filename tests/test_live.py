@@ -209,6 +209,43 @@ class OtherEndpointTests(TestCase):
         self.assertIs(upstream["think"], False)
 
     @async_test
+    async def test_sdk_completions_several_prompts(self) -> None:
+        """
+        Several prompts (LangChain's legacy C{OpenAI().batch()}): one
+        upstream call per prompt, one choice per prompt with its index,
+        usage summed, as the SDK's C{Completion} type reads it.
+        """
+        stack = await start_stack(self)
+        stack.script.push(text="A", prompt_eval_count=2)
+        stack.script.push(text="B", prompt_eval_count=3)
+        client = stack.openai_client()
+        completion = await in_thread(
+            client.completions.create, model="qwen2.5:7b", prompt=["a", "b"], max_tokens=5
+        )
+        self.assertEqual([(c.index, c.text) for c in completion.choices], [(0, "A"), (1, "B")])
+        self.assertEqual(completion.usage.prompt_tokens, 5)
+        self.assertEqual([b["prompt"] for b in stack.record.bodies("/api/generate")],
+                         ["a", "b"])
+
+    @async_test
+    async def test_sdk_lone_surrogate(self) -> None:
+        """
+        A lone UTF-16 surrogate in a message is served (U+FFFD upstream, as
+        Ollama's Go decoder does), not a 500.
+        """
+        stack = await start_stack(self)
+        stack.script.push(text="ok")
+        response = await stack.post(
+            "/v1/chat/completions",
+            data=b'{"model":"qwen3:8b","messages":[{"role":"user","content":"cut \\ud83d"}]}',
+            headers={"Content-Type": "application/json"},
+        )
+        body = await treq.content(response)
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(stack.record.last("/api/chat").body["messages"][0]["content"],
+                         "cut \ufffd")
+
+    @async_test
     async def test_sdk_embeddings_base64_and_float(self) -> None:
         """
         The SDK's default base64 encoding decodes back to the same vector as

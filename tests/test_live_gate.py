@@ -152,17 +152,20 @@ class ApiKeyTests(TestCase):
 
 class BanAtAcceptTests(TestCase):
     """
-    A banned address is refused before any TLS work.
+    A banned address gets a few readable answers, then is refused before
+    any TLS work.
     """
 
     @async_test
     async def test_banned_peer_refused_before_handshake(self) -> None:
         """
         After three failed authentications from 127.0.0.1, a new connection
-        from it is closed at accept time: the TLS handshake never happens.
+        from it (past the answer budget) is closed at accept time: the TLS
+        handshake never happens.
         """
         path, key = _keys_file(self)
-        stack = await start_stack(self, {"auth": {"required": True, "keys_file": path}})
+        stack = await start_stack(self, {"auth": {"required": True, "keys_file": path},
+                                         "connections": {"refusal_answers": 0}})
         for _ in range(3):
             response = await stack.post(
                 "/v1/chat/completions", json={"model": "qwen3:8b", "messages": MESSAGES},
@@ -179,6 +182,66 @@ class BanAtAcceptTests(TestCase):
             self.fail("a banned peer completed a request")
         self.assertEqual(stack.service.peer_filter.refused["banned"], 1)
         self.assertLessEqual(len(stack.service.factory.protocols), built)
+
+    @async_test
+    async def test_sdk_sees_ban(self) -> None:
+        """
+        A client with a valid key behind a banned address (a colleague on
+        the same NAT) gets, through the openai SDK, a 403 C{address_banned}
+        saying until when, with C{Retry-After} (the ban's remaining time)
+        and no word of the credential that was tried -- not a connection
+        reset.
+        """
+        import openai
+
+        path, key = _keys_file(self)
+        stack = await start_stack(self, {"auth": {"required": True, "keys_file": path},
+                                         "bans": {"failures": 1, "duration": 600.0}})
+        response = await stack.post(
+            "/v1/chat/completions", json={"model": "qwen3:8b", "messages": MESSAGES},
+            headers={"Authorization": "Bearer qg-guessed-secret"},
+        )
+        self.assertEqual(response.code, 401)
+        await treq.content(response)
+        client = stack.openai_client(api_key=key)
+        try:
+            await in_thread(client.chat.completions.create, model="qwen3:8b",
+                            messages=MESSAGES)
+        except openai.PermissionDeniedError as e:
+            self.assertEqual(e.code, "address_banned")
+            self.assertIn(int(e.response.headers["retry-after"]), (599, 600, 601))
+            self.assertIn("banned until", e.message)
+            self.assertNotIn(key, e.message)
+            self.assertNotIn("qg-guessed-secret", str(e.body))
+        else:
+            self.fail("no PermissionDeniedError")
+        self.assertEqual(stack.service.peer_filter.answered["banned"], 1)
+        self.assertEqual(len(stack.record.for_path("/api/chat")), 0)
+
+    @async_test
+    async def test_sdk_sees_connection_cap(self) -> None:
+        """
+        Over C{connections.max_per_ip}, the SDK gets a 429
+        C{too_many_connections} with C{Retry-After} instead of a reset.
+        """
+        import openai
+
+        stack = await start_stack(self, {"connections": {"max_per_ip": 1}})
+        holder = ssl.create_default_context(cafile=stack.cafile).wrap_socket(
+            __import__("socket").create_connection(("127.0.0.1", stack.port.getHost().port)),
+            server_hostname="127.0.0.1", do_handshake_on_connect=False)
+        self.addCleanup(holder.close)
+        await in_thread(holder.do_handshake)
+        client = stack.openai_client()
+        try:
+            await in_thread(client.models.list)
+        except openai.RateLimitError as e:
+            self.assertEqual(e.code, "too_many_connections")
+            self.assertEqual(e.response.headers["retry-after"], "1")
+            self.assertIn("too many open connections from this address", e.message)
+        else:
+            self.fail("no RateLimitError")
+        self.assertEqual(stack.service.peer_filter.answered["per_ip"], 1)
 
 
 class MutualTLSTests(TestCase):

@@ -203,8 +203,9 @@ class ReloadContractTests(SynchronousTestCase):
             "response.hsts_max_age": (
                 0, lambda s: any(name == b"Strict-Transport-Security"
                                  for name, _ in s.site.response_headers)),
-            "connections.max_per_ip": (7, lambda s: s.peer_filter.connections.max_per_ip),
-            "connections.max_total": (9, lambda s: s.peer_filter.connections.max_total),
+            "connections.max_per_ip": (
+                7, lambda s: s.peer_filter.config.connections.max_per_ip),
+            "connections.max_total": (9, lambda s: s.peer_filter.config.connections.max_total),
             "bans.failures": (11, lambda s: s.gate.bans.threshold),
             "bans.duration": (12.0, lambda s: s.gate.bans.duration),
             "translation.reasoning_field": (
@@ -235,11 +236,11 @@ class ReloadContractTests(SynchronousTestCase):
         self.assertTrue(self.service.reload())
         self.assertIsNone(self.service.gate.queue)
         self.assertIs(self.service.gateway.hooks, hooks)
-        self.assertEqual(len(hooks), 4)
+        self.assertNotIn(self.service.gate._admission, hooks)
         self.write(with_setting(self.base, "admission.slots", 2))
         self.assertTrue(self.service.reload())
         self.assertEqual(self.service.gate.queue.slots, 2)
-        self.assertEqual(len(hooks), 5)
+        self.assertEqual(len(hooks), 6)
 
     def test_invalid_file_still_reloads_keys(self) -> None:
         """

@@ -246,7 +246,7 @@ class MakeServiceTests(ConfigFileMixin, SynchronousTestCase):
         self.assertIsInstance(listener.endpoint, endpoints.TCP4ServerEndpoint)
         self.assertIsInstance(listener.factory, PeerFilterFactory)
         self.assertIs(listener.factory, svc.peer_filter)
-        self.assertEqual(listener.factory.connections, configmod.ConnectionsConfig())
+        self.assertEqual(listener.factory.config.connections, configmod.ConnectionsConfig())
         self.assertIsInstance(svc.factory, TLSMemoryBIOFactory)
         self.assertIs(listener.factory.wrappedFactory, svc.factory)
         self.assertIsInstance(svc.factory.wrappedFactory, GatewaySite)

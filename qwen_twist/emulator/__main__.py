@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Any, List, Optional, TextIO
 
+from qwen_twist.emulator.record import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS, Record
 from qwen_twist.emulator.script import Script, ScriptError, validate_layer
 
 STARTUP_LINE = "qwengate ollama emulator listening on %s"
@@ -44,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", help="fixed answer text instead of the default greeting")
     parser.add_argument("--ollama-version", metavar="VERSION",
                         help="what GET /api/version reports")
+    parser.add_argument("--record-requests", type=int, default=DEFAULT_MAX_REQUESTS,
+                        metavar="N",
+                        help="requests kept in GET /_emulator/record, newest first to "
+                             "stay (default: %(default)s)")
+    parser.add_argument("--record-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                        metavar="BYTES",
+                        help="request body bytes kept in the record: older requests "
+                             "are dropped beyond this, so memory stays bounded "
+                             "whatever the request sizes (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true",
                         help="log Twisted events to stderr")
     return parser
@@ -113,7 +123,9 @@ def main(argv: Optional[List[str]] = None, reactor: Any = None,
         reactor.stop()
 
     def start() -> None:
-        listen(reactor, script, host=options.host, port=options.port).addCallbacks(
+        record = Record(options.record_requests, options.record_bytes)
+        listen(reactor, script, host=options.host, port=options.port,
+               record=record).addCallbacks(
             started, failed)
 
     reactor.callWhenRunning(start)

@@ -24,6 +24,10 @@ from typing import Any, Deque, Dict, List, Optional
 #: not grow without bound (the counters keep counting).
 DEFAULT_MAX_REQUESTS = 10_000
 
+#: Request body bytes kept by default. A count alone does not bound memory:
+#: 10,000 large chat bodies held 8 GB. The newest request is always kept.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -36,6 +40,8 @@ class RecordedRequest:
     @ivar body: the parsed JSON body, or L{None} when there was none or it
         was not JSON.
     @ivar at: the emulator's clock when it arrived.
+    @ivar size: bytes of the request body as received (what the byte bound
+        of L{Record} counts).
     """
 
     method: str
@@ -43,6 +49,7 @@ class RecordedRequest:
     headers: Dict[str, str]
     body: Any
     at: float
+    size: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -66,8 +73,9 @@ class Record:
     ended it). C{requests_abandoned} counts the non-streaming responses
     (and C{hang_before_headers}) whose client left before the answer.
 
-    @ivar requests: the last C{max_requests} L{RecordedRequest}s, oldest
-        first.
+    @ivar requests: the last L{RecordedRequest}s, oldest first: at most
+        C{max_requests} of them, and no more than C{max_bytes} of bodies in
+        all (the newest one is kept whatever its size).
     @ivar request_count: all requests ever recorded (since L{reset}).
     @ivar streams_active: streams not yet ended; a gauge, so L{reset} keeps
         it.
@@ -75,8 +83,10 @@ class Record:
     @ivar faults: scripted faults that struck.
     """
 
-    def __init__(self, max_requests: int = DEFAULT_MAX_REQUESTS) -> None:
+    def __init__(self, max_requests: int = DEFAULT_MAX_REQUESTS,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._max_requests = max_requests
+        self._max_bytes = max_bytes
         self.streams_active = 0
         self.reset()
 
@@ -84,7 +94,9 @@ class Record:
         """
         Forget the requests and zero the counters (not L{streams_active}).
         """
-        self.requests: Deque[RecordedRequest] = deque(maxlen=self._max_requests)
+        self.requests: Deque[RecordedRequest] = deque()
+        #: Body bytes of the requests kept.
+        self.bytes_kept = 0
         self.request_count = 0
         self.streams_started = 0
         self.streams_completed = 0
@@ -97,8 +109,14 @@ class Record:
     # recording
 
     def add(self, request: RecordedRequest) -> None:
-        self.requests.append(request)
+        requests = self.requests
+        requests.append(request)
+        self.bytes_kept += request.size
         self.request_count += 1
+        while len(requests) > 1 and (
+            len(requests) > self._max_requests or self.bytes_kept > self._max_bytes
+        ):
+            self.bytes_kept -= requests.popleft().size
 
     def stream_started(self) -> None:
         self.streams_started += 1

@@ -109,7 +109,7 @@ class EmulatorResource(Resource):
             except Refusal as e:
                 problem = e
         if record:
-            self._record_request(request, body)
+            self._record_request(request, body, raw)
         if routes is None:
             return reply(request, 404, b"404 page not found", TEXT_TYPE)
         handler = routes.get(method)
@@ -122,14 +122,14 @@ class EmulatorResource(Resource):
         except Refusal as e:
             return reply(request, e.status, error_body(e.message))
 
-    def _record_request(self, request: Any, body: Any) -> None:
+    def _record_request(self, request: Any, body: Any, raw: bytes) -> None:
         headers = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             headers[name.decode("latin-1").lower()] = ", ".join(
                 value.decode("latin-1") for value in values)
         self.record.add(RecordedRequest(
             request.method.decode("latin-1"), request.path.decode("latin-1"),
-            headers, body, self.reactor.seconds(),
+            headers, body, self.reactor.seconds(), len(raw),
         ))
 
     # control paths (not Ollama's)

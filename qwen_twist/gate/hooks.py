@@ -34,6 +34,7 @@ from qwen_twist import errors
 from qwen_twist.gate.addresses import AddressRules
 from qwen_twist.gate.queue import AdmissionHook, SlotQueue
 from qwen_twist.gate.bans import BanList
+from qwen_twist.gate.peerfilter import TrustedConnectionHook
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
@@ -266,7 +267,10 @@ class RateLimitHook:
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         now = self.clock.seconds()
         decision = self.per_ip.take(ctx.client_ip, now)
-        shown = decision
+        # Headers describe only a limit that applies: an unlimited per-IP
+        # bucket would advertise its unused burst, and clients that pace
+        # themselves from x-ratelimit-* would slow down for nothing.
+        shown: Optional[Decision] = decision if self.per_ip.rate > 0 else None
         if not decision.allowed:
             _rate_headers(request, decision, "requests")
             raise errors.rate_limited("rate limit exceeded for this address", decision.retry_after)
@@ -294,7 +298,8 @@ class RateLimitHook:
                 if not spent.allowed:
                     raise errors.rate_limited("token budget exceeded for this key", spent.retry_after)
                 ctx.token_reservation = (budget, reserve)
-        _rate_headers(request, shown, "requests")
+        if shown is not None:
+            _rate_headers(request, shown, "requests")
 
     def release(self, ctx: CallContext) -> None:
         reservation, ctx.token_reservation = ctx.token_reservation, None
@@ -385,6 +390,9 @@ class Gate:
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock)
+        # Right after identity: a request with one protects its connection
+        # from eviction at connections.max_total before it waits anywhere.
+        self.trust = TrustedConnectionHook()
         self.hooks: List[Any] = []
         self.queue: Optional[SlotQueue] = None
         self.reconfigure(config)
@@ -405,7 +413,7 @@ class Gate:
         self.prompt.max_chars = config.limits.max_prompt_chars
         self.rates.configure(config)
         admission = config.admission
-        hooks: List[Any] = [self.address, self.identity, self.prompt, self.rates]
+        hooks: List[Any] = [self.address, self.identity, self.trust, self.prompt, self.rates]
         if admission.slots > 0:
             if self.queue is None:
                 self.queue = SlotQueue(

@@ -56,8 +56,10 @@ REASONING_KEYS: Dict[str, Tuple[str, ...]] = {
     "none": (),
 }
 
-#: OpenAI reasoning effort -> native C{think} (TV-12). C{xhigh}/C{max} are
-#: lowered to C{"high"} for upstreams older than 0.22.0.
+#: OpenAI reasoning effort -> native C{think} (TV-12). C{xhigh}/C{max}/C{ultra}
+#: are lowered to C{"high"} for upstreams older than 0.22.0. C{ultra} is not an
+#: OpenAI value but Ollama compat maps it to its highest level, and clients
+#: written against Ollama send it.
 _EFFORT_TO_THINK: Dict[str, object] = {
     "none": False,
     "minimal": "low",
@@ -66,6 +68,7 @@ _EFFORT_TO_THINK: Dict[str, object] = {
     "high": "high",
     "xhigh": "max",
     "max": "max",
+    "ultra": "max",
 }
 
 #: Native C{think} levels a client may send directly (reference 2.5).
@@ -226,7 +229,7 @@ def _effort(body: Dict[str, Any], key: str, param: str) -> object:
     if effort not in _EFFORT_TO_THINK:
         raise invalid_request(
             "Invalid value for '%s': use one of none, minimal, low, medium, high, "
-            "xhigh, max." % (param,),
+            "xhigh, max, ultra." % (param,),
             param,
         )
     return _EFFORT_TO_THINK[effort]

@@ -6,18 +6,21 @@ The official OpenAI SDK asks for C{encoding_format: "base64"} unless the
 caller chose otherwise and decodes the strings as little-endian float32
 (reference section 3.5), so base64 is the common case, not an oddity: each
 vector is packed with one C{struct.pack} call. Token-array inputs have no
-native equivalent and are refused (section 5.3).
+native equivalent (section 5.3): they are decoded to text when the
+client's encoding is available offline, else refused with a 400 naming the
+client setting that sends text (L{qwen_twist.translate.tokens}).
 """
 
 from __future__ import annotations
 
 import base64
 import struct
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from qwen_twist.errors import invalid_request, upstream_protocol_error
 from qwen_twist.translate.common import usage
 from qwen_twist.translate.request import UpstreamRequest
+from qwen_twist.translate.tokens import TokenDecoder, decode_token_arrays, is_token_array
 from qwen_twist.translate.validate import (
     keep_alive_value,
     optional_bool,
@@ -31,16 +34,19 @@ from qwen_twist.translate.validate import (
 ENCODING_FORMATS = ("float", "base64")
 
 
-def _input(body: Dict[str, Any]) -> object:
+def _input(body: Dict[str, Any], decoder: Optional[TokenDecoder]) -> object:
     """
     The native C{input}: a string (C{""} becomes C{[""]}, as in Ollama
-    compat) or a non-empty array of strings.
+    compat), a non-empty array of strings, or token arrays decoded to text
+    (L{qwen_twist.translate.tokens}).
     """
     value = body.get("input")
     if isinstance(value, str):
         return value if value else [""]
     if value is None:
         raise invalid_request("Missing required parameter: 'input'.", "input")
+    if is_token_array(value):
+        return decode_token_arrays(value, "input", decoder)
     if not isinstance(value, list):
         raise invalid_request(
             "Invalid type for 'input': expected a string or an array of strings, "
@@ -53,7 +59,8 @@ def _input(body: Dict[str, Any]) -> object:
         if not isinstance(item, str):
             if isinstance(item, (int, list)) and not isinstance(item, bool):
                 raise invalid_request(
-                    "Invalid 'input': token arrays are not supported; send text.",
+                    "Invalid 'input': expected strings or token arrays "
+                    "(lists of non-negative integers), not a mixture.",
                     "input",
                 )
             raise invalid_request(
@@ -77,7 +84,9 @@ def _encoding_format(body: Dict[str, Any]) -> str:
     return normalised
 
 
-def embeddings_request(body: object) -> UpstreamRequest:
+def embeddings_request(
+    body: object, decoder: Optional[TokenDecoder] = None
+) -> UpstreamRequest:
     """
     Translate a C{/v1/embeddings} body into an C{/api/embed} request.
 
@@ -85,11 +94,13 @@ def embeddings_request(body: object) -> UpstreamRequest:
     makes an over-long input an upstream 400 instead of silently cut).
 
     @param body: the decoded JSON body, of any type.
+    @param decoder: decodes token-array inputs (L{tokens.offline_decoder});
+        L{None} refuses them with a 400 that says how to send text.
     @raise ApiError: a 400 naming the offending field.
     """
     body = require_object(body)
     model = require_str(body, "model")
-    inputs = _input(body)
+    inputs = _input(body, decoder)
     encoding_format = _encoding_format(body)
     dimensions = optional_int(body, "dimensions", minimum=1)
     truncate = optional_bool(body, "truncate")

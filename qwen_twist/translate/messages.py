@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import ApiError, invalid_request
@@ -38,6 +39,9 @@ def _reject_constant(name: str) -> object:
     raise ValueError("non-finite number %s" % (name,))
 
 
+_HAS_WHITESPACE = re.compile(r"\s")
+
+
 def _image_data(value: object, index: int) -> str:
     """
     The bare base64 of an C{image_url} part (E17, E18): the C{data:} URL
@@ -52,6 +56,13 @@ def _image_data(value: object, index: int) -> str:
             raise _message_error(
                 index, "image data URLs must look like data:<type>;base64,<data>."
             )
+        if _HAS_WHITESPACE.search(data):
+            # Base64 wrapped at 76 columns (MIME encoders: Python's
+            # encodebytes, Java, PHP chunk_split) is valid; Ollama accepts
+            # it, so whitespace is removed here and nothing else is excused.
+            data = "".join(data.split())
+            if not data:
+                raise _message_error(index, "image data is not valid base64.")
         try:
             # One C-speed pass; the decoded copy is thrown away.
             binascii.a2b_base64(data, strict_mode=True)

@@ -12,7 +12,7 @@ by the pure translators, and nothing downstream re-reads the client's JSON.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class UpstreamRequest:
         (C{max_completion_tokens}, else C{max_tokens}, else a positive
         C{options.num_predict}), or L{None}.
     @ivar encoding_format: embeddings only: C{"float"} or C{"base64"}.
+    @ivar batch: legacy completions with several prompts: one native
+        payload per prompt, in order (C{payload} is the first); empty
+        otherwise.
     """
 
     path: str
@@ -48,3 +51,4 @@ class UpstreamRequest:
     prompt_chars: int
     max_tokens: Optional[int]
     encoding_format: str = "float"
+    batch: Tuple[Dict[str, Any], ...] = ()

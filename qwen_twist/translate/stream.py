@@ -389,6 +389,11 @@ class ChatStreamTranslator(_StreamTranslator):
                 self._next_tool_index += 1
                 out.append(self._chunk('"tool_calls":' + _encode([entry]), pending))
                 pending = None
+        if pending is not None:
+            # Logprobs on a line with nothing else (Ollama sends these while
+            # its tool-call parser buffers, and on the done line): an empty
+            # delta carries them, as the non-streaming answer keeps them.
+            out.append(self._chunk("", pending))
 
     def _finish_chunk(self, reason: str) -> str:
         return '%s},"logprobs":null,"finish_reason":%s}]%s' % (
@@ -432,17 +437,26 @@ class CompletionStreamTranslator(_StreamTranslator):
         )
         self._head = self._envelope + '"choices":[{"text":'
         self._tail = ',"index":0,"logprobs":null,"finish_reason":null}]' + self._end_of_chunk
+        #: Characters of token text already described by logprobs.
+        self._text_offset = 0
 
     def _payload(self, native: Dict[str, Any], out: List[bytes]) -> None:
         text = native.get("response")
-        if not text or not isinstance(text, str):
+        if not isinstance(text, str):
+            text = ""
+        native_logprobs = native.get("logprobs")
+        logprobs = (
+            legacy_logprobs(native_logprobs, self._text_offset) if native_logprobs else None
+        )
+        if not text and logprobs is None:
             return
         self.chunks += 1
-        native_logprobs = native.get("logprobs")
-        logprobs = legacy_logprobs(native_logprobs) if native_logprobs else None
         if logprobs is None:
             out.append((self._head + _quote(text) + self._tail).encode("ascii"))
             return
+        # text_offset keeps counting across the stream, as in the
+        # non-streaming answer.
+        self._text_offset += sum(map(len, logprobs["tokens"]))
         out.append(
             (
                 self._head

@@ -25,6 +25,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from qwen_twist.errors import invalid_request
@@ -131,15 +132,54 @@ def _out_of_range(param: str, value: Number, minimum, maximum):
     )
 
 
+#: A UTF-16 surrogate code point. C{json.loads} joins a valid C{\\ud83d\\ude00}
+#: pair into one code point, so any surrogate left in a decoded string is a
+#: lone one, which cannot be encoded as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """
+    C{value} with every lone UTF-16 surrogate in its strings (keys
+    included) replaced by U+FFFD, as Go's decoder in Ollama does; the same
+    objects come back when there is none, so nothing is copied in the
+    common case.
+
+    Why: a client that cuts text in the middle of an emoji (C{"cut \\ud83d"})
+    sends valid JSON that Python decodes but cannot encode as UTF-8 for the
+    upstream: without this the client got a 500 and its SDK retried.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            fixed = replace_lone_surrogates(item)
+            if fixed is not item:
+                value[index] = fixed
+        return value
+    if isinstance(value, dict):
+        for key in [k for k in value if _SURROGATE.search(k)]:
+            value[_SURROGATE.sub("\ufffd", key)] = value.pop(key)
+        for key, item in value.items():
+            if isinstance(item, (str, list, dict)):
+                fixed = replace_lone_surrogates(item)
+                if fixed is not item:
+                    value[key] = fixed
+        return value
+    return value
+
+
 def require_object(body: object) -> Dict[str, Any]:
     """
     The request body itself must be a JSON object (rule R0; C{param} null).
+    Lone surrogates in it are replaced (L{replace_lone_surrogates}), so
+    every translator gets text it can encode.
     """
     if not isinstance(body, dict):
         raise invalid_request(
             "The request body must be a JSON object, got %s." % (type_name(body),)
         )
-    return body
+    return replace_lone_surrogates(body)
 
 
 def number_value(

@@ -16,8 +16,8 @@ from twisted.python.failure import Failure
 from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
-from qwen_twist.translate import chat, completions, sse
-from qwen_twist.translate.common import chat_completion_id, completion_id
+from qwen_twist.translate import chat, completions, sse, tokens
+from qwen_twist.translate.common import chat_completion_id, completion_id, usage
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
 from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
@@ -26,16 +26,32 @@ from qwen_twist.web.endpoint import ApiResource, parse_json_body
 
 class GenerationResource(ApiResource):
     """
-    The shared pipeline of the two text-generation endpoints.
+    The shared pipeline of the text-generation endpoints (these two, and
+    the Anthropic Messages and Responses ones in L{qwen_twist.web.agents}).
+    Subclasses give the translators, and may change the keep-alive bytes
+    and the event that ends a failed stream.
     """
+
+    #: What an idle stream sends to keep proxies from cutting it.
+    keepalive = sse.KEEPALIVE
 
     def translate_request(self, body: Any) -> Any:
         raise NotImplementedError()
+
+    def stream_failure(self, translator: Any, err: errors.ApiError) -> bytes:
+        """
+        The event that ends a stream which failed after its headers were
+        sent: an error event in the route's envelope, never a success end.
+        """
+        return sse.error_event(err.message, err.type, err.code)
 
     def translate_response(self, native: dict, plan: Any, now: int) -> dict:
         raise NotImplementedError()
 
     def stream_translator(self, plan: Any, now: int) -> Any:
+        raise NotImplementedError()
+
+    def translate_batch(self, natives: list, plan: Any, now: int) -> dict:
         raise NotImplementedError()
 
     def stream_response(self, request: Any, plan: Any) -> SseResponse:
@@ -44,15 +60,9 @@ class GenerationResource(ApiResource):
         relay NDJSON through the same pipeline with their own framing.
         """
         return SseResponse(
-            request, self.gateway.clock, self.gateway.config.streaming.keepalive_interval
+            request, self.gateway.clock, self.gateway.config.streaming.keepalive_interval,
+            self.keepalive,
         )
-
-    def stream_error(self, err: errors.ApiError) -> bytes:
-        """
-        How a failure is told once the stream has begun (never as a
-        successful end).
-        """
-        return sse.error_event(err.message, err.type, err.code)
 
     def total_timeout(self, plan: Any) -> float:
         """
@@ -71,6 +81,7 @@ class GenerationResource(ApiResource):
         plan = self.plan_request(request)
         ctx.model = plan.model
         ctx.stream = plan.stream
+        ctx.end_user = getattr(plan, "end_user", None)
         await self.gateway.admit(request, ctx, plan)
         if plan.stream:
             await self.serve_stream(request, ctx, plan)
@@ -81,9 +92,20 @@ class GenerationResource(ApiResource):
         """
         A call answered in one piece.
         """
-        native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
-        result = self.translate_response(native, plan, int(self.gateway.now()))
-        ctx.usage = result.get("usage")
+        if plan.batch:
+            # Several prompts: one upstream call each, in turn, inside the
+            # one admission this request got.
+            natives = []
+            for payload in plan.batch:
+                natives.append(await self.upstream_json(ctx, "POST", plan.path, payload))
+            result = self.translate_batch(natives, plan, int(self.gateway.now()))
+            ctx.usage = result.get("usage")
+        else:
+            native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
+            result = self.translate_response(native, plan, int(self.gateway.now()))
+            # The OpenAI usage shape whatever the route's, for the token
+            # budget and the observers.
+            ctx.usage = usage(native)
         ctx.status = 200
         respond.json_body(request, 200, result)
 
@@ -127,7 +149,7 @@ class GenerationResource(ApiResource):
             # Already streaming keep-alives: the failure must be an event.
             ctx.outcome = "truncated"
             ctx.error_code = err.code
-            response.write(self.stream_error(err))
+            response.write(self.stream_failure(translator, err))
             response.close()
             return
         response.commit()
@@ -191,11 +213,16 @@ class CompletionsResource(GenerationResource):
     route = "completions"
 
     def translate_request(self, body: Any) -> Any:
-        return completions.completion_request(body)
+        return completions.completion_request(body, tokens.offline_decoder())
 
     def translate_response(self, native: dict, plan: Any, now: int) -> dict:
         return completions.completion_response(
             native, model=plan.model, completion_id=completion_id(), now=now
+        )
+
+    def translate_batch(self, natives: list, plan: Any, now: int) -> dict:
+        return completions.completion_batch_response(
+            natives, model=plan.model, completion_id=completion_id(), now=now
         )
 
     def stream_translator(self, plan: Any, now: int) -> Any:

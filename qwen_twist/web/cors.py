@@ -47,8 +47,9 @@ EXPOSE_HEADERS = (
     b"x-ratelimit-reset-tokens"
 )
 
-#: Request headers a page may send. The OpenAI JS SDK adds its own
-#: C{x-stainless-*} family (OS, runtime, retry count), allowed by prefix.
+#: Request headers a page may send. The OpenAI and Anthropic JS SDKs add
+#: their own C{x-stainless-*} family (OS, runtime, retry count), allowed by
+#: prefix.
 ALLOWED_REQUEST_HEADERS = frozenset(
     {
         b"authorization",
@@ -59,6 +60,10 @@ ALLOWED_REQUEST_HEADERS = frozenset(
         b"openai-organization",
         b"openai-project",
         b"idempotency-key",
+        # The Anthropic JS SDK's headers (browser use needs the last one).
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"anthropic-dangerous-direct-browser-access",
     }
 )
 _STAINLESS = b"x-stainless-"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from qwen_twist.context import CallContext
-from qwen_twist.translate import embeddings
+from qwen_twist.translate import embeddings, tokens
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource, parse_json_body
 
@@ -22,7 +22,7 @@ class EmbeddingsResource(ApiResource):
     route = "embeddings"
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
-        plan = embeddings.embeddings_request(parse_json_body(request))
+        plan = embeddings.embeddings_request(parse_json_body(request), tokens.offline_decoder())
         ctx.model = plan.model
         await self.gateway.admit(request, ctx, plan)
         native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)

@@ -87,9 +87,11 @@ class ApiResource(resource.Resource):
     methods: Tuple[str, ...] = ("POST",)
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
-    #: The shape of error bodies: L{errors.OPENAI}, or L{errors.OLLAMA} on
-    #: Ollama's native routes (the gate's refusals included).
-    envelope = errors.OPENAI
+    #: The envelope of this route's error responses (L{errors.ApiError.body}):
+    #: C{"anthropic"} for the Anthropic Messages routes, C{"ollama"} for
+    #: Ollama's native routes, whose clients would otherwise not recognise
+    #: the refusals of the gate (401, 429, ...).
+    error_style = "openai"
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:
@@ -187,7 +189,7 @@ class ApiResource(resource.Resource):
         ctx.outcome = "error"
         ctx.error_type = err.type
         ctx.error_code = err.code
-        respond.error(request, err, self.envelope)
+        respond.error(request, err, self.error_style)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()

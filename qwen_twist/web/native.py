@@ -79,7 +79,7 @@ class NdjsonResponse(SseResponse):
         # lines are passed on as Ollama wrote them.
         self._strip = None
 
-    def keepalive(self) -> bytes:
+    def next_keepalive(self) -> bytes:
         line = native.keepalive_line(self.path, self.model,
                                      _created_at(self.clock.seconds()))
         return line or b""
@@ -90,7 +90,7 @@ class NativeEndpoint(GenerationResource):
     One of Ollama's native routes (L{Route}); see the module docstring.
     """
 
-    envelope = errors.OLLAMA
+    error_style = "ollama"
     accepts_subpaths = True
 
     def __init__(self, gateway: Any, native_route: Route, path: str) -> None:
@@ -164,7 +164,7 @@ class NativeEndpoint(GenerationResource):
             plan.path, plan.model,
         )
 
-    def stream_error(self, err: errors.ApiError) -> bytes:
+    def stream_failure(self, translator: Any, err: errors.ApiError) -> bytes:
         return native.error_line(err.message)
 
     def total_timeout(self, plan: Any) -> float:

@@ -59,8 +59,14 @@ class SseResponse:
     #: The response headers of the stream.
     headers = SSE_HEADERS
 
-    def __init__(self, request: Any, clock: Any, keepalive_interval: float) -> None:
+    def __init__(self, request: Any, clock: Any, keepalive_interval: float,
+                 keepalive: bytes = sse.KEEPALIVE) -> None:
+        """
+        @param keepalive: what an idle interval sends: a comment by default;
+            Anthropic's streams send their C{ping} event instead.
+        """
         self.request = request
+        self.keepalive = keepalive
         self.clock = clock
         self.interval = keepalive_interval
         self.committed = False
@@ -86,16 +92,16 @@ class SseResponse:
             return
         if not self._activity:
             self.commit()
-            self.request.write(self.keepalive())
+            self.request.write(self.next_keepalive())
         self._activity = False
         self._timer = self.clock.callLater(self.interval, self._tick)
 
-    def keepalive(self) -> bytes:
+    def next_keepalive(self) -> bytes:
         """
-        What is written when the stream was silent for an interval (a
-        subclass for another framing says what its clients ignore).
+        What this idle interval sends (C{keepalive}; a stream whose
+        keep-alive carries a timestamp makes a fresh one).
         """
-        return sse.KEEPALIVE
+        return self.keepalive
 
     def commit(self) -> None:
         """

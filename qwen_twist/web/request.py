@@ -17,6 +17,10 @@ idle timeout restarts with every line, so a client that sends one header
 line every few seconds holds a connection forever. L{GatewayChannel}
 answers an oversized head with 431 and gives the whole head
 C{limits.header_timeout} seconds from its first byte (408, then close).
+A request body must keep arriving at C{limits.body_min_rate} bytes per
+second, checked every C{limits.body_timeout} seconds (408, then close): a
+body trickled one byte at a time would otherwise hold the connection,
+since Twisted's idle timeout restarts with every byte.
 Both are in the OpenAI envelope with the security headers. The idle
 timeout (L{KEEPALIVE_TIMEOUT}) still closes silent kept-alive connections;
 Twisted switches it off while a request is answered, and the head deadline
@@ -49,13 +53,6 @@ KEEPALIVE_TIMEOUT = 60.0
 #: gateway takes JSON only, and 26.10's form parsing raises out of
 #: C{dataReceived} for a C{Content-Type} containing a byte such as 0x85.
 _FORM_SWITCH = "parsePOSTFormSubmission" in inspect.signature(server.Site.__init__).parameters
-
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    431: b"Request Header Fields Too Large",
-}
-
 
 class _Discard:
     """
@@ -181,6 +178,10 @@ class GatewayChannel(http.HTTPChannel):
     """
 
     header_timeout = 10.0
+    body_timeout = 10.0
+    body_min_rate = 1024
+    _body_timer: Optional[Any] = None
+    _body_bytes = 0
     _awaiting_head = True
     _head_bytes = 0
     _head_timer: Optional[Any] = None
@@ -192,6 +193,8 @@ class GatewayChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head and self._head_timer is None and data and not self._refused:
             self._head_timer = self.callLater(self.header_timeout, self._head_too_slow)
+        elif self._body_timer is not None:
+            self._body_bytes += len(data)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> Any:
@@ -211,9 +214,14 @@ class GatewayChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
         self._stop_head_timer()
+        # Stopped by allContentReceived, which Twisted calls at once when
+        # there is no body.
+        self._body_bytes = 0
+        self._body_timer = self.callLater(self.body_timeout, self._check_body_rate)
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
+        self._stop_body_timer()
         self._head_bytes = 0
         self._dispatched += 1
         super().allContentReceived()
@@ -225,10 +233,39 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connectionLost(reason)
         site = getattr(self, "site", None)
         if site is not None:
             site.channel_closed(self)
+
+    # The request body --------------------------------------------------------
+
+    def _stop_body_timer(self) -> None:
+        timer, self._body_timer = self._body_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _check_body_rate(self) -> None:
+        """
+        Every C{body_timeout} seconds while a body is being read: a body
+        that got fewer than C{body_min_rate} bytes per second over the
+        period is answered 408 and its connection closed, so a trickle
+        cannot hold a connection (and whatever it reserved) forever.
+        """
+        self._body_timer = None
+        if self._refused or self.transport is None or self.transport.disconnecting:
+            return
+        if self._body_bytes >= self.body_min_rate * self.body_timeout:
+            self._body_bytes = 0
+            self._body_timer = self.callLater(self.body_timeout, self._check_body_rate)
+            return
+        self._refused = True
+        if self._dispatched == 0:
+            self.transport.write(
+                self._raw_error(errors.body_too_slow(self.body_timeout, self.body_min_rate))
+            )
+        self.timeoutConnection()
 
     def _stop_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
@@ -265,6 +302,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self._refused = True
         self._stop_head_timer()
+        self._stop_body_timer()
         transport = self.transport
         if transport is None or transport.disconnecting:
             return
@@ -277,19 +315,10 @@ class GatewayChannel(http.HTTPChannel):
         A complete response for C{err}, written straight to the transport
         because no Request exists (or can be trusted) at this point.
         """
-        payload = err.body()
         site = getattr(self, "site", None)
-        lines = [
-            b"HTTP/1.1 %d %s" % (err.status, _REASONS.get(err.status, b"Error")),
-            b"Server: " + respond.SERVER,
-            b"Date: " + http.datetimeToString(),
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % (len(payload),),
-            b"Connection: close",
-        ]
-        for name, value in getattr(site, "response_headers", respond.DEFAULT_HEADERS):
-            lines.append(name + b": " + value)
-        return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+        return respond.raw_error(
+            err, getattr(site, "response_headers", respond.DEFAULT_HEADERS)
+        )
 
 
 @implementer(IReconfigurable)
@@ -303,6 +332,9 @@ class GatewaySite(server.Site):
     @ivar max_body_bytes: request body limit, read by L{GatewayRequest}.
     @ivar max_header_bytes: request head limit, given to each channel.
     @ivar header_timeout: request head deadline, given to each channel.
+    @ivar body_timeout: request body check period, given to each channel.
+    @ivar body_min_rate: request body bytes per second, given to each
+        channel.
     @ivar response_headers: the security headers of every response.
     @ivar cors: the L{CorsPolicy} of C{response.cors_origins}.
     @ivar strip_tree: the compiled C{response.strip_fields}.
@@ -314,7 +346,7 @@ class GatewaySite(server.Site):
 
     #: What L{reconfigure} derives the site's limits and headers from.
     uses = ("limits.max_body_bytes", "limits.max_header_bytes", "limits.header_timeout",
-            "response")
+            "limits.body_timeout", "limits.body_min_rate", "response")
 
     def __init__(self, root: object, config: Any, reactor: object = None) -> None:
         kwargs: dict = {}
@@ -345,6 +377,8 @@ class GatewaySite(server.Site):
         self.max_body_bytes = limits.max_body_bytes
         self.max_header_bytes = limits.max_header_bytes
         self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.body_min_rate = limits.body_min_rate
         response = config.response
         self.response_headers = hygiene.security_headers(response.hsts_max_age)
         self.cors = CorsPolicy(response.cors_origins)
@@ -356,6 +390,8 @@ class GatewaySite(server.Site):
         channel.totalHeadersSize = self.max_header_bytes
         channel.MAX_LENGTH = self.max_header_bytes
         channel.header_timeout = self.header_timeout
+        channel.body_timeout = self.body_timeout
+        channel.body_min_rate = self.body_min_rate
         return channel
 
     def channel_closed(self, channel: Any) -> None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Tuple, Union
 
+from twisted.web import http
 from twisted.web.server import Request
 
 from qwen_twist.config import ResponseConfig
-from qwen_twist.errors import OPENAI, ApiError
+from qwen_twist.errors import ApiError
 from qwen_twist.web import hygiene
 
 #: Sent on every response; the Twisted version is nobody's business.
@@ -136,9 +137,42 @@ def json_body(request: Request, status: int, obj: Any,
     body(request, status, payload, _JSON, headers)
 
 
-def error(request: Request, err: ApiError, envelope: str = OPENAI) -> None:
+def error(request: Request, err: ApiError, style: str = "openai") -> None:
     """
     Write an L{ApiError} with its status and headers, in the OpenAI
-    envelope or (C{envelope=OLLAMA}, native routes) in Ollama's.
+    envelope or (C{style="anthropic"}, C{style="ollama"}) in Anthropic's or
+    Ollama's.
     """
-    body(request, err.status, err.render(envelope), _JSON, err.headers)
+    body(request, err.status, err.body(style), _JSON, err.headers)
+
+
+#: Reason phrases Twisted's table lacks or words differently.
+_REASONS = {
+    408: b"Request Timeout",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def raw_error(err: ApiError, security_headers: Iterable[Tuple[bytes, bytes]] = DEFAULT_HEADERS,
+              ) -> bytes:
+    """
+    A complete HTTP/1.1 response for C{err} that closes the connection, for
+    the places that have no L{Request} to write through (a refused
+    connection, a request head that never completed).
+    """
+    payload = err.body()
+    reason = _REASONS.get(err.status) or http.RESPONSES.get(err.status, b"Error")
+    lines = [
+        b"HTTP/1.1 %d %s" % (err.status, reason),
+        b"Server: " + SERVER,
+        b"Date: " + http.datetimeToString(),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % (len(payload),),
+        b"Connection: close",
+    ]
+    for name, value in err.headers:
+        lines.append(name.encode("latin-1") + b": " + value.encode("latin-1"))
+    for name, value in security_headers:
+        lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload

@@ -8,6 +8,9 @@ The Resource tree: which URL is served by which endpoint.
     /v1/completions          CompletionsResource
     /v1/embeddings           EmbeddingsResource
     /v1/models[/{id}]        ModelsResource
+    /v1/messages             MessagesResource (Anthropic Messages)
+    /v1/messages/count_tokens  CountTokensResource (an estimate)
+    /v1/responses            ResponsesResource (OpenAI Responses)
     OPTIONS /v1/... with an Origin   PreflightResource (CORS)
     /, /api/...              Ollama's native API (L{qwen_twist.web.native})
 
@@ -30,6 +33,7 @@ from twisted.web.server import NOT_DONE_YET
 from qwen_twist import errors
 from qwen_twist.pipeline import Gateway
 from qwen_twist.web import respond
+from qwen_twist.web.agents import MessagesResource, ResponsesResource
 from qwen_twist.web.completions import ChatCompletionsResource, CompletionsResource
 from qwen_twist.web.cors import PreflightResource, is_preflight
 from qwen_twist.web.embeddings import EmbeddingsResource
@@ -98,5 +102,7 @@ def build_root(gateway: Gateway) -> resource.Resource:
     v1.putChild(b"completions", CompletionsResource(gateway))
     v1.putChild(b"embeddings", EmbeddingsResource(gateway))
     v1.putChild(b"models", ModelsResource(gateway))
+    v1.putChild(b"messages", MessagesResource(gateway))
+    v1.putChild(b"responses", ResponsesResource(gateway))
     native.mount(root, gateway, UnknownURL())
     return root

@@ -37,7 +37,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.server import Site
 
 from qwen_twist.emulator import __main__ as cli
-from qwen_twist.emulator.record import Record
+from qwen_twist.emulator.record import Record, RecordedRequest
 from qwen_twist.emulator.script import Script, default_answer
 from qwen_twist.emulator.server import Emulator, build_resource, listen
 from qwen_twist.emulator.stream import GARBAGE_LINE
@@ -859,6 +859,53 @@ class RecordTests(_SocketTestCase):
                          "queue.nope: unknown key")
 
 
+class RecordBoundTests(SynchronousTestCase):
+    """
+    The record is bounded by body bytes as well as by count: 10,000 large
+    bodies held 8 GB when only the count was bounded.
+    """
+
+    def recorded(self, size, n=0):
+        return RecordedRequest("POST", "/api/chat", {}, {"n": n}, 0.0, size)
+
+    def test_bytes_bound(self):
+        """
+        Older requests are dropped once the kept bodies exceed C{max_bytes};
+        the counters keep counting.
+        """
+        record = Record(max_requests=100, max_bytes=1000)
+        for n in range(10):
+            record.add(self.recorded(300, n))
+        self.assertEqual([r.body["n"] for r in record.requests], [7, 8, 9])
+        self.assertEqual((record.bytes_kept, record.request_count), (900, 10))
+
+    def test_count_bound_and_newest_kept(self):
+        """
+        The count bound still holds, and the newest request is kept even
+        when it alone is over the byte bound.
+        """
+        record = Record(max_requests=2, max_bytes=1000)
+        for n in range(5):
+            record.add(self.recorded(1, n))
+        self.assertEqual([r.body["n"] for r in record.requests], [3, 4])
+        record.add(self.recorded(5000, 9))
+        self.assertEqual([r.body["n"] for r in record.requests], [9])
+        self.assertEqual(record.bytes_kept, 5000)
+
+    def test_command_line(self):
+        """
+        C{--record-bytes} and C{--record-requests} reach the record.
+        """
+        reactor = MemoryReactorClock()
+        cli.main(["--port", "11501", "--record-bytes", "10", "--record-requests", "3"],
+                 reactor=reactor, stdout=io.StringIO())
+        (_, site, _, _), = reactor.tcpServers
+        record = site.resource.record
+        for n in range(4):
+            record.add(self.recorded(4, n))
+        self.assertEqual([r.body["n"] for r in record.requests], [2, 3])
+
+
 class ClockTimingTests(SynchronousTestCase):
     """
     Pacing with a L{Clock}, through C{StubTreq}.
@@ -1146,8 +1193,9 @@ class CommandLineTests(SynchronousTestCase):
         error = self.assertRaises(SystemExit, cli.main, ["--help"])
         self.assertEqual(error.code, 0)
         for flag in ("--host", "--port", "--script", "--tokens-per-second", "--ttft",
-                     "--text"):
+                     "--text", "--record-requests", "--record-bytes"):
             self.assertIn(flag, out.getvalue())
+        self.assertIn("bounded", " ".join(out.getvalue().split()))
 
     def test_module_help_runs(self) -> None:
         """

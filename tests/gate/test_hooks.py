@@ -270,6 +270,22 @@ class RateLimitTests(GateTestsMixin, SynchronousTestCase):
         self.assertEqual(response.headers["x-ratelimit-remaining-requests"], "29")
         self.assertTrue(response.headers["x-ratelimit-reset-requests"].endswith("s"))
 
+    def test_headers_only_for_limits_that_apply(self) -> None:
+        """
+        With no per-IP rate and no per-key window nothing advertises a
+        request limit (the unused per-IP burst misled self-pacing clients);
+        with only the per-IP rate, its bucket is shown.
+        """
+        self.make(rate_limits={"per_ip_rate": 0, "per_key_requests": 0})
+        response = self.chat(self.bearer())
+        self.assertEqual(response.status, 200)
+        for name in ("limit", "remaining", "reset"):
+            self.assertNotIn("x-ratelimit-%s-requests" % (name,), response.headers)
+        self.make(rate_limits={"per_ip_rate": 5.0, "per_ip_burst": 10, "per_key_requests": 0})
+        response = self.chat(self.bearer())
+        self.assertEqual(response.headers["x-ratelimit-limit-requests"], "10")
+        self.assertEqual(response.headers["x-ratelimit-remaining-requests"], "9")
+
     def test_token_budget(self) -> None:
         """
         The per-key token budget reserves max_tokens up front and settles on

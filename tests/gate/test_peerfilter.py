@@ -11,6 +11,7 @@ handshakes: a refused peer must cost neither.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import ssl as stdlib_ssl
@@ -35,8 +36,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from qwen_twist.gate import tls
 from qwen_twist.gate.addresses import AddressRules
 from qwen_twist.gate.bans import BanList
-from qwen_twist.config import ConnectionsConfig, TLSConfig
-from qwen_twist.gate.peerfilter import FilteredConnection, PeerFilterFactory, classify
+from qwen_twist.config import Config, ConnectionsConfig, TLSConfig
+from qwen_twist.gate.peerfilter import (
+    FilteredConnection,
+    PeerFilterFactory,
+    RefusalAnswer,
+    TrustedConnectionHook,
+    classify,
+)
+from qwen_twist.tap import answer_tls
 
 GREETING = b"hello\n"
 HTTP_REQUEST = b"GET /v1/models HTTP/1.1\r\nHost: localhost:18789\r\n\r\n"
@@ -46,6 +54,13 @@ WEBSOCKET_UPGRADE = (
     b"Sec-WebSocket-Version: 13\r\n\r\n"
 )
 CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+def connections_config(**settings: Any) -> Config:
+    """
+    A whole configuration with these C{connections} settings.
+    """
+    return dataclasses.replace(Config(), connections=ConnectionsConfig(**settings))
 
 
 def addr(host: str, port: int = 40000) -> Any:
@@ -113,16 +128,19 @@ class FilterFixture:
         self.clock = Clock()
         self.inner = RecorderFactory(handshake_done)
         self.bans = bans if bans is not None else BanList(3, 600.0)
-        settings = dict(max_total=1000, max_per_ip=1000, rate=1000.0, burst=1000)
+        settings = dict(max_total=1000, max_per_ip=1000, rate=1000.0, burst=1000,
+                        evict_strangers=False)
         settings.update(limits)
         log_lines = settings.pop("log_lines", 100)
+        answer_tls = settings.pop("answer_tls", None)
         self.factory = PeerFilterFactory(
             self.inner,
             AddressRules(allow, deny, trusted),
             self.bans,
-            ConnectionsConfig(**settings),
+            connections_config(**settings),
             self.clock,
             log_lines=log_lines,
+            answer_tls=answer_tls,
         )
         self.events: List[dict] = []
         self.factory.log = Logger(namespace="test", observer=self.events.append)
@@ -192,7 +210,7 @@ class PeerFilterFactoryTests(FilterFixture, SynchronousTestCase):
         self.connect("192.0.2.1")
         self.connect("::ffff:192.0.2.1")
         self.connect("2001:DB8::1")
-        self.assertEqual(self.factory.per_ip, {"192.0.2.1": 2, "2001:db8::1": 1})
+        self.assertEqual(self.factory.per_ip, {"192.0.2.1": 2, "2001:db8::/64": 1})
         self.assertIsNone(self.connect("::ffff:203.0.113.1"))
 
     def test_not_an_ip_address(self) -> None:
@@ -331,7 +349,7 @@ class RefusalLogTests(FilterFixture, SynchronousTestCase):
         A thousand refusals of one peer for one reason give one line per
         window; another reason or another peer gets its own line.
         """
-        self.make(deny=("192.0.2.0/24",), max_total=1)
+        self.make(deny=("192.0.2.0/24",), max_total=1, handshake_timeout=1000.0)
         for _ in range(1000):
             self.connect("192.0.2.1")
         self.assertEqual(self.lines(), ["refused connection from 192.0.2.1: address not allowed"])
@@ -379,6 +397,288 @@ class RefusalLogTests(FilterFixture, SynchronousTestCase):
         self.assertEqual(self.factory.prune(), 0)
         self.clock.advance(30.0)
         self.assertEqual(self.factory.prune(), 50)
+
+
+class FakeAnswerTLS:
+    """
+    Stands in for the listener's TLS factory: records the inner
+    L{RefusalAnswer}s it is asked to wrap and returns them unwrapped.
+    """
+
+    def __init__(self) -> None:
+        self.inners: List[RefusalAnswer] = []
+
+    def __call__(self, inner: RefusalAnswer) -> RefusalAnswer:
+        self.inners.append(inner)
+        return inner
+
+
+def answer_of(inner: RefusalAnswer) -> Any:
+    """
+    What a refused client reads: the parsed HTTP answer of C{inner}.
+    """
+    from tests.web.helpers import parse_response
+
+    transport = StringTransport()
+    inner.makeConnection(transport)
+    inner.dataReceived(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.disconnecting
+    return parse_response(transport.value())
+
+
+class RefusalAnswerTests(FilterFixture, SynchronousTestCase):
+    """
+    Refused peers get one readable answer (403/429 with Retry-After) within
+    a per-peer and a global budget, and are dropped at accept beyond it.
+    """
+
+    def test_banned_answer(self) -> None:
+        """
+        A banned peer's connection is handed to the answering protocol
+        (not to the site's TLS factory), whose answer is a 403
+        C{address_banned} saying until when, with the ban's remaining time
+        in C{Retry-After}; it is not counted as an open connection.
+        """
+        fake = FakeAnswerTLS()
+        self.make(bans=BanList(1, 600.0), answer_tls=fake)
+        self.clock.advance(1000)
+        self.bans.failure("192.0.2.1", self.clock.seconds())
+        self.clock.advance(100)
+        inner = self.factory.buildProtocol(addr("192.0.2.1"))
+        self.assertIsInstance(inner, RefusalAnswer)
+        self.assertEqual((self.inner.built, self.factory.active), ([], 0))
+        response = answer_of(inner)
+        self.assertEqual(response.status, 403)
+        self.assertEqual(response.headers["retry-after"], "500")
+        error = response.json()["error"]
+        self.assertEqual(error["code"], "address_banned")
+        self.assertIn("banned until 1970-01-01T00:26:41Z", error["message"])
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertIn("strict-transport-security", response.headers)
+        self.assertEqual(response.headers["x-content-type-options"], "nosniff")
+        self.assertEqual(self.factory.answered["banned"], 1)
+
+    def test_rate_and_caps_answered(self) -> None:
+        """
+        Over the connection rate, the per-address cap or the total cap the
+        answer is a 429 C{too_many_connections}; for the rate,
+        C{Retry-After} is the bucket's refill time.
+        """
+        fake = FakeAnswerTLS()
+        self.make(answer_tls=fake, rate=0.25, burst=1, max_per_ip=1, max_total=2)
+        self.connect("192.0.2.1")
+        response = answer_of(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertEqual((response.status, response.headers["retry-after"]), (429, "4"))
+        self.assertEqual(response.json()["error"]["code"], "too_many_connections")
+        self.clock.advance(4)
+        response = answer_of(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertIn("from this address", response.json()["error"]["message"])
+        self.connect("192.0.2.2")
+        response = answer_of(self.factory.buildProtocol(addr("192.0.2.3")))
+        self.assertIn("in all", response.json()["error"]["message"])
+        self.assertEqual(self.factory.answered, {"banned": 0, "rate": 1, "per_ip": 1,
+                                                 "total": 1})
+
+    def test_per_peer_budget(self) -> None:
+        """
+        A peer gets C{refusal_answers} answers per minute; beyond that it is
+        dropped at accept (no TLS protocol at all), and a token comes back
+        after a third of a minute with the default 3.
+        """
+        fake = FakeAnswerTLS()
+        self.make(bans=BanList(1, 600.0), answer_tls=fake)
+        self.bans.failure("192.0.2.1", 0.0)
+        results = [self.factory.buildProtocol(addr("192.0.2.1")) for _ in range(50)]
+        self.assertEqual(len([r for r in results if r is not None]), 3)
+        self.assertEqual(results[3:], [None] * 47)
+        self.assertEqual((len(fake.inners), self.factory.refused["banned"]), (3, 50))
+        self.clock.advance(20)
+        self.assertIsNotNone(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertIsNone(self.factory.buildProtocol(addr("192.0.2.1")))
+
+    def test_global_budget(self) -> None:
+        """
+        Over all peers only C{refusal_budget} answers are given per minute.
+        """
+        fake = FakeAnswerTLS()
+        self.make(max_total=1, answer_tls=fake, refusal_budget=5)
+        self.connect("198.51.100.1")
+        results = [self.factory.buildProtocol(addr("192.0.2.%d" % (i,))) for i in range(1, 21)]
+        self.assertEqual(len([r for r in results if r is not None]), 5)
+        self.assertEqual(len(fake.inners), 5)
+
+    def test_zero_answers(self) -> None:
+        """
+        With C{refusal_answers: 0} every refusal is dropped at accept.
+        """
+        fake = FakeAnswerTLS()
+        self.make(bans=BanList(1, 600.0), answer_tls=fake, refusal_answers=0)
+        self.bans.failure("192.0.2.1", 0.0)
+        self.assertIsNone(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertEqual(fake.inners, [])
+
+    def test_denied_address_not_answered(self) -> None:
+        """
+        An address outside the access rules is still only closed.
+        """
+        fake = FakeAnswerTLS()
+        self.make(deny=("192.0.2.0/24",), answer_tls=fake)
+        self.assertIsNone(self.factory.buildProtocol(addr("192.0.2.1")))
+        self.assertEqual(fake.inners, [])
+
+    def test_answer_reads_request_first(self) -> None:
+        """
+        The answer waits for the request head and a small declared body
+        (so the client is not reset while sending), then closes; a peer
+        that sends nothing is aborted at the handshake deadline.
+        """
+        clock = Clock()
+        inner = RefusalAnswer(b"ANSWER", clock, 10.0)
+        transport = StringTransport()
+        inner.makeConnection(transport)
+        inner.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 4\r\n")
+        inner.dataReceived(b"\r\nab")
+        self.assertEqual(transport.value(), b"")
+        inner.dataReceived(b"cd")
+        self.assertEqual(transport.value(), b"ANSWER")
+        self.assertTrue(transport.disconnecting)
+        inner.connectionLost(lost())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        silent = RefusalAnswer(b"ANSWER", clock, 10.0)
+        transport = StringTransport()
+        silent.makeConnection(transport)
+        clock.advance(10)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnected)
+
+
+class ExhaustionTests(FilterFixture, SynchronousTestCase):
+    """
+    Connections cannot hold slots without a handshake, and a few addresses
+    cannot fill the total cap.
+    """
+
+    def test_handshake_deadline(self) -> None:
+        """
+        A bare connect, or a handshake that does not complete, is aborted
+        C{handshake_timeout} seconds after accept and logged; a completed
+        handshake stops the deadline.
+        """
+        self.make(handshake_done=False, handshake_timeout=5.0)
+        bare = self.connect("192.0.2.1")
+        stalled = self.connect("192.0.2.2")
+        stalled.dataReceived(CLIENT_HELLO_START)
+        self.clock.advance(4.9)
+        self.assertFalse(bare.transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(bare.transport.disconnected)
+        self.assertTrue(stalled.transport.disconnected)
+        self.assertEqual(self.factory.dropped["handshake_timeout"], 2)
+        stalled.connectionLost(lost())
+        self.assertEqual(self.factory.dropped["handshake"], 0)
+        self.assertIn("dropped connection from 192.0.2.1: TLS handshake not completed in time",
+                      self.lines())
+        self.make(handshake_done=True, handshake_timeout=5.0)
+        done = self.connect()
+        done.dataReceived(CLIENT_HELLO_START)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertFalse(done.transport.disconnected)
+
+    def test_evicts_oldest_stranger(self) -> None:
+        """
+        At C{max_total}, a new connection closes the oldest connection that
+        has not made an authenticated request and takes its place; trusted
+        connections are never evicted; with nothing to evict it is refused.
+        """
+        self.make(max_total=3, evict_strangers=True)
+        first, second, third = (self.connect("192.0.2.%d" % (i,)) for i in (1, 2, 3))
+        second.trust()
+        fourth = self.connect("192.0.2.4")
+        self.assertIsNotNone(fourth)
+        self.assertTrue(first.transport.disconnected)
+        self.assertEqual((self.factory.active, self.factory.dropped["evicted"]), (3, 1))
+        first.connectionLost(lost())
+        self.assertEqual(self.factory.active, 3)
+        self.assertIsNotNone(self.connect("192.0.2.5"))
+        self.assertTrue(third.transport.disconnected)
+        self.assertFalse(second.transport.disconnected)
+        fourth.trust()
+        self.factory.strangers.popitem()[0].trust()
+        self.assertIsNone(self.connect("192.0.2.6"))
+        self.assertEqual(self.factory.refused["total"], 1)
+
+    def test_answered_anonymous_call_not_evicted(self) -> None:
+        """
+        Without authentication, a connection whose request is being
+        answered (a stream) is not evicted; once the call ends it is again.
+        """
+        import types
+
+        self.make(max_total=2, evict_strangers=True)
+        streaming = self.connect("192.0.2.1")
+        idle = self.connect("192.0.2.2")
+        request = types.SimpleNamespace(channel=types.SimpleNamespace(
+            transport=types.SimpleNamespace(transport=streaming)))
+        ctx = types.SimpleNamespace(identity=None, busy_connection=None)
+        TrustedConnectionHook().admit(request, ctx, None)
+        self.connect("192.0.2.3")
+        self.assertTrue(idle.transport.disconnected)
+        self.assertFalse(streaming.transport.disconnected)
+        TrustedConnectionHook().release(ctx)
+        self.assertIn(streaming, self.factory.strangers)
+        self.connect("192.0.2.4")
+        self.connect("192.0.2.5")
+        self.assertTrue(streaming.transport.disconnected)
+
+    def test_no_eviction_when_off(self) -> None:
+        """
+        With C{evict_strangers: false} the total cap refuses as before.
+        """
+        self.make(max_total=1, evict_strangers=False)
+        first = self.connect("192.0.2.1")
+        self.assertIsNone(self.connect("192.0.2.2"))
+        self.assertFalse(first.transport.disconnected)
+
+    def test_ipv6_prefix_groups(self) -> None:
+        """
+        IPv6 peers in one /64 share the per-address cap and bucket; another
+        /64 does not; C{ipv6_prefix: 128} counts each address.
+        """
+        self.make(max_per_ip=2)
+        self.connect("2001:db8::1")
+        self.connect("2001:db8::2")
+        self.assertIsNone(self.connect("2001:db8::ffff:3"))
+        self.assertEqual(self.factory.refused["per_ip"], 1)
+        self.assertIsNotNone(self.connect("2001:db8:0:1::1"))
+        self.assertEqual(self.factory.connections_from("2001:db8::77"), 2)
+        self.make(max_per_ip=2, ipv6_prefix=128)
+        for i in range(3):
+            self.assertIsNotNone(self.connect("2001:db8::%d" % (i + 1,)))
+
+    def test_trust_hook(self) -> None:
+        """
+        L{TrustedConnectionHook} finds the connection under a request
+        (channel -> TLS -> filter) and marks it when the request has an
+        identity, not otherwise.
+        """
+        import types
+
+        self.make()
+        connection = self.connect()
+        tls_layer = types.SimpleNamespace(transport=connection)
+        request = types.SimpleNamespace(channel=types.SimpleNamespace(transport=tls_layer))
+        hook = TrustedConnectionHook()
+        anonymous = types.SimpleNamespace(identity=None, busy_connection=None)
+        hook.admit(request, anonymous, None)
+        self.assertFalse(connection.trusted)
+        self.assertNotIn(connection, self.factory.strangers)
+        hook.release(anonymous)
+        self.assertIn(connection, self.factory.strangers)
+        hook.admit(request, types.SimpleNamespace(identity="key:alice"), None)
+        self.assertTrue(connection.trusted)
+        self.assertNotIn(connection, self.factory.strangers)
+        hook.admit(types.SimpleNamespace(), types.SimpleNamespace(identity="key:a"), None)
 
 
 class NotTLSTests(FilterFixture, SynchronousTestCase):
@@ -573,6 +873,25 @@ def tls_exchange(port: int, message: Optional[bytes] = None,
         return b"refused: " + type(e).__name__.encode()
 
 
+def tls_request(port: int) -> bytes:
+    """
+    Blocking: handshake, send one HTTP request, read until the server
+    closes. Returns the bytes read, or a C{b"refused: ..."} marker.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with tls_client().wrap_socket(raw, server_hostname="localhost") as conn:
+                conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return data
+                    data += chunk
+    except (OSError, stdlib_ssl.SSLError) as e:
+        return b"refused: " + type(e).__name__.encode()
+
+
 def raw_exchange(port: int, payload: bytes) -> bytes:
     """
     Blocking: send C{payload} as is and read until the server closes.
@@ -625,14 +944,17 @@ class BeforeHandshakeTests(TestCase):
         reactor = _reactor()
         self.app = EchoFactory()
         self.tls = CountingTLSFactory(self.options, False, self.app)
-        settings = dict(max_total=200, max_per_ip=50, rate=10.0, burst=20)
+        settings = dict(max_total=200, max_per_ip=50, rate=10.0, burst=20,
+                        evict_strangers=False)
         settings.update(limits)
+        answer = settings.pop("answer", False)
         self.filter = PeerFilterFactory(
             self.tls,
             rules or AddressRules([], [], []),
             bans or BanList(3, 600.0),
-            ConnectionsConfig(**settings),
+            connections_config(**settings),
             reactor,
+            answer_tls=answer_tls(self.tls) if answer else None,
         )
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.filter)
 
@@ -678,6 +1000,38 @@ class BeforeHandshakeTests(TestCase):
         self.assertEqual(result, GREETING + b"ping\n")
         self.assertEqual((self.tls.built, self.app.handshakes), (1, 1))
         self.assert_quiet()
+
+    @defer.inlineCallbacks
+    def test_banned_flood_costs_no_tls_past_budget(self) -> None:
+        """
+        A banned address opening 40 connections gets its 3 readable 403
+        answers (3 TLS handshakes, none reaching the application); the
+        other 37 are closed at accept without any TLS work.
+        """
+        bans = BanList(1, 600.0)
+        bans.failure("127.0.0.1", _reactor().seconds())
+        port = yield self.listen(bans=bans, answer=True)
+        wrapped = []
+        wrap = self.filter.answer_tls
+
+        def counting(inner: Any) -> Any:
+            wrapped.append(inner)
+            return wrap(inner)
+
+        self.filter.answer_tls = counting
+        results = []
+        for _ in range(40):
+            result = yield threads.deferToThread(tls_request, port)
+            results.append(result)
+        answers = [r for r in results if r.startswith(b"HTTP/1.1 403")]
+        self.assertEqual(len(answers), 3)
+        self.assertIn(b"address_banned", answers[0])
+        self.assertIn(b"Retry-After: 60", answers[0])
+        self.assertEqual(len(wrapped), 3)
+        self.assertEqual((self.tls.built, self.app.handshakes), (0, 0))
+        self.assertEqual(self.filter.refused["banned"], 40)
+        self.assertTrue(all(r.startswith(b"refused") for r in results
+                            if not r.startswith(b"HTTP/")))
 
     @defer.inlineCallbacks
     def test_denied_address_no_tls(self) -> None:
@@ -784,7 +1138,8 @@ class BeforeHandshakeTests(TestCase):
             ],
         )
         self.assertEqual(
-            self.filter.dropped, {"http": 2, "websocket": 1, "not_tls": 1, "handshake": 1}
+            self.filter.dropped, {"http": 2, "websocket": 1, "not_tls": 1, "handshake": 1,
+                                  "handshake_timeout": 0, "evicted": 0}
         )
         self.assertEqual(self.app.handshakes, 1)
         self.assert_quiet()

@@ -501,6 +501,7 @@ class ChatReasoningTests(_Rejects, SynchronousTestCase):
         rows = [
             ("none", False), ("minimal", "low"), ("low", "low"), ("medium", "medium"),
             ("high", "high"), ("xhigh", "max"), ("max", "max"), ("HIGH", "high"),
+            ("ultra", "max"),
         ]
         for effort, think in rows:
             self.assertIs(upstream(reasoning_effort=effort)["think"], think, effort)
@@ -513,7 +514,7 @@ class ChatReasoningTests(_Rejects, SynchronousTestCase):
         """
         options = ChatOptions(max_think_level=False)
         for fields in ({"reasoning_effort": "xhigh"}, {"reasoning_effort": "max"},
-                       {"think": "max"}):
+                       {"reasoning_effort": "ultra"}, {"think": "max"}):
             body = {"model": "m", "messages": USER_HI}
             body.update(fields)
             self.assertEqual(chat_request(body, options).payload["think"], "high")
@@ -847,7 +848,9 @@ _valid_options = st.fixed_dictionaries(
         "stop": st.lists(_text, max_size=3),
     },
 )
-_effort_values = st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh", "max"])
+_effort_values = st.sampled_from(
+    ["none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra"]
+)
 _valid_fields = {
     "stream": st.booleans(),
     "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),

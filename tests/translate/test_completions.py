@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.errors import ApiError
 from qwen_twist.translate.completions import (
+    MAX_PROMPTS,
+    completion_batch_response,
     completion_request,
     completion_response,
     legacy_logprobs,
@@ -84,11 +86,40 @@ class CompletionRequestTests(SynchronousTestCase):
 
     def test_prompt_errors(self):
         """
-        Missing prompts, several prompts and token arrays are 400s on
-        C{prompt}.
+        Missing prompts, mixtures, token arrays without a decoder and
+        too many prompts are 400s on C{prompt}.
         """
-        for prompt in (None, ["a", "b"], [1, 2, 3], [[1, 2]], [], 5, {"text": "x"}):
+        for prompt in (None, [1, 2, 3], [[1, 2]], [], 5, {"text": "x"}, ["a", 1],
+                       [[1], "a"], [-1], [True], ["a"] * (MAX_PROMPTS + 1)):
             self.assertRejected({"model": "m", "prompt": prompt}, "prompt")
+
+    def test_several_prompts(self):
+        """
+        Several prompts (LangChain's C{OpenAI().batch([a, b])}) become one
+        native payload each, the same but for C{prompt}; the counts cover
+        them all; streaming several is a 400.
+        """
+        request = completion_request({"model": "m", "prompt": ["a", "bb"], "max_tokens": 4})
+        self.assertEqual([p["prompt"] for p in request.batch], ["a", "bb"])
+        self.assertEqual(request.batch[1], dict(request.payload, prompt="bb"))
+        self.assertEqual((request.prompt_chars, request.max_tokens), (3, 8))
+        self.assertEqual(completion_request({"model": "m", "prompt": ["a"]}).batch, ())
+        self.assertRejected({"model": "m", "prompt": ["a", "b"], "stream": True}, "prompt")
+
+    def test_token_prompts(self):
+        """
+        Token-array prompts are decoded with the decoder given; without
+        one the 400 says to send text.
+        """
+        def decoder(ids):
+            return "".join(chr(96 + i) for i in ids)
+
+        request = completion_request({"model": "m", "prompt": [1, 2]}, decoder)
+        self.assertEqual((request.payload["prompt"], request.batch), ("ab", ()))
+        request = completion_request({"model": "m", "prompt": [[1], [2, 3]]}, decoder)
+        self.assertEqual([p["prompt"] for p in request.batch], ["a", "bc"])
+        error = self.assertRaises(ApiError, completion_request, {"model": "m", "prompt": [1]})
+        self.assertIn("send the prompt as text", error.message)
 
     def test_sampling_and_suffix(self):
         """
@@ -255,3 +286,28 @@ class CompletionResponseTests(SynchronousTestCase):
         """
         error = self.assertRaises(ApiError, self.respond, "text")
         self.assertEqual(error.status, 502)
+
+
+class CompletionBatchResponseTests(SynchronousTestCase):
+    """
+    Several prompts answered as one C{text_completion}.
+    """
+
+    def test_one_choice_per_prompt(self):
+        """
+        One choice per prompt with its C{index}, in order; usage summed.
+        """
+        natives = [
+            {"response": "A", "done": True, "done_reason": "stop",
+             "prompt_eval_count": 2, "eval_count": 1},
+            {"response": "B", "done": True, "done_reason": "length",
+             "prompt_eval_count": 3, "eval_count": 4},
+        ]
+        result = completion_batch_response(natives, model="m", completion_id="cmpl-1", now=7)
+        self.assertEqual(
+            [(c["index"], c["text"], c["finish_reason"]) for c in result["choices"]],
+            [(0, "A", "stop"), (1, "B", "length")],
+        )
+        self.assertEqual(result["usage"],
+                         {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10})
+        self.assertEqual((result["id"], result["model"]), ("cmpl-1", "m"))

@@ -59,6 +59,32 @@ class EmbeddingsRequestTests(SynchronousTestCase):
                             "encoding_format")
         self.assertRejected({"model": "e", "input": []}, "input")
         self.assertRejected({"model": "e", "input": [[1, 2, 3]]}, "input")
+        self.assertRejected({"model": "e", "input": [[1, 2], "a"]}, "input")
+
+    def test_token_arrays(self):
+        """
+        Token arrays (LangChain's C{OpenAIEmbeddings()} default) are decoded
+        with the decoder given, one text per array; without a decoder the
+        400 names LangChain's C{check_embedding_ctx_length=False}.
+        """
+        def decoder(ids):
+            return "".join(chr(96 + i) for i in ids)
+
+        request = embeddings_request({"model": "e", "input": [[1, 2], [3]]}, decoder)
+        self.assertEqual(request.payload["input"], ["ab", "c"])
+        request = embeddings_request({"model": "e", "input": [8, 9]}, decoder)
+        self.assertEqual(request.payload["input"], ["hi"])
+        error = self.assertRaises(ApiError, embeddings_request, {"model": "e", "input": [[1]]})
+        self.assertEqual((error.status, error.param, error.code),
+                         (400, "input", "token_arrays_unsupported"))
+        self.assertIn("check_embedding_ctx_length=False", error.message)
+
+        def failing(ids):
+            raise KeyError(ids[0])
+
+        error = self.assertRaises(ApiError, embeddings_request,
+                                  {"model": "e", "input": [[99999999]]}, failing)
+        self.assertEqual((error.status, error.param), (400, "input"))
 
     def test_empty_string(self):
         """

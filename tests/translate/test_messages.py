@@ -6,6 +6,8 @@ L{tests.translate.test_chat}).
 
 from __future__ import annotations
 
+import base64
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.errors import ApiError
@@ -76,6 +78,23 @@ class NativeMessagesTests(SynchronousTestCase):
                 {"type": "image_url", "image_url": {"url": "data:;base64,BBBB"}}]}),
             [{"role": "user", "content": "", "images": ["AAAA", "BBBB"]}],
         )
+
+    def test_image_base64_with_line_breaks(self):
+        """
+        Base64 wrapped at 76 columns (C{base64.encodebytes}, Java's MIME
+        encoder, PHP C{chunk_split}) is accepted and forwarded without the
+        whitespace; whitespace does not excuse anything else.
+        """
+        raw = bytes(range(256)) * 2
+        wrapped = base64.encodebytes(raw).decode("ascii")
+        self.assertIn("\n", wrapped)
+        for data in (wrapped, wrapped.replace("\n", "\r\n"), " " + wrapped + "\t"):
+            messages = self.messages({"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + data}}]})
+            self.assertEqual(messages[0]["images"], [base64.b64encode(raw).decode("ascii")])
+        for data in ("AA\nA", "AA\nA!==", "\n \r\n"):
+            self.assertRejected([{"role": "user", "content": [
+                {"type": "image_url", "image_url": "data:image/png;base64," + data}]}])
 
     def test_image_errors(self):
         """

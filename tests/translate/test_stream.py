@@ -542,6 +542,27 @@ class SequenceTests(StreamTestCase):
             chunk_bytes([choice({"reasoning_content": "t"}, logprobs=converted)]),
         )
 
+    def test_logprobs_without_text(self):
+        """
+        A line that carries only logprobs (Ollama's tool-call parser
+        buffering, or the done line) still delivers them, on an empty delta,
+        so the stream agrees with the non-streaming answer.
+        """
+        native = [{"token": "<tool", "logprob": -0.1}]
+        converted = {"content": [{"token": "<tool", "logprob": -0.1,
+                                  "bytes": list(b"<tool"), "top_logprobs": []}]}
+        t = chat_translator()
+        t.start()
+        self.assertEqual(
+            t.feed(ndjson(chat_line("", logprobs=native))),
+            chunk_bytes([choice({}, logprobs=converted)]),
+        )
+        events = self.events(ndjson(chat_line("", logprobs=native),
+                                    dict(final("stop"), logprobs=native)))
+        carried = [e["choices"][0]["logprobs"] for e in events
+                   if e != DONE and e["choices"][0]["logprobs"]]
+        self.assertEqual(carried, [converted, converted])
+
     def test_role_chunk_once(self):
         """
         C{start} gives the role chunk once; a second call gives nothing.
@@ -933,6 +954,22 @@ class CompletionStreamTests(StreamTestCase):
         self.assertEqual(out, self.cchunk([self.cchoice("Hi", logprobs={
             "tokens": ["Hi"], "token_logprobs": [-0.25], "top_logprobs": [{}],
             "text_offset": [0]})]))
+
+    def test_text_offset_keeps_counting(self):
+        """
+        C{text_offset} continues across chunks, as in the non-streaming
+        answer, instead of restarting at 0 in every chunk.
+        """
+        t = completion_translator()
+        out = t.feed(ndjson(
+            {"response": "Hi", "done": False,
+             "logprobs": [{"token": "H", "logprob": -0.25}, {"token": "i", "logprob": -0.5}]},
+            {"response": " there", "done": False,
+             "logprobs": [{"token": " there", "logprob": -0.1}]},
+            {"response": "", "done": False, "logprobs": [{"token": "!", "logprob": -0.2}]},
+        ))
+        offsets = [e["choices"][0]["logprobs"]["text_offset"] for e in parse_sse(self, out)]
+        self.assertEqual(offsets, [[0, 1], [2], [8]])
 
     def test_failures(self):
         """

@@ -4,6 +4,8 @@ Tests for L{qwen_twist.translate.validate}.
 
 from __future__ import annotations
 
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.errors import ApiError
@@ -347,3 +349,57 @@ class TypeNameTests(SynchronousTestCase):
         ]
         for value, name in rows:
             self.assertEqual(v.type_name(value), name)
+
+
+class LoneSurrogateTests(SynchronousTestCase):
+    """
+    A lone UTF-16 surrogate (text cut inside an emoji) becomes U+FFFD, as
+    Go's decoder in Ollama does, in every translator's request, instead of
+    failing to encode for the upstream (a 500 the SDK retried).
+    """
+
+    def encodes(self, payload):
+        # What the upstream client does with a translated payload.
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+    def test_replaced_everywhere(self):
+        """
+        Strings at any depth, keys included, lose their lone surrogates; a
+        valid pair (one code point after decoding) is kept.
+        """
+        body = json.loads('{"a\\ud83d": ["cut \\ud83d", {"x": "\\udc00y"}], '
+                          '"ok": "\\ud83d\\ude00", "n": 1}')
+        fixed = v.replace_lone_surrogates(body)
+        self.assertEqual(fixed, {"a\ufffd": ["cut \ufffd", {"x": "\ufffdy"}],
+                                 "ok": "\U0001F600", "n": 1})
+
+    def test_untouched_when_clean(self):
+        """
+        A body without surrogates comes back as the same objects.
+        """
+        text = "x" * 1000
+        body = {"messages": [{"content": text}]}
+        fixed = v.require_object(body)
+        self.assertIs(fixed, body)
+        self.assertIs(fixed["messages"][0]["content"], text)
+
+    def test_every_translator(self):
+        """
+        Chat messages, the completions C{prompt} and the embeddings
+        C{input} with a lone surrogate translate into a payload that
+        encodes as UTF-8 with U+FFFD in place.
+        """
+        from qwen_twist.translate.chat import chat_request
+        from qwen_twist.translate.completions import completion_request
+        from qwen_twist.translate.embeddings import embeddings_request
+
+        requests = [
+            chat_request(json.loads(
+                '{"model":"m","messages":[{"role":"user","content":"cut \\ud83d"}]}')),
+            completion_request(json.loads('{"model":"m","prompt":"cut \\ud83d"}')),
+            embeddings_request(json.loads('{"model":"m","input":["cut \\ud83d"]}')),
+            embeddings_request(json.loads('{"model":"m","input":"cut \\ud83d"}')),
+        ]
+        for request in requests:
+            encoded = self.encodes(request.payload)
+            self.assertIn("cut \ufffd".encode("utf-8"), encoded)

@@ -83,6 +83,15 @@ class PolicyTests(SynchronousTestCase):
             b"openai-organization",
         )
 
+    def test_allow_headers_anthropic(self) -> None:
+        """
+        The Anthropic JS SDK's preflight (x-api-key, anthropic-version,
+        anthropic-beta, the direct-browser-access opt-in) is allowed.
+        """
+        requested = (b"x-api-key, anthropic-version, anthropic-beta, "
+                     b"anthropic-dangerous-direct-browser-access, content-type")
+        self.assertEqual(cors.allow_headers(requested), requested)
+
     def test_allow_headers_refused(self) -> None:
         """
         A preflight asking for a header outside the set gets the default

@@ -288,18 +288,56 @@ class HeaderTimeoutTests(RawErrorMixin, SynchronousTestCase):
 
     def test_slow_body_not_cut_by_head_deadline(self) -> None:
         """
-        The deadline covers the head only: a body arriving slowly (each
-        piece well within the idle timeout) is still read and answered.
+        The head deadline covers the head only: a body arriving slowly but
+        above C{limits.body_min_rate}, for longer than the head deadline,
+        is still read and answered.
         """
-        channel, transport = self.harness.connect()
+        harness = GatewayHarness({"limits": {"header_timeout": 10.0, "body_min_rate": 1}})
+        channel, transport = harness.connect()
         body = json.dumps({"model": "m", "messages": "wrong"}).encode("utf-8")
         channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
                              b"Content-Length: %d\r\n\r\n" % (len(body),))
         for byte in range(len(body)):
-            self.clock.advance(5)
+            harness.clock.advance(0.5)
             channel.dataReceived(body[byte:byte + 1])
+        self.assertGreater(harness.clock.seconds(), 10)
         self.assertEqual(parse_response(transport.value()).status, 400)
         self.assertFalse(transport.disconnecting)
+
+    def test_trickled_body_cut(self) -> None:
+        """
+        A body trickled one byte every 5 s (which keeps restarting Twisted's
+        idle timer, so it was never cut) gets 408 and the connection closes
+        once a C{body_timeout} period passes below C{body_min_rate}.
+        """
+        channel, transport = self.harness.connect()
+        channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+                             b"Content-Length: 1000\r\n\r\n")
+        self.clock.advance(5)
+        channel.dataReceived(b"{")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(5)
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 408)
+        self.assertEqual(response.json()["error"]["code"], "request_timeout")
+        self.assertTrue(transport.disconnecting)
+
+    def test_steady_body_kept(self) -> None:
+        """
+        A large body arriving steadily above the minimum rate is checked
+        period after period and never cut; no timer is left behind.
+        """
+        harness = GatewayHarness({"limits": {"body_timeout": 1.0, "body_min_rate": 100}})
+        channel, transport = harness.connect()
+        body = json.dumps({"model": "m", "messages": "x" * 2000}).encode("utf-8")
+        channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\n"
+                             b"Content-Length: %d\r\n\r\n" % (len(body),))
+        for start in range(0, len(body), 60):
+            harness.clock.advance(0.25)
+            channel.dataReceived(body[start:start + 60])
+        self.assertEqual(parse_response(transport.value()).status, 400)
+        self.assertFalse(transport.disconnecting)
+        self.assertIsNone(channel._body_timer)
 
     def test_long_stream_not_cut(self) -> None:
         """
