@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_bench -*-
 """
-C{python -m bench [all|stream|requests] [options]} (C{./qwengate-dev bench}).
+C{python -m bench [all|stream|churn|burst|requests] [options]} (C{./qwengate-dev bench}).
 
 Why one entry point with a quick default: developers run C{./qwengate-dev
 bench} before and after a change and compare; the default (C{all} with the
@@ -8,6 +8,11 @@ quick profile) finishes in about two minutes and prints readable tables,
 and every run also writes its full figures to
 C{bench/results/<name>-<timestamp>.json} (git-ignored) for later
 comparison. C{--profile full} adds the 1,000-stream case and longer runs.
+
+Fronts: C{direct} (the baseline), C{nginx} (a pure TLS relay), C{litellm}
+(LiteLLM's proxy) and C{qwengate}, all in front of the same emulator in the
+same run; a peer that is not installed is skipped with a message
+(C{./qwengate-dev bench --install-peers} installs nginx and LiteLLM).
 
 CPU profiles: C{--cpu-profile py-spy} (or C{QWENGATE_BENCH_CPU_PROFILE=py-spy})
 adds one streaming phase with py-spy attached to the gateway and prints
@@ -23,9 +28,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from bench import requests as requests_bench, stream as stream_bench
-from bench.processes import FRONTS, BenchError, Stack
-from bench.report import environment, profile_table, save, top_pstats
+from bench import burst as burst_bench, churn as churn_bench, requests as requests_bench
+from bench import stream as stream_bench
+from bench.peers import ALL_FRONTS as FRONTS
+from bench.processes import BenchError, Stack
+from bench.report import environment, fmt, profile_table, save, table, top_pstats
 
 
 def _concurrency(text: str) -> tuple:
@@ -54,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--profile", choices=("quick", "full"), default="quick",
                         help="quick (default: 100 streams, 5 s per request point) or full "
                              "(adds 1,000 streams x 20 tokens/s, longer runs)")
-    common.add_argument("--fronts", type=_fronts, default=["direct", "qwengate"],
-                        help="comma-separated fronts, the baseline first (default: "
-                             "direct,qwengate; known: %s)" % (", ".join(FRONTS),))
+    common.add_argument("--fronts", type=_fronts, default=list(FRONTS),
+                        help="comma-separated fronts, the baseline first (default: all "
+                             "of %s; peers not installed are skipped)" % (", ".join(FRONTS),))
     common.add_argument("--python", default=sys.executable,
                         help="interpreter for the emulator, the gateway (its twistd beside "
                              "it) and the load generator (default: this one)")
@@ -79,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream_opts.add_argument("--hold", type=float, help="slow reader: seconds without reading")
     stream_opts.add_argument("--slow-mb", type=int, help="slow reader: MB per stream")
 
+    churn_opts = argparse.ArgumentParser(add_help=False)
+    churn_opts.add_argument("--churn-clients", type=int, help="churn: concurrent clients")
+    churn_opts.add_argument("--churn-tokens", type=int, help="churn: tokens per stream")
+    churn_opts.add_argument("--churn-duration", type=float, help="churn: seconds measured")
+
     request_opts = argparse.ArgumentParser(add_help=False)
     request_opts.add_argument("--concurrency", type=_concurrency,
                               help="comma-separated concurrencies (default 1,16,64)")
@@ -93,10 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="qwengate benchmarks, reported against the Ollama emulator accessed "
                     "directly in the same run.")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("all", parents=[common, stream_opts, request_opts],
-                   help="streaming, slow reader and requests (default)")
+    sub.add_parser("all", parents=[common, stream_opts, churn_opts, request_opts],
+                   help="streaming, slow reader, churn and requests (default)")
     sub.add_parser("stream", parents=[common, stream_opts],
                    help="S streams x R tokens/s, direct vs fronts; slow-reader check")
+    sub.add_parser("churn", parents=[common, churn_opts],
+                   help="100 clients opening full-speed streams of 100 tokens back to back")
+    sub.add_parser("burst", parents=[common],
+                   help="100 new TLS clients at once, one request each")
     sub.add_parser("requests", parents=[common, request_opts],
                    help="non-streaming requests/s and added latency at c=1,16,64")
     return parser
@@ -137,9 +153,20 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
     if cprofile:
         log("note: the gateway runs under cProfile: its figures are not comparable")
     started = time.monotonic()
-    with Stack(python=options.python, keep=options.keep, cprofile=cprofile) as stack:
+    with Stack(python=options.python, keep=options.keep, cprofile=cprofile,
+               fronts=FRONTS) as stack:
         if options.keep:
             log("temporary directory: %s" % (stack.workdir,))
+        skipped: List[str] = []
+        fronts = [name for name in options.fronts
+                  if stack.available_front(name, skipped) is not None]
+        for message in skipped:
+            log("note: " + message)
+        options.fronts = fronts
+        results["fronts"] = fronts
+        results["skipped"] = skipped
+        if skipped:
+            outputs.append("\n".join("note: " + m for m in skipped))
         if command in ("all", "stream"):
             cases, slow = stream_cases(options)
             results["stream"] = []
@@ -156,6 +183,25 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
                 results["cpu_profile"] = result
                 text = result.get("table") or "CPU profile: %s" % (result.get("error"),)
                 outputs.append(text)
+        if command in ("all", "churn"):
+            case = churn_bench.PROFILES[options.profile]
+            case = churn_bench.ChurnCase(options.churn_clients or case.concurrency,
+                                         options.churn_tokens or case.tokens,
+                                         options.churn_duration or case.duration,
+                                         case.warmup)
+            result = churn_bench.run_churn(stack, case, options.fronts, log)
+            results["churn"] = result
+            outputs.append(with_notes(result["table"], result["notes"]))
+            if options.cpu_profile == "py-spy" and "qwengate" in options.fronts:
+                stack.emulator().set_script(stream_bench.token_script(0, case.tokens))
+                result = stream_bench.profile_case(stack, case, "qwengate", log,
+                                                   phase=churn_bench.measure)
+                results["churn_cpu_profile"] = result
+                outputs.append(result.get("table") or "CPU profile: %s" % (result.get("error"),))
+        if command in ("all", "burst"):
+            result = burst_bench.run_burst(stack, burst_bench.BurstCase(), options.fronts, log)
+            results["burst"] = result
+            outputs.append(with_notes(result["table"], result["notes"]))
         if command in ("all", "requests"):
             profile = requests_bench.PROFILES[options.profile]
             if options.concurrency or options.request_duration:
@@ -166,6 +212,13 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
                                                  options.tool, log)
             results["requests"] = result
             outputs.append(with_notes(result["table"], result["notes"]))
+            if options.cpu_profile == "py-spy" and "qwengate" in options.fronts:
+                case = requests_bench.ProfiledPoint(max(profile.concurrency),
+                                                    profile.duration)
+                result = stream_bench.profile_case(stack, case, "qwengate", log,
+                                                   phase=requests_bench.profiled_phase)
+                results["requests_cpu_profile"] = result
+                outputs.append(result.get("table") or "CPU profile: %s" % (result.get("error"),))
         if cprofile and stack.cprofile_path is not None:
             stack.stop_gateway()
             if stack.cprofile_path.exists():
@@ -174,6 +227,12 @@ def run(options: argparse.Namespace, log: Any = print) -> Dict[str, Any]:
                 text = profile_table(profile_result, "Gateway CPU by function (cProfile, "
                                                      "whole run, own time)")
                 outputs.append(text)
+        startup = stack.startup()
+        results["startup_s"] = startup
+        if startup:
+            outputs.append(table(("front", "start to first answer s"),
+                                 [(name, fmt(seconds, 2)) for name, seconds in startup.items()],
+                                 "Cold start (process start to its first HTTP answer)"))
     results["seconds"] = round(time.monotonic() - started, 1)
     results["report"] = "\n\n".join(outputs)
     return results

@@ -638,6 +638,226 @@ async def run_requests_job(job: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+class ChurnClient(RequestClient):
+    """
+    One keep-alive connection opening stream after stream: each streamed
+    response is read to its end, its frames counted, and it is complete
+    only with status 200 and the done marker at its end.
+    """
+
+    def __init__(self, run: "ChurnRun") -> None:
+        super().__init__(run)
+        self._counter: Optional[FrameCounter] = None
+
+    def send(self) -> None:
+        self._counter = FrameCounter(self._run.separator)
+        super().send()
+
+    def data_received(self, data: bytes) -> None:
+        run = self._run
+        if self._decoder is None:
+            data = self._buffer + data if self._buffer else data
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._buffer = data
+                return
+            self._buffer = b""
+            try:
+                self._status, headers = parse_response_head(data[:end])
+            except ProtocolError as e:
+                self._die(str(e))
+                return
+            self._decoder = body_decoder(headers)
+            self._closing = headers.get("connection", "").lower() == "close"
+            data = data[end + 4:]
+        try:
+            payload = self._decoder.feed(data)
+        except ProtocolError as e:
+            self._die(str(e))
+            return
+        counter = self._counter
+        if payload and counter is not None:
+            n = counter.feed(payload)
+            if n and run.recording:
+                run.frames += n
+        if self._decoder.done:
+            now = clock()
+            self._decoder = None
+            complete = self._status == 200 and counter is not None and \
+                run.done_marker in counter.tail
+            if run.recording and self._status == 200 and not complete:
+                run.incomplete += 1
+            again = run.completed(self, now - self._sent, self._status)
+            if getattr(self, "_closing", False):
+                self.dead = True
+                if self.transport is not None:
+                    self.transport.close()
+                if not self.idle.done():
+                    self.idle.set_result(None)
+            elif again:
+                self.send()
+            elif not self.idle.done():
+                self.idle.set_result(None)
+
+
+class ChurnRun(RequestRun):
+    """
+    A churn run: a request run whose responses are streams.
+    """
+
+    def __init__(self, loop: Any, request: bytes, separator: bytes,
+                 done_marker: bytes) -> None:
+        super().__init__(loop, request, 10 ** 9)
+        self.separator = separator
+        self.done_marker = done_marker
+        self.frames = 0
+        self.incomplete = 0
+        self.connections = 0
+
+
+async def run_churn_job(job: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    C{concurrency} clients, each opening stream after stream on a
+    keep-alive connection (a new connection when the server closes one):
+    C{warmup} seconds unrecorded, then C{duration} seconds recorded. The
+    frames of every stream are counted (a stream still running at the end
+    of the window is not waited for).
+    """
+    loop = asyncio.get_running_loop()
+    run = ChurnRun(loop, job["request"].encode("latin-1"), SEPARATORS[job["framing"]],
+                   job.get("done_marker", "").encode("utf-8"))
+    ctx = make_ssl_context(job.get("tls"))
+    live: List[ChurnClient] = []
+
+    async def slot() -> None:
+        while clock() < run.deadline:
+            try:
+                client = await open_connection(loop, lambda: ChurnClient(run), job, ctx)
+            except Exception as e:
+                run.error("connect: %s: %s" % (type(e).__name__, e))
+                await asyncio.sleep(0.05)
+                continue
+            run.connections += 1
+            live.append(client)
+            client.send()
+            await client.idle
+            if not client.dead:
+                return
+
+    grace = job.get("grace", 10.0)
+
+    async def phase(seconds: float) -> int:
+        # Streams still running `grace` seconds after the deadline (a slow
+        # front) are cut and counted as unfinished.
+        run.deadline = clock() + seconds
+        tasks = [asyncio.ensure_future(slot()) for _ in range(job["concurrency"])]
+        await asyncio.wait(tasks, timeout=seconds + grace)
+        unfinished = 0
+        for client in live:
+            if not client.idle.done():
+                unfinished += 1
+                client.dead = True
+                if client.transport is not None:
+                    client.transport.abort()
+                client.idle.set_result(None)
+        for task in tasks:
+            task.cancel()
+        return unfinished
+
+    if job.get("warmup", 0.0) > 0:
+        await phase(job["warmup"])
+    for client in live:
+        if client.transport is not None:
+            client.transport.close()
+    live.clear()
+    run.recording = True
+    run.connections = 0
+    cpu0 = cpu_seconds()
+    t0 = clock()
+    unfinished = await phase(job["duration"])
+    t1 = clock()
+    cpu1 = cpu_seconds()
+    for client in live:
+        if client.transport is not None:
+            client.transport.close()
+    elapsed = t1 - t0
+    done = len(run.latencies)
+    ok = run.statuses.get("200", 0) - run.incomplete
+    failed = done - ok
+    return {
+        "tool": "python",
+        "concurrency": job["concurrency"],
+        "streams": done,
+        "ok": ok,
+        "failed": failed,
+        "incomplete": run.incomplete,
+        "unfinished": unfinished,
+        "statuses": run.statuses,
+        "errors": run.errors,
+        "frames": run.frames,
+        "connections": run.connections,
+        "elapsed_s": round(elapsed, 3),
+        "frames_per_s": round(run.frames / elapsed, 1) if elapsed > 0 else None,
+        "streams_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
+        "latency_ms": summarize_ms(run.latencies),
+        "t_start": t0,
+        "t_end": t1,
+        "loadgen_cpu_s": round(cpu1 - cpu0, 3),
+    }
+
+
+async def run_burst_job(job: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    C{clients} new clients at once, each opening its own connection (TCP
+    and TLS) and sending one request: time to first byte counted from the
+    connect, so the handshake is included, and the time to the whole answer.
+    """
+    loop = asyncio.get_running_loop()
+    request = job["request"].encode("latin-1")
+    ctx = make_ssl_context(job.get("tls"))
+    separator = SEPARATORS[job["framing"]]
+    ttfb = array("d")
+    total = array("d")
+    errors: Dict[str, int] = {}
+    statuses: Dict[str, int] = {}
+
+    async def one() -> None:
+        t0 = clock()
+        try:
+            client = await open_connection(loop, lambda: StreamClient(separator, loop), job, ctx)
+        except Exception as e:
+            key = ("connect: %s: %s" % (type(e).__name__, e))[:200]
+            errors[key] = errors.get(key, 0) + 1
+            return
+        client.send(request)
+        try:
+            await asyncio.wait_for(client.finished, job.get("timeout", 60.0))
+        except asyncio.TimeoutError:
+            client.abort("timed out")
+        record = client.record
+        key = str(record.status)
+        statuses[key] = statuses.get(key, 0) + 1
+        if record.error:
+            errors[record.error[:200]] = errors.get(record.error[:200], 0) + 1
+        elif record.first_byte:
+            ttfb.append(record.first_byte - t0)
+            total.append((record.times[-1] if len(record.times) else record.first_byte) - t0)
+
+    t_start = clock()
+    await asyncio.gather(*(one() for _ in range(job["clients"])))
+    t_end = clock()
+    return {
+        "clients": job["clients"],
+        "ok": len(ttfb),
+        "statuses": statuses,
+        "errors": errors,
+        "ttfb_ms": summarize_ms(ttfb),
+        "total_ms": summarize_ms(total),
+        "t_start": t_start,
+        "t_end": t_end,
+    }
+
+
 def raise_fd_limit() -> None:
     """
     Lift the soft open-files limit to the hard one (a thousand streams).
@@ -662,7 +882,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(argv[0], encoding="utf-8") as f:
         job = json.load(f)
     raise_fd_limit()
-    runner = {"stream": run_stream_job, "requests": run_requests_job}[job["kind"]]
+    runner = {"stream": run_stream_job, "requests": run_requests_job,
+              "churn": run_churn_job, "burst": run_burst_job}[job["kind"]]
     result = asyncio.run(runner(job))
     with open(argv[1], "w", encoding="utf-8") as f:
         json.dump(result, f)

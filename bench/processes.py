@@ -56,6 +56,12 @@ class BenchError(Exception):
     """
 
 
+class PeerMissing(Exception):
+    """
+    A peer front is not installed; the message says how to install it.
+    """
+
+
 # -- children --------------------------------------------------------------
 
 
@@ -321,6 +327,7 @@ class Gateway(ManagedProcess):
         return str(self.state_dir / "tls" / "cert.pem")
 
     def start(self, timeout: float = 60.0) -> None:
+        started = clock()
         super().start()
         deadline = clock() + timeout
         last = "no answer"
@@ -336,6 +343,7 @@ class Gateway(ManagedProcess):
                     status = conn.getresponse().status
                     conn.close()
                     if status == 200:
+                        self.startup_s = clock() - started
                         return
                     last = "GET /health: HTTP %d" % (status,)
                 except (OSError, ssl.SSLError, http.client.HTTPException) as e:
@@ -359,8 +367,11 @@ class Stack:
 
     def __init__(self, python: str = sys.executable, keep: bool = False,
                  gateway_overrides: Optional[Dict[str, Any]] = None,
-                 cprofile: bool = False) -> None:
+                 cprofile: bool = False,
+                 fronts: Optional[Dict[str, Callable[["Stack"], Front]]] = None) -> None:
         self.python = python
+        self.fronts = dict(FRONTS if fronts is None else fronts)
+        self._peers: Dict[str, Any] = {}
         self.keep = keep
         self.workdir = Path(tempfile.mkdtemp(prefix="qwengate-bench-"))
         self._emulator: Optional[Emulator] = None
@@ -422,12 +433,64 @@ class Stack:
     def front(self, name: str) -> Front:
         """
         The running front called C{name} (see L{FRONTS}).
+
+        @raise PeerMissing: a peer that is not installed.
         """
         try:
-            build = FRONTS[name]
+            build = self.fronts[name]
         except KeyError:
-            raise BenchError("unknown front %r (known: %s)" % (name, ", ".join(FRONTS)))
+            raise BenchError("unknown front %r (known: %s)" % (name, ", ".join(self.fronts)))
         return build(self)
+
+    def available_front(self, name: str, skipped: List[str]) -> Optional[Front]:
+        """
+        L{front}, or L{None} for a peer that is not installed or does not
+        start (with a message appended to C{skipped}); C{direct} and
+        C{qwengate} must start.
+        """
+        try:
+            return self.front(name)
+        except PeerMissing as e:
+            skipped.append("%s skipped: %s" % (name, e))
+        except BenchError as e:
+            if name in ("direct", "qwengate"):
+                raise
+            skipped.append("%s skipped: %s" % (name, str(e).splitlines()[0]))
+        return None
+
+    def peer(self, name: str, factory: Callable[[], ManagedProcess]) -> Any:
+        """
+        The running peer process C{name}, started with C{factory()} on
+        first use and stopped with the stack.
+        """
+        process = self._peers.get(name)
+        if process is None:
+            process = factory()
+            self._started.append(process)
+            process.start()
+            self._peers[name] = process
+        return process
+
+    def startup(self) -> Dict[str, float]:
+        """
+        Seconds from process start to the first answer, per started front
+        (qwengate and the peers).
+        """
+        out: Dict[str, float] = {}
+        for process in [self._gateway] + list(self._peers.values()):
+            seconds = getattr(process, "startup_s", None)
+            if seconds is not None:
+                out["qwengate" if process is self._gateway else process.name] = seconds
+        return out
+
+    def front_log(self, name: str) -> Optional[Path]:
+        """
+        The log file of front C{name}'s service (qwengate's twistd log),
+        if it has one.
+        """
+        if name == "qwengate" and self._gateway is not None:
+            return self._gateway.gateway_log
+        return None
 
     def close(self) -> None:
         for process in reversed(self._started):

@@ -206,3 +206,53 @@ def profile_table(profile: Dict[str, Any], title: str, key: str = "top") -> str:
                      fmt(entry.get("total_pct"), 1, "%") if "total_pct" in entry
                      else fmt(entry.get("total_s"), 3, "s")))
     return table(("#", "function", "self", "incl."), rows, title, left=2)
+
+
+#: Layers of the gateway's stack, by the path of the frame a sample was
+#: taken in (first match wins): where the CPU floor of a request or chunk is.
+LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("qwen_twist (the gateway's own code)", ("/qwen_twist/",)),
+    ("TLS (pyOpenSSL, Twisted's TLS protocol)", ("/OpenSSL/", "/protocols/tls.py",
+                                                 "/_tls_legacy", "/_sslverify")),
+    ("logging (twisted.logger, log file)", ("/twisted/logger/", "/python/log.py",
+                                             "/logfile.py", "/_tzhelper", "/string.py")),
+    ("HTTP client (twisted.web._newclient)", ("/web/_newclient.py", "/web/client.py")),
+    ("HTTP server (twisted.web, LineReceiver)", ("/twisted/web/", "/protocols/basic.py")),
+    ("Deferreds and coroutines", ("/internet/defer.py",)),
+    ("reactor and sockets (twisted.internet)", ("/twisted/internet/", "/python/util.py",
+                                                "/python/context.py")),
+    ("zope.interface", ("/zope/",)),
+    ("json", ("/json/",)),
+)
+
+
+def layer_shares(collapsed: Iterable[str]) -> Dict[str, Any]:
+    """
+    Self samples of py-spy's raw output grouped by L{LAYERS} (the leaf
+    frame's file decides; the rest is "other"), largest first.
+    """
+    counts: Dict[str, int] = {}
+    total = 0
+    for line in collapsed:
+        stack, _, count_text = line.rstrip("\n").rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        leaf = stack.split(";")[-1]
+        path = "/" + leaf.rpartition(" (")[2]
+        name = "other (Python stdlib, C builtins)"
+        for layer, needles in LAYERS:
+            if any(n in path for n in needles):
+                name = layer
+                break
+        counts[name] = counts.get(name, 0) + count
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"samples": total,
+            "layers": [{"layer": k, "pct": round(100.0 * v / total, 1) if total else 0.0}
+                       for k, v in ranked]}
+
+
+def layer_table(shares: Dict[str, Any], title: str) -> str:
+    rows = [(entry["layer"], fmt(entry["pct"], 1, "%")) for entry in shares["layers"]]
+    return table(("layer", "share of samples"), rows, title)

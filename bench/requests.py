@@ -251,6 +251,29 @@ def measure(stack: Stack, front: Front, concurrency: int, profile: RequestsProfi
     return result
 
 
+@dataclass(frozen=True)
+class ProfiledPoint:
+    """
+    One concurrency of the request benchmark, run again under py-spy.
+    """
+
+    concurrency: int
+    duration: float
+
+    @property
+    def label(self) -> str:
+        return "non-streaming requests at c=%d" % (self.concurrency,)
+
+
+def profiled_phase(stack: Stack, front: Front, point: ProfiledPoint) -> Dict[str, Any]:
+    """
+    The phase L{bench.stream.profile_case} runs under py-spy.
+    """
+    stack.emulator().set_script(request_script())
+    return measure(stack, front, point.concurrency,
+                   RequestsProfile((point.concurrency,), point.duration, 0.0), None)
+
+
 def run_requests(stack: Stack, profile: RequestsProfile, fronts: Sequence[str],
                  tool: str = "python", log: Any = print) -> Dict[str, Any]:
     """

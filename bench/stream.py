@@ -49,7 +49,9 @@ from bench.fronts import Front
 from bench.procfs import Sampler
 from bench.processes import Stack
 from bench.stats import frames_between
-from bench.report import diff, fmt, mb, profile_table, ratio, table, top_functions
+from bench.report import (
+    diff, fmt, layer_shares, layer_table, mb, profile_table, ratio, table, top_functions,
+)
 
 PROMPT = "Say hello."
 
@@ -116,9 +118,10 @@ PROFILES: Dict[str, Tuple[Tuple[StreamCase, ...], SlowReaderCase]] = {
 def token_script(rate: float, tokens: int) -> Dict[str, Any]:
     """
     The emulator script of a streaming case: C{tokens} one-word chunks at
-    C{rate} per second, no thinking.
+    C{rate} per second, no thinking. The words differ (C{w0 w1 ...}):
+    LiteLLM ends a stream that repeats one chunk as a degenerate model.
     """
-    text = " ".join(["token"] * tokens)
+    text = " ".join("w%d" % (i,) for i in range(tokens))
     return {"default": {"tokens_per_second": rate, "tokens": tokens, "text": text,
                         "thinking": ""}}
 
@@ -453,10 +456,11 @@ def find_py_spy(python: str) -> Optional[str]:
     return shutil.which("py-spy")
 
 
-def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
-                 log: Any = print) -> Dict[str, Any]:
+def profile_case(stack: Stack, case: Any, front_name: str = "qwengate",
+                 log: Any = print, phase: Optional[Any] = None) -> Dict[str, Any]:
     """
-    An extra streaming phase through C{front_name} with py-spy sampling the
+    An extra phase of C{case} (a streaming case, or with C{phase(stack,
+    front, case)} any other) through C{front_name} with py-spy sampling the
     front (its figures are not reported: py-spy stops the process briefly
     for each sample, which keeps the stacks consistent but costs time); the
     top 10 functions by own time, and qwen_twist's own by inclusive time.
@@ -468,7 +472,9 @@ def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
     if not front.pids:
         return {"error": "%s has no process to profile" % (front_name,)}
     log("  CPU profile of %s with py-spy during %s ..." % (front_name, case.label))
-    stack.emulator().set_script(token_script(case.rate, case.tokens))
+    if phase is None:
+        stack.emulator().set_script(token_script(case.rate, case.tokens))
+        phase = measure
     raw = stack.workdir / "py-spy.txt"
     spy_log = stack.workdir / "py-spy.out"
     with open(spy_log, "wb") as out:
@@ -479,7 +485,7 @@ def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
             stdin=subprocess.DEVNULL)
         try:
             time.sleep(0.5)
-            measure(stack, front, case)
+            phase(stack, front, case)
             spy.wait(case.duration + 30)
         finally:
             if spy.poll() is None:
@@ -489,12 +495,17 @@ def profile_case(stack: Stack, case: StreamCase, front_name: str = "qwengate",
         return {"error": "py-spy failed: %s" % (spy_log.read_text("utf-8", "replace")[-500:],)}
     with open(raw, encoding="utf-8", errors="replace") as f:
         profile = top_functions(f, 10, focus="/qwen_twist/")
+    with open(raw, encoding="utf-8", errors="replace") as f:
+        profile["layers"] = layer_shares(f)["layers"]
     profile["tool"] = ("py-spy --gil at %d Hz: samples holding the GIL (Python work), not "
                        "syscalls that release it" % (PY_SPY_RATE,))
+    profile["raw"] = str(raw)
     profile["table"] = "\n\n".join([
-        profile_table(profile, "Where %s spends its CPU while streaming (%s): top 10 by own "
+        profile_table(profile, "Where %s spends its CPU (%s): top 10 by own "
                       "time, py-spy, %d samples" % (front_name, case.label, profile["samples"])),
         profile_table(profile, "The same samples, qwen_twist's own functions by inclusive "
                       "time", key="focus_top"),
+        layer_table({"layers": profile["layers"]}, "The same samples by layer (where the "
+                    "floor is)"),
     ])
     return profile

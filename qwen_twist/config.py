@@ -133,11 +133,28 @@ class BreakerConfig:
 
     threshold: int = setting(
         5, between(0, 1000000),
-        "consecutive failures (refused, reset, timeout, 5xx) that open it; 0 = never",
+        "consecutive failures (refused, reset, timeout, runner crash), at least "
+        "'burst' seconds apart, that open it; 0 = never (nor on the rate)",
     )
     cooldown: float = setting(
         30.0, positive,
         "seconds it stays open (fast 503s) before one probe request is let through",
+    )
+    window: float = setting(
+        10.0, positive, "seconds over which the failure rate is measured"
+    )
+    min_calls: int = setting(
+        20, between(1, 1000000),
+        "calls within the window before the failure rate may open it",
+    )
+    failure_rate: float = setting(
+        0.5, between(0.01, 1.0),
+        "share of failed calls within the window that opens it",
+    )
+    burst: float = setting(
+        0.1, non_negative,
+        "failures closer together than this count once toward 'threshold' "
+        "(many concurrent calls failing at one instant are one event)",
     )
 
 

@@ -24,6 +24,11 @@ class CallContext:
     @ivar outcome: C{"ok"}, C{"error"} (an error response was sent),
         C{"client_gone"} (the client disconnected first) or C{"truncated"}
         (a stream ended with an error event after it had started).
+    @ivar cause: for a 5xx the gateway produced, what caused it: the
+        exception class (and the reasons it wraps) and the upstream, e.g.
+        C{ResponseNeverReceived [ConnectionLost] from 10.0.0.5:11434}, so an
+        operator can tell refused from reset from timeout. Written once, on
+        the access log line.
     """
 
     request_id: str
@@ -37,6 +42,7 @@ class CallContext:
     status: int = 0
     error_type: Optional[str] = None
     error_code: Optional[str] = None
+    cause: Optional[str] = None
     outcome: str = "ok"
     client_gone: bool = False
     upstream_status: Optional[int] = None

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bench import __main__ as cli, loadgen, processes, procfs, report, requests as reqbench
 from bench import stats
 from bench import stream as streambench
+from bench import churn as churnbench, peers
 from bench.fronts import OLLAMA, OPENAI, Front, direct_front, qwengate_front
 
 
@@ -618,11 +619,22 @@ class CommandLineTests(SynchronousTestCase):
 
     def test_default_is_all_quick(self):
         """
-        No arguments means everything, quick profile, direct and qwengate.
+        No arguments means everything, quick profile, every front (peers
+        not installed are skipped at run time).
         """
         options = cli.parse_args([])
         self.assertEqual((options.command, options.profile), ("all", "quick"))
-        self.assertEqual(options.fronts, ["direct", "qwengate"])
+        self.assertEqual(options.fronts, ["direct", "nginx", "litellm", "qwengate"])
+
+    def test_churn_options(self):
+        """
+        The churn case's clients, tokens and duration can be changed.
+        """
+        options = cli.parse_args(["churn", "--churn-clients", "10", "--churn-duration", "2",
+                                  "--fronts", "direct,nginx"])
+        self.assertEqual((options.command, options.churn_clients, options.churn_duration),
+                         ("churn", 10, 2.0))
+        self.assertEqual(options.fronts, ["direct", "nginx"])
 
     def test_options_without_command(self):
         """
@@ -653,3 +665,199 @@ class CommandLineTests(SynchronousTestCase):
         options = cli.parse_args(["stream", "--streams", "7", "--rate", "3"])
         cases, slow = cli.stream_cases(options)
         self.assertEqual([(c.streams, c.rate, c.duration) for c in cases], [(7, 3.0, 10)])
+
+
+class ChurnTests(SynchronousTestCase):
+    """
+    The churn case: its load generator client and its report.
+    """
+
+    def run_of(self):
+        return loadgen.ChurnRun(None, b"GET / HTTP/1.1\r\n\r\n", b"\n\n", b"data: [DONE]")
+
+    def test_client_counts_frames_and_completes(self):
+        """
+        A chunked SSE stream is counted frame by frame; a complete one (200
+        and [DONE]) is ok, and the client sends its next request.
+        """
+        run = self.run_of()
+        run.recording = True
+        run.deadline = float("inf")
+        client = loadgen.ChurnClient.__new__(loadgen.ChurnClient)
+        sent = []
+        client._run = run
+        client.dead = False
+        client._buffer = b""
+        client._decoder = None
+        client._status = 0
+        client._sent = 0.0
+        client._counter = None
+
+        class Transport:
+            def write(self, data):
+                sent.append(data)
+
+        client.transport = Transport()
+
+        class Idle:
+            def done(self):
+                return False
+
+            def set_result(self, value):
+                pass
+
+        client.idle = Idle()
+        client.send()
+        body = b"data: {}\n\n" * 3 + b"data: [DONE]\n\n"
+        client.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.data_received(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        self.assertEqual(run.frames, 4)
+        self.assertEqual(run.statuses, {"200": 1})
+        self.assertEqual(run.incomplete, 0)
+        self.assertEqual(len(sent), 2)
+
+    def test_breaker_transitions(self):
+        """
+        Breaker transitions are counted from the gateway's log.
+        """
+        path = Path(self.mktemp())
+        path.write_text("x\ncircuit breaker for Ollama at 'a': closed -> open\n"
+                        "circuit breaker for Ollama at 'a': open -> half_open\n", "utf-8")
+        self.assertEqual(churnbench.breaker_transitions(path), 2)
+        self.assertIsNone(churnbench.breaker_transitions(None))
+
+    def test_table_and_notes(self):
+        """
+        The table shows every front with the ratio to direct; the notes
+        name failed streams and breaker transitions.
+        """
+        def run(frames_per_s, failed, transitions=None, statuses=None):
+            return {"loadgen": {"ok": 100 - failed, "failed": failed, "frames_per_s": frames_per_s,
+                                "streams_per_s": 10.0, "latency_ms": {"p50": 1.0, "p99": 2.0},
+                                "statuses": statuses or {"200": 100}, "errors": {},
+                                "streams": 100},
+                    "emulator_counters": {"connections": 3}, "cpu_us_per_chunk": 30.0,
+                    "breaker_transitions": transitions}
+
+        runs = {"direct": run(80000.0, 0), "qwengate": run(20000.0, 10, 1, {"200": 90,
+                                                                              "503": 10})}
+        case = churnbench.ChurnCase()
+        text = churnbench.churn_table(case, runs)
+        self.assertIn("0.250x", text)
+        notes = churnbench.notes_for(case, runs)
+        self.assertTrue(any("10 of 100 streams failed (10x 503)" in n for n in notes), notes)
+        self.assertTrue(any("1 circuit breaker transitions" in n for n in notes), notes)
+        self.assertTrue(any("below the 25000 target" in n for n in notes), notes)
+
+
+class PeerTests(SynchronousTestCase):
+    """
+    The peers' configurations.
+    """
+
+    def test_nginx_config(self):
+        """
+        nginx relays TLS to the emulator: one worker, no buffering, upstream
+        keep-alive over HTTP/1.1.
+        """
+        text = peers.nginx_config(Path("/w"), 8443, 11434, Path("/w/c.pem"), Path("/w/k.pem"))
+        for needle in ("worker_processes 1;", "proxy_buffering off;", "keepalive 256;",
+                       "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
+                       "listen 127.0.0.1:8443 ssl;", "server 127.0.0.1:11434;"):
+            self.assertIn(needle, text)
+        self.assertNotIn("user root", text)
+        self.assertIn("user root;", peers.nginx_config(Path("/w"), 1, 2, Path("c"), Path("k"),
+                                                        as_root=True))
+
+    def test_litellm_config(self):
+        """
+        LiteLLM serves the benchmark model through ollama_chat/.
+        """
+        text = peers.litellm_config("http://127.0.0.1:9")
+        self.assertIn('model: "ollama_chat/qwen3:8b"', text)
+        self.assertIn('api_base: "http://127.0.0.1:9"', text)
+
+    def test_missing_peer_skipped(self):
+        """
+        A peer that is not installed is skipped with a message; the
+        baseline and qwengate are never skipped.
+        """
+        def missing(stack):
+            raise processes.PeerMissing("not installed")
+
+        stack = processes.Stack(fronts={"litellm": missing})
+        self.addCleanup(stack.close)
+        skipped = []
+        self.assertIsNone(stack.available_front("litellm", skipped))
+        self.assertEqual(skipped, ["litellm skipped: not installed"])
+
+
+class MicroTests(SynchronousTestCase):
+    """
+    C{python -m bench.micro}: the in-process hot-path measurements run.
+    """
+
+    def test_in_process_cases(self):
+        """
+        The access log and relay cases measure a positive CPU time per
+        iteration (the upstream case needs a running reactor: it is left to
+        the command line).
+        """
+        from bench import micro
+
+        self.assertGreater(micro.best_of(lambda n: None, 10, rounds=2), -1.0)
+        self.assertGreater(micro.relay_chunk(50), 0.0)
+        self.assertGreater(micro.access_log(50), 0.0)
+        self.assertEqual(set(micro.CASES), {"access_log", "relay_chunk", "upstream_call"})
+
+
+class LayerTests(SynchronousTestCase):
+    """
+    py-spy samples grouped by layer of the stack.
+    """
+
+    def test_layers(self):
+        """
+        The leaf frame's file decides the layer; unknown files are other.
+        """
+        raw = [
+            "run (twisted/internet/base.py:1);dataReceived (qwen_twist/web/relay.py:9) 3\n",
+            "run (twisted/internet/base.py:1);send (OpenSSL/SSL.py:2050) 1\n",
+            "run (twisted/internet/base.py:1);untilConcludes (twisted/python/util.py:760) 4\n",
+            "run (twisted/internet/base.py:1);x (somewhere/else.py:1) 2\n",
+            "garbage\n",
+        ]
+        shares = report.layer_shares(raw)
+        self.assertEqual(shares["samples"], 10)
+        got = {e["layer"].split(" (")[0]: e["pct"] for e in shares["layers"]}
+        self.assertEqual(got, {"reactor and sockets": 40.0, "qwen_twist": 30.0,
+                               "other": 20.0, "TLS": 10.0})
+        self.assertIn("share of samples", report.layer_table(shares, "t"))
+
+
+class BurstTests(SynchronousTestCase):
+    """
+    The burst case's report.
+    """
+
+    def test_table_and_notes(self):
+        """
+        Every front gets a column; qwengate's first byte more than 50 ms
+        after nginx's is noted, and so are clients left unanswered.
+        """
+        from bench import burst
+
+        def run(p50, ok=100):
+            return {"loadgen": {"clients": 100, "ok": ok, "errors": {"reset": 100 - ok} if ok < 100
+                                else {}, "ttfb_ms": {"p50": p50, "p99": p50 * 2},
+                                "total_ms": {"p50": p50, "p99": p50 * 2}},
+                    "front_cpu_s": 0.05}
+
+        runs = {"nginx": run(300.0), "qwengate": run(400.0, ok=99)}
+        text = burst.burst_table(burst.BurstCase(), runs)
+        self.assertIn("99/100", text)
+        self.assertIn("400.0", text)
+        notes = burst.notes_for(runs)
+        self.assertTrue(any("100.0 ms after nginx's" in n for n in notes), notes)
+        self.assertTrue(any("99 of 100 clients answered (1x reset)" in n for n in notes), notes)
+        self.assertEqual(burst.notes_for({"nginx": run(300.0), "qwengate": run(320.0)}), [])

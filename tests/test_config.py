@@ -425,6 +425,26 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["30s", None],
         "bad": [0, -3],
     },
+    "upstream.breaker.window": {
+        "valid": [(1, 1.0), (0.5, 0.5)],
+        "wrong_type": ["10s", None],
+        "bad": [0, -3],
+    },
+    "upstream.breaker.min_calls": {
+        "valid": [(1, 1), (50, 50)],
+        "wrong_type": ["20", 2.5, None],
+        "bad": [0, -1],
+    },
+    "upstream.breaker.failure_rate": {
+        "valid": [(1, 1.0), (0.25, 0.25)],
+        "wrong_type": ["50%", None],
+        "bad": [0, 1.5, -0.5],
+    },
+    "upstream.breaker.burst": {
+        "valid": [(0, 0.0), (0.25, 0.25)],
+        "wrong_type": ["0.1s", None],
+        "bad": [-0.1],
+    },
     "admission.slots": {
         "valid": [(0, 0), (1, 1), (8, 8)],
         "wrong_type": ["4", 1.5, None],
@@ -626,6 +646,10 @@ class KeyTableTests(SynchronousTestCase):
                 "response.hsts_max_age": 31536000,
                 "upstream.breaker.threshold": 5,
                 "upstream.breaker.cooldown": 30.0,
+                "upstream.breaker.window": 10.0,
+                "upstream.breaker.min_calls": 20,
+                "upstream.breaker.failure_rate": 0.5,
+                "upstream.breaker.burst": 0.1,
                 "admission.slots": 4,
                 "admission.max_depth": 256,
                 "admission.max_wait": 120.0,

@@ -111,9 +111,6 @@ class ImportGraphTests(SynchronousTestCase):
         """
         self.assertEqual(cycles(import_graph()), [])
 
-    # Removed when the failure classification moves to its own leaf module.
-    test_no_cycles.todo = "upstream.breaker <-> upstream.client"  # type: ignore[attr-defined]
-
     def test_finds_a_cycle(self) -> None:
         """
         The checker itself sees a cycle when there is one.

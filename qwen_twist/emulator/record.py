@@ -80,6 +80,8 @@ class Record:
     @ivar streams_active: streams not yet ended; a gauge, so L{reset} keeps
         it.
     @ivar pauses: how often the transport paused a stream (backpressure).
+    @ivar connections: connections accepted (a gateway that pools its
+        upstream connections opens few).
     @ivar faults: scripted faults that struck.
     """
 
@@ -105,6 +107,7 @@ class Record:
         self.requests_abandoned = 0
         self.pauses = 0
         self.faults = 0
+        self.connections = 0
 
     # recording
 
@@ -139,6 +142,9 @@ class Record:
 
     def paused(self) -> None:
         self.pauses += 1
+
+    def connection_opened(self) -> None:
+        self.connections += 1
 
     def fault_struck(self) -> None:
         self.faults += 1
@@ -177,6 +183,7 @@ class Record:
             "requests_abandoned": self.requests_abandoned,
             "pauses": self.pauses,
             "faults": self.faults,
+            "connections": self.connections,
         }
 
     def to_dict(self) -> Dict[str, Any]:

@@ -200,6 +200,9 @@ class _EmulatorSite(Site):
     """
     A C{Site} without an access log (it would cost more than a stream chunk)
     that tracks its connections.
+
+    @ivar accepted: connections accepted so far (tests and the benchmark
+        check that the gateway reuses its connections).
     """
 
     protocol = _TrackedChannel
@@ -208,11 +211,16 @@ class _EmulatorSite(Site):
         super().__init__(resource, reactor=reactor)
         self._channels: set = set()
         self._idle: List[defer.Deferred] = []
+        self.accepted = 0
 
     def log(self, request: Any) -> None:
         pass
 
     def channel_opened(self, channel: HTTPChannel) -> None:
+        self.accepted += 1
+        record = getattr(self.resource, "record", None)
+        if record is not None:
+            record.connection_opened()
         self._channels.add(channel)
 
     def channel_closed(self, channel: HTTPChannel) -> None:
@@ -268,6 +276,13 @@ class Emulator:
     @property
     def record(self) -> Record:
         return self.resource.record
+
+    @property
+    def accepted(self) -> int:
+        """
+        Connections accepted since start.
+        """
+        return self._site.accepted
 
     def stop(self) -> defer.Deferred:
         """

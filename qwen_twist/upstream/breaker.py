@@ -4,31 +4,42 @@ Circuit breakers: a dead Ollama must cost clients milliseconds, not timeouts.
 
 Without a breaker every request to an upstream that is down or hung waits for
 the connect or headers deadline (seconds each) before it fails, holding a
-client, a slot and a socket the whole time. A L{CircuitBreaker} remembers that
-the last C{threshold} calls failed and, for a C{cooldown}, refuses new ones at
-once with L{BreakerOpen} (the gateway answers 503 with C{Retry-After} equal to
-the cool-down left; L{BreakerOpen.api_error}) without touching the upstream:
+client, a slot and a socket the whole time. A L{CircuitBreaker} remembers
+that calls have been failing and, for a C{cooldown}, refuses new ones at once
+with L{BreakerOpen} (the gateway answers 503 with C{Retry-After} equal to the
+cool-down left; L{BreakerOpen.api_error}) without touching the upstream:
 
-    closed --threshold consecutive failures--> open
+    closed --failure rate or spread-out consecutive failures--> open
     open --cooldown elapsed--> half_open
     half_open --one probe succeeds--> closed
     half_open --the probe fails--> open (a fresh cool-down)
 
+When it opens (issue 10: never on one transient event under load):
+
+  - B{rate}: within the last C{window} seconds at least C{min_calls} calls
+    were judged, and at least C{failure_rate} of them failed. A busy gateway
+    whose Ollama died opens within C{min_calls} calls (milliseconds); ten
+    failures among a hundred concurrent calls do not.
+  - B{consecutive}: C{threshold} failures with no success in between, each
+    at least C{burst} seconds after the previous one counted. A quiet
+    gateway (too few calls for the rate) still opens on a dead Ollama within
+    C{threshold * burst} seconds and a few calls, but a burst of concurrent
+    calls failing at one instant (a reset of many pooled connections) counts
+    once.
+
 In C{half_open} exactly one request at a time goes through as a probe; the
 others are refused (C{retry_after} L{PROBE_RETRY_AFTER}) until it settles.
 
-What is judged: connection errors and the time to response B{headers}
-(L{counts_as_failure}). Model loading is not a failure: Ollama sends its
-headers at once and may then take minutes before the first token while it
-loads a model. That wait is judged by the first-token deadline elsewhere; the
-caller reports L{CircuitBreaker.success} as soon as headers with a status
-below 500 arrive (L{CircuitBreaker.call} does exactly that when its C{start}
-Deferred is the one that fires with the response headers). A client that went
-away (cancellation) or a 4xx (unknown model, bad request) says nothing about
-Ollama's health and is L{neutral<CircuitBreaker.neutral>}.
+What is judged is decided by L{qwen_twist.upstream.failures.health}: only
+failures that say the upstream is unhealthy (transport errors, deadlines,
+runner crashes) count; a client that went away, a 4xx, Ollama's 503 "queue
+full" or a 500 caused by the request's own options are neutral. Model
+loading is not a failure: Ollama sends its headers at once and may then take
+minutes before the first token while it loads a model; the caller reports a
+success as soon as headers arrive.
 
 Concurrency: outcomes arriving late are not mistaken for the probe's. Every
-state change starts a new epoch; a call admitted through L{CircuitBreaker.call}
+state change starts a new epoch; a call admitted through L{CircuitBreaker.admit}
 carries the epoch it was admitted in, and its outcome is ignored once the
 breaker has moved on (say a request admitted while closed that times out 30 s
 later, after the breaker opened and went half-open: it must neither re-open
@@ -40,18 +51,22 @@ The state machine is pure: time comes from an injected clock (anything with
 C{seconds()}, e.g. the reactor or L{twisted.internet.task.Clock}), no timers
 are scheduled, and C{open} becomes C{half_open} when the breaker is next
 looked at after the cool-down (so C{on_transition} reports it then). Only
-L{CircuitBreaker.call} and L{counts_as_failure} know about Deferreds and
-Twisted's failure types.
+L{CircuitBreaker.call} knows about Deferreds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from qwen_twist import errors
+from qwen_twist.upstream.failures import BreakerOpen, counts_as_failure
+
+__all__ = [
+    "CLOSED", "OPEN", "HALF_OPEN", "PROBE_RETRY_AFTER", "SUCCESS", "FAILURE", "NEUTRAL",
+    "BreakerOpen", "CircuitBreaker",
+]
 
 CLOSED = "closed"
 OPEN = "open"
@@ -61,109 +76,21 @@ HALF_OPEN = "half_open"
 #: running: the probe settles within one headers deadline, often far sooner.
 PROBE_RETRY_AFTER = 1.0
 
-_SUCCESS = 0
-_FAILURE = 1
-_NEUTRAL = 2
+#: Outcomes given to L{CircuitBreaker.settle}.
+SUCCESS = 0
+FAILURE = 1
+NEUTRAL = 2
+
+#: Buckets the rate window is kept in (O(1) memory and time per outcome).
+_BUCKETS = 10
 
 # (epoch, is_probe) of an admitted call.
 _Ticket = Tuple[int, bool]
 
 
-class BreakerOpen(Exception):
-    """
-    A call was refused without trying because the breaker is open (or its
-    half-open probe is still out).
-
-    @ivar retry_after: seconds until a call may be admitted again.
-    @ivar name: the breaker's name (which upstream).
-    """
-
-    def __init__(self, retry_after: float, name: str = "") -> None:
-        super().__init__(retry_after, name)
-        self.retry_after = retry_after
-        self.name = name
-
-    def __str__(self) -> str:
-        return "circuit breaker %s open; retry after %.3f s" % (self.name, self.retry_after)
-
-    def api_error(self) -> errors.ApiError:
-        """
-        The client's answer: 503 with C{Retry-After}.
-        """
-        return errors.breaker_open(self.name, self.retry_after)
-
-
-_failure_types: Optional[Tuple[type, ...]] = None
-_wrapper_types: Optional[Tuple[type, ...]] = None
-
-
-def _load_failure_types() -> None:
-    """
-    Import the failure types lazily: L{qwen_twist.upstream.client} may import this
-    module to wrap its requests, and importing it back at module level would
-    be a cycle.
-    """
-    global _failure_types, _wrapper_types
-    from twisted.internet import defer, error
-    from twisted.web import client
-
-    from qwen_twist.upstream.client import UpstreamTimeout
-
-    # ResponseFailed (and ResponseNeverReceived, its subclass) and
-    # RequestTransmissionFailed wrap the real reasons; cancelling an Agent
-    # request produces them wrapping CancelledError (style guide 1.7).
-    _wrapper_types = (client.ResponseFailed, client.RequestTransmissionFailed)
-    _failure_types = (
-        UpstreamTimeout,
-        defer.TimeoutError,
-        error.ConnectError,  # refused, connect timeout, no route, ...
-        error.DNSLookupError,
-        error.ConnectionClosed,  # lost, reset, closed before answering
-        client.RequestNotSent,
-        ConnectionError,
-        TimeoutError,
-    ) + _wrapper_types
-
-
-def counts_as_failure(failure: Failure) -> bool:
-    """
-    Whether a failed upstream call says the upstream is unhealthy.
-
-    Yes: connection refused/reset/lost, DNS, connect timeout,
-    L{qwen_twist.upstream.client.UpstreamTimeout} (headers deadline),
-    C{ResponseNeverReceived}/C{ResponseFailed}, and an
-    L{errors.ApiError} of status 500, 502, 504 or above (an upstream 5xx or
-    the gateway's mapping of one of the above).
-
-    No: C{CancelledError} and Agent failures that only wrap one (the client
-    went away), 4xx (unknown model, bad request), L{BreakerOpen}, anything
-    else (a gateway bug says nothing about Ollama), and two 5xx that do not
-    mean "down": 503, which is Ollama's "queue full" (alive and answering in
-    milliseconds; opening would turn a saturated upstream into a refusing
-    one), and the gateway's own C{internal_error}.
-    """
-    value = failure.value
-    if isinstance(value, errors.ApiError):
-        return (
-            value.status >= 500
-            and value.status != 503
-            and value.code != errors.INTERNAL_ERROR
-        )
-    if _failure_types is None:
-        _load_failure_types()
-    if not isinstance(value, _failure_types):
-        return False
-    if isinstance(value, _wrapper_types):
-        reasons = getattr(value, "reasons", None) or ()
-        return not reasons or not all(r.check(CancelledError) for r in reasons)
-    return True
-
-
 class CircuitBreaker:
     """
-    One upstream's breaker: closed -> open after C{threshold} consecutive
-    failures -> half_open after C{cooldown} s, letting ONE probe through ->
-    closed on its success / open again (fresh cool-down) on its failure.
+    One upstream's (or one model's) breaker; see the module docstring.
 
     @ivar name: which upstream (for L{BreakerOpen} and C{on_transition}).
     """
@@ -175,27 +102,54 @@ class CircuitBreaker:
         cooldown: float,
         clock: Any,
         on_transition: Optional[Callable[[str, str, str], Any]] = None,
+        window: float = 10.0,
+        min_calls: int = 20,
+        failure_rate: float = 0.5,
+        burst: float = 0.0,
     ) -> None:
         """
-        @param threshold: consecutive failures that open the breaker; C{0}
-            means it never opens.
+        @param threshold: consecutive failures (at least C{burst} s apart)
+            that open the breaker; C{0} means it never opens.
         @param cooldown: seconds an open breaker refuses calls before it lets
             a probe through.
         @param clock: provides C{seconds()} (the reactor, or a C{Clock}).
         @param on_transition: called as C{on_transition(name, old, new)} after
             every state change, in order (metrics, logging). It must not
             raise.
+        @param window: seconds over which the failure rate is measured.
+        @param min_calls: judged calls within the window before the rate
+            may open the breaker.
+        @param failure_rate: share of failures within the window that
+            opens it.
+        @param burst: failures closer together than this count once toward
+            C{threshold}.
         """
         self.name = name
-        self._threshold = threshold
-        self._cooldown = cooldown
         self._clock = clock
         self._on_transition = on_transition
         self._state = CLOSED
         self._failures = 0
+        self._last_failure = -1e300
         self._reopen_at = 0.0
         self._probing = False
         self._epoch = 0
+        self._calls: List[int] = [0] * _BUCKETS
+        self._failed: List[int] = [0] * _BUCKETS
+        self._bucket = 0  # absolute index of the newest bucket
+        self.configure(threshold, cooldown, window, min_calls, failure_rate, burst)
+
+    def configure(self, threshold: int, cooldown: float, window: float = 10.0,
+                  min_calls: int = 20, failure_rate: float = 0.5,
+                  burst: float = 0.0) -> None:
+        """
+        Take new settings (a reload); the state and counts are kept.
+        """
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._width = window / _BUCKETS
+        self._min_calls = min_calls
+        self._rate = failure_rate
+        self._burst = burst
 
     @property
     def state(self) -> str:
@@ -215,15 +169,44 @@ class CircuitBreaker:
         self._state = new
         self._epoch += 1
         self._probing = False
-        self._failures = 0
+        self._forget()
         if self._on_transition is not None:
             self._on_transition(self.name, old, new)
+
+    def _forget(self) -> None:
+        self._failures = 0
+        self._last_failure = -1e300
+        for i in range(_BUCKETS):
+            self._calls[i] = self._failed[i] = 0
 
     def _open(self, now: float) -> None:
         self._reopen_at = now + self._cooldown
         self._transition(OPEN)
 
-    def _admit(self) -> _Ticket:
+    def _record(self, now: float, failed: bool) -> Tuple[int, int]:
+        # Add one judged call to the rate window; return (calls, failures)
+        # within it.
+        index = int(now / self._width)
+        gap = index - self._bucket
+        if gap > 0:
+            for i in range(min(gap, _BUCKETS)):
+                slot = (self._bucket + 1 + i) % _BUCKETS
+                self._calls[slot] = self._failed[slot] = 0
+            self._bucket = index
+        slot = self._bucket % _BUCKETS
+        self._calls[slot] += 1
+        if failed:
+            self._failed[slot] += 1
+        return sum(self._calls), sum(self._failed)
+
+    def admit(self) -> _Ticket:
+        """
+        Admit a call, or refuse it fast.
+
+        @return: the ticket to pass to L{settle} with the call's outcome.
+        @raise BreakerOpen: while open (C{retry_after} is the cool-down
+            left), or while half-open with the probe still out.
+        """
         now = self._clock.seconds()
         self._sync(now)
         state = self._state
@@ -236,7 +219,11 @@ class CircuitBreaker:
         self._probing = True
         return (self._epoch, True)
 
-    def _settle(self, ticket: Optional[_Ticket], outcome: int) -> None:
+    def settle(self, ticket: Optional[_Ticket], outcome: int) -> None:
+        """
+        Report the outcome (L{SUCCESS}, L{FAILURE} or L{NEUTRAL}) of a call
+        admitted with C{ticket} (L{None}: apply to the current state).
+        """
         now = self._clock.seconds()
         self._sync(now)
         if ticket is not None and ticket[0] != self._epoch:
@@ -244,18 +231,26 @@ class CircuitBreaker:
         state = self._state
         if state == OPEN:
             return  # a straggler; the cool-down stands
-        if outcome == _SUCCESS:
+        if outcome == SUCCESS:
             if state == HALF_OPEN:
                 self._transition(CLOSED)
             else:
                 self._failures = 0
-        elif outcome == _FAILURE:
+                self._record(now, False)
+        elif outcome == FAILURE:
             if state == HALF_OPEN:
                 self._open(now)
-            else:
+                return
+            if not self._threshold:
+                return
+            calls, failed = self._record(now, True)
+            if now - self._last_failure >= self._burst:
+                self._last_failure = now
                 self._failures += 1
-                if self._threshold and self._failures >= self._threshold:
-                    self._open(now)
+            if self._failures >= self._threshold or (
+                calls >= self._min_calls and failed >= self._rate * calls
+            ):
+                self._open(now)
         elif state == HALF_OPEN:
             self._probing = False
 
@@ -266,28 +261,28 @@ class CircuitBreaker:
         @raise BreakerOpen: while open (C{retry_after} is the cool-down
             left), or while half-open with the probe still out.
         """
-        self._admit()
+        self.admit()
 
     def success(self) -> None:
         """
         The upstream answered (headers below 500): reset the failure count;
         a half-open probe closes the breaker.
         """
-        self._settle(None, _SUCCESS)
+        self.settle(None, SUCCESS)
 
     def failure(self) -> None:
         """
         The upstream failed (L{counts_as_failure}): count it; the
         C{threshold}th in a row, or a half-open probe's, opens the breaker.
         """
-        self._settle(None, _FAILURE)
+        self.settle(None, FAILURE)
 
     def neutral(self) -> None:
         """
         The call ended without saying anything about upstream health (client
         cancelled, a 4xx): release a half-open probe slot, nothing else.
         """
-        self._settle(None, _NEUTRAL)
+        self.settle(None, NEUTRAL)
 
     def call(
         self,
@@ -312,14 +307,14 @@ class CircuitBreaker:
         dropped.
         """
         try:
-            ticket = self._admit()
+            ticket = self.admit()
         except BreakerOpen:
             return fail()
         try:
             inner = start()
         except Exception:
             f = Failure()
-            self._settle(ticket, _FAILURE if is_failure(f) else _NEUTRAL)
+            self.settle(ticket, FAILURE if is_failure(f) else NEUTRAL)
             return fail(f)
         cancelled = False
 
@@ -330,18 +325,18 @@ class CircuitBreaker:
 
         outer: Deferred = Deferred(cancel)
 
-        def settle(result: Any) -> None:
+        def judge(result: Any) -> None:
             if cancelled:
-                self._settle(ticket, _NEUTRAL)
+                self.settle(ticket, NEUTRAL)
                 # outer.cancel() fails outer with CancelledError itself.
                 return None
             if isinstance(result, Failure):
-                self._settle(ticket, _FAILURE if is_failure(result) else _NEUTRAL)
+                self.settle(ticket, FAILURE if is_failure(result) else NEUTRAL)
                 outer.errback(result)
             else:
-                self._settle(ticket, _SUCCESS)
+                self.settle(ticket, SUCCESS)
                 outer.callback(result)
             return None
 
-        inner.addBoth(settle)
+        inner.addBoth(judge)
         return outer

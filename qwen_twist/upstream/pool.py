@@ -49,23 +49,11 @@ from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.interfaces import IUpstream
-from qwen_twist.upstream.breaker import BreakerOpen, counts_as_failure
-from qwen_twist.upstream.client import read_body
+from qwen_twist.upstream.failures import BreakerOpen, retryable
+from qwen_twist.upstream.client import model_key, read_body
 
 #: Largest health-check body read (C{/api/tags} of a well-stocked server).
 HEALTH_BODY_LIMIT = 4 * 1024 * 1024
-
-
-def model_key(name: str) -> str:
-    """
-    The name under which a model is matched: lower case, with the implicit
-    C{:latest} tag (C{"qwen3"} and C{"qwen3:latest"} are one model; the
-    tag is after the last C{/}, so C{"host:5000/m"} has none).
-    """
-    name = name.lower()
-    if ":" not in name[name.rfind("/") + 1:]:
-        name += ":latest"
-    return name
 
 
 def _model_names(document: Any) -> FrozenSet[str]:
@@ -101,9 +89,21 @@ class Member:
         self.loaded: FrozenSet[str] = frozenset()
         self.outstanding = 0
 
-    def breaker_state(self) -> str:
+    def breaker_state(self, model: Optional[str] = None) -> str:
+        """
+        The server breaker's state, or for C{model} the worse of the
+        server's and that model's (L{OllamaClient.model_breaker}).
+        """
         breaker = self.client.breaker
-        return "disabled" if breaker is None else breaker.state
+        state = "disabled" if breaker is None else breaker.state
+        if model is not None and state != "open":
+            scoped = getattr(self.client, "model_breaker", None)
+            own = scoped(model) if scoped is not None else None
+            if own is not None:
+                own_state = own.state
+                if own_state != "closed":
+                    state = own_state
+        return state
 
     def may_have(self, model: Optional[str]) -> bool:
         return model is None or self.models is None or model in self.models
@@ -186,11 +186,6 @@ class _CountedResponse:
             raise
 
 
-def _retryable(failure: Failure) -> bool:
-    # counts_as_failure is False for cancellations and for gateway bugs.
-    return bool(failure.check(BreakerOpen)) or counts_as_failure(failure)
-
-
 class _Call:
     # One request through the pool: at most two dispatches, one result.
 
@@ -244,7 +239,7 @@ class _Call:
         flight.release()
         if self.cancelled:
             return None
-        if _retryable(failure):
+        if retryable(failure):
             other = self._alternative()
             if other is not None:
                 self.pool.log.info("retrying {path} on {to} after {why} from {frm}",
@@ -313,7 +308,7 @@ class UpstreamPool(service.Service):
         model = model_key(model) if isinstance(model, str) else None
         member = self.pick(model)
         if member is None:
-            return defer.fail(self._unavailable())
+            return defer.fail(self._unavailable(model))
         call = _Call(self, method, path, payload, headers_timeout, model)
         call.dispatch(member)
         return call.result
@@ -335,7 +330,7 @@ class UpstreamPool(service.Service):
             member = members[(start + i) % count]
             if member is exclude or not member.healthy:
                 continue
-            state = member.breaker_state()
+            state = member.breaker_state(model)
             if state == "open":
                 continue
             key = (not member.may_have(model), state == "half_open",
@@ -360,23 +355,41 @@ class UpstreamPool(service.Service):
             if path != "/api/show" and model not in member.loaded:
                 member.loaded = member.loaded | {model}
 
-    def _unavailable(self) -> errors.ApiError:
+    def _unavailable(self, model: Optional[str] = None) -> errors.ApiError:
+        # Retry-After: the soonest any member may take the call again (its
+        # next health check, or its server's or this model's breaker). A
+        # lone member refused by a breaker answers with that breaker's 503.
         now = self._reactor.seconds()
         waits = []
+        refusals: List[BreakerOpen] = []
         for member in self.members:
             if not member.healthy:
                 waits.append(self.health_interval if self._next_check is None
                              else self._next_check - now)
                 continue
-            breaker = member.client.breaker
-            if breaker is not None:
+            scoped = getattr(member.client, "model_breaker", None)
+            for breaker in (member.client.breaker,
+                            scoped(model) if scoped is not None and model else None):
+                if breaker is None:
+                    continue
                 try:
                     breaker.before_call()
                 except BreakerOpen as e:
                     waits.append(e.retry_after)
+                    refusals.append(e)
+                    break
                 else:
                     breaker.neutral()  # the cool-down just ended: undo the admission
-        return errors.no_upstream_available(min(waits) if waits else 1.0)
+        if len(self.members) == 1 and refusals:
+            error = refusals[0].api_error()
+        else:
+            error = errors.no_upstream_available(min(waits) if waits else 1.0)
+        # The access log's cause for this 503 (qwen_twist.context.CallContext).
+        error.cause = "; ".join(
+            ["%s: %s" % (type(e).__name__, e) for e in refusals]
+            + ["unhealthy: %s" % (m.url,) for m in self.members if not m.healthy]
+        ) or "no upstream available"
+        return error
 
     # Health checks -----------------------------------------------------------
 

@@ -130,6 +130,7 @@ class GenerationResource(ApiResource):
             )
             ctx.upstream_status = upstream.code
             if upstream.code != 200:
+                self.upstream_cause(ctx, upstream)
                 raise self.upstream_error(upstream.code, await read_body(upstream))
         except Exception as e:
             if ctx.client_gone:
@@ -142,7 +143,7 @@ class GenerationResource(ApiResource):
             elif isinstance(e, errors.ApiError):
                 err = e
             else:
-                err = self.api_error(Failure())
+                err = self.api_error(Failure(), ctx)
             if not response.committed:
                 response.close(finish=False)
                 raise err

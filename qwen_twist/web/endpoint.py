@@ -24,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET
 from qwen_twist import errors
 from qwen_twist.context import CallContext
 from qwen_twist.pipeline import Gateway
+from qwen_twist.upstream import failures
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
 
@@ -167,24 +168,39 @@ class ApiResource(resource.Resource):
                 if request.channel is not None:
                     request.channel.forceAbortClient()
             else:
-                self._fail(request, ctx, self.api_error(Failure()))
+                self._fail(request, ctx, self.api_error(Failure(), ctx))
         finally:
             if not ctx.status:
                 ctx.status = request.code
             self.gateway.call_finished(ctx)
 
-    def api_error(self, failure: Failure) -> errors.ApiError:
+    def api_error(self, failure: Failure, ctx: Optional[CallContext] = None) -> errors.ApiError:
         """
         The client-facing error for any failure; one that is not a known
         upstream failure is a gateway bug, logged with its traceback here
-        and answered with a bare 500.
+        and answered with a bare 500. For a 5xx, C{ctx.cause} records what
+        caused it (the access log line shows it).
         """
-        mapped = map_failure(failure, self.gateway.upstream.where)
+        where = self.gateway.upstream.where
+        mapped = map_failure(failure, where)
         if mapped.code == errors.INTERNAL_ERROR:
             self.log.failure("Unhandled error in {route}", failure, route=self.route)
+        if ctx is not None and mapped.status >= 500 and ctx.cause is None:
+            ctx.cause = "%s from %s" % (failures.describe(failure),
+                                        failures.where(failure) or where)
         return mapped
 
+    def upstream_cause(self, ctx: CallContext, response: Any) -> None:
+        """
+        Record an upstream 5xx answer as the cause of the call's 5xx.
+        """
+        if response.code >= 500 and ctx.cause is None:
+            where = getattr(response, "upstream_where", None) or self.gateway.upstream.where
+            ctx.cause = "Ollama HTTP %d from %s" % (response.code, where)
+
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
+        if err.status >= 500 and ctx.cause is None:
+            ctx.cause = getattr(err, "cause", None) or err.code or err.type
         ctx.status = err.status
         ctx.outcome = "error"
         ctx.error_type = err.type
@@ -229,7 +245,7 @@ class ApiResource(resource.Resource):
         except Exception:
             if ctx.client_gone:
                 raise
-            raise self.api_error(Failure())
+            raise self.api_error(Failure(), ctx)
         return response, body
 
     async def upstream_json(
@@ -244,6 +260,7 @@ class ApiResource(resource.Resource):
         """
         response, body = await self.upstream_body(ctx, method, path, payload)
         if response.code != 200:
+            self.upstream_cause(ctx, response)
             raise self.upstream_error(response.code, body, model_endpoint)
         try:
             native = json.loads(body)

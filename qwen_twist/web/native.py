@@ -135,6 +135,7 @@ class NativeEndpoint(GenerationResource):
         method = "GET" if ctx.method == "HEAD" and "GET" in self.methods else ctx.method
         response, raw = await self.upstream_body(ctx, method, self.native_path, plan.payload)
         if not 200 <= response.code < 300:
+            self.upstream_cause(ctx, response)
             raise self.upstream_error(response.code, raw)
         content_type = _content_type(response)
         if self.native_path in ("/api/tags", "/api/ps"):

@@ -17,6 +17,11 @@ The pieces, and why each exists:
     bounded (see L{UpstreamRelay}) however slowly the client reads.
   - Every byte goes through a pure translator
     (L{qwen_twist.translate.stream}), which decides the SSE events.
+  - A stream that completed (C{done: true}) reads Ollama's body to its end,
+    so the connection goes back to the pool; a stream that failed, was cut
+    or whose client left closes it (which is also how Ollama learns to stop
+    generating). Closing after every stream cost a TCP connection per
+    request and, under churn, refused connections (issue 10).
 
 Why headers are not sent at once: an upstream error before the first byte
 (unknown model, a capability error) must reach the client as a normal JSON
@@ -39,6 +44,11 @@ from twisted.web import client as wclient
 
 from qwen_twist.translate import sse
 from qwen_twist.web import hygiene, respond
+
+#: Seconds the rest of a complete stream's upstream body (after
+#: C{done: true}) may take before its connection is closed instead of
+#: pooled; Ollama sends it at once.
+DRAIN_TIMEOUT = 5.0
 
 SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -171,6 +181,7 @@ class UpstreamRelay(Protocol):
         self._last_data = 0.0
         self._idle_call: Optional[Any] = None
         self._total_call: Optional[Any] = None
+        self._drain_call: Optional[Any] = None
         self.pauses = 0
 
     # IProtocol ----------------------------------------------------------
@@ -203,11 +214,33 @@ class UpstreamRelay(Protocol):
         if out:
             self.response.write(out)
         if translator.finished:
-            # [DONE] or an error event: stop reading whatever else comes.
-            self._stop_upstream()
-            self._end()
+            if translator.outcome == "complete":
+                # done:true: the client's answer is complete; read the rest
+                # of Ollama's body (the chunked terminator, usually in the
+                # same read) so its connection goes back to the pool.
+                self._end()
+                self._drain()
+            else:
+                # An error event: stop reading whatever else comes.
+                self._stop_upstream()
+                self._end()
+
+    def _drain(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is None:
+            return
+        # No longer the client's producer: a pause the client's buffer
+        # asked for must not hold the upstream body open.
+        transport.resumeProducing()
+        if self._drain_call is None and self.transport is not None:
+            self._drain_call = self.clock.callLater(DRAIN_TIMEOUT, self._stop_upstream)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if self._drain_call is not None:
+            if self._drain_call.active():
+                self._drain_call.cancel()
+            self._drain_call = None
+        self.transport = None
         if not self.translator.finished:
             # ResponseDone is a clean end of body; anything else (reset,
             # PotentialDataLoss, ResponseFailed) is a cut, which the

@@ -194,6 +194,20 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(e.lines, [b"ok"])
         self.assertEqual(splitter.buffered, 0)
 
+    def test_single_line_read_too_long(self):
+        """
+        A read that is exactly one line over the limit (the fast path of a
+        streaming read) raises with no earlier lines; one at the limit, with
+        CRLF, or blank, is handled as on the general path.
+        """
+        splitter = NdjsonSplitter(max_line=5)
+        e = self.assertRaises(LineTooLong, splitter.feed, b"123456\n")
+        self.assertEqual((e.lines, splitter.buffered), ([], 0))
+        self.assertEqual(splitter.feed(b"12345\r\n"), [b"12345"])
+        self.assertEqual(splitter.feed(b"  \n"), [])
+        self.assertEqual(splitter.feed(b"12"), [])
+        self.assertEqual(splitter.feed(b"3\n"), [b"123"])
+
     def test_incomplete_line_too_long(self):
         """
         An incomplete line fails as soon as it is over the limit, without

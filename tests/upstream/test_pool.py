@@ -17,11 +17,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
-from twisted.web.http_headers import Headers
 
 from qwen_twist import errors
 from qwen_twist.upstream.breaker import BreakerOpen
-from qwen_twist.upstream.client import UpstreamTimeout, read_body
+from qwen_twist.upstream.client import read_body
+from qwen_twist.upstream.failures import UpstreamTimeout
+
+from tests.fakes import FakeResponse
 from qwen_twist.upstream.pool import UpstreamPool, model_key
 
 
@@ -43,53 +45,6 @@ class FakeBreaker:
         self.neutrals += 1
 
 
-class FakeBodyTransport:
-    def __init__(self, response: "FakeResponse") -> None:
-        self.response = response
-        self.stopped = False
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.response.lose(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
-
-
-class FakeResponse:
-    """
-    A response whose body the test ends (L{finish}, L{lose}), or which ends
-    as soon as it is read when C{auto}.
-    """
-
-    def __init__(self, code: int, body: bytes = b"", auto: bool = False) -> None:
-        self.code = code
-        self.phrase = b"X"
-        self.headers = Headers()
-        self.length = len(body)
-        self.body = body
-        self.auto = auto
-        self.protocol: Any = None
-        self.lost = False
-        self.transport = FakeBodyTransport(self)
-
-    def deliverBody(self, protocol: Any) -> None:
-        assert self.protocol is None, "body delivered twice"
-        self.protocol = protocol
-        protocol.makeConnection(self.transport)
-        if self.auto:
-            self.finish()
-
-    def finish(self) -> None:
-        if self.lost:
-            return
-        if self.body:
-            self.protocol.dataReceived(self.body)
-        self.lose(Failure(ResponseDone()))
-
-    def lose(self, reason: Failure) -> None:
-        if not self.lost:
-            self.lost = True
-            self.protocol.connectionLost(reason)
-
-
 class FakeCall:
     def __init__(self, client: "FakeClient", method: str, path: str, payload: Any,
                  headers_timeout: Optional[float]) -> None:
@@ -108,7 +63,7 @@ class FakeCall:
             d.errback(Failure(self.client.cancel_with))
 
     def answer(self, code: int = 200, body: bytes = b"", auto: bool = False) -> FakeResponse:
-        self.response = FakeResponse(code, body, auto)
+        self.response = FakeResponse(code, body, auto, lose_on_stop=True)
         self.d.callback(self.response)
         return self.response
 

@@ -13,8 +13,6 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.web import client as wclient
 from zope.interface import implementer
 
 from qwen_twist import config as configmod
@@ -24,53 +22,7 @@ from qwen_twist.pipeline import Gateway
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
 
-
-class FakeBodyTransport:
-    """
-    Stands in for the upstream socket's producer (C{TransportProxyProducer}).
-    """
-
-    def __init__(self) -> None:
-        self.state = "producing"
-        self.pauses = 0
-
-    def pauseProducing(self) -> None:
-        self.pauses += 1
-        self.state = "paused"
-
-    def resumeProducing(self) -> None:
-        self.state = "producing"
-
-    def stopProducing(self) -> None:
-        self.state = "stopped"
-
-
-class FakeResponse:
-    """
-    An C{IResponse} whose body the test pushes with L{send} and L{finish}.
-    """
-
-    def __init__(self, code: int, body: Optional[bytes] = None) -> None:
-        self.code = code
-        self.protocol: Any = None
-        self.transport = FakeBodyTransport()
-        self._initial = body
-
-    def deliverBody(self, protocol: Any) -> None:
-        self.protocol = protocol
-        protocol.makeConnection(self.transport)
-        if self._initial is not None:
-            self.send(self._initial)
-            self.finish()
-
-    def send(self, data: bytes) -> None:
-        if self.transport.state != "stopped":
-            self.protocol.dataReceived(data)
-
-    def finish(self, reason: Any = None) -> None:
-        if reason is None:
-            reason = wclient.ResponseDone()
-        self.protocol.connectionLost(Failure(reason))
+from tests.fakes import FakeResponse
 
 
 class UpstreamCall:

@@ -10,10 +10,13 @@ import json
 
 from twisted.internet import defer, error as ierror
 from twisted.python.failure import Failure
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
 
 from qwen_twist import errors
-from qwen_twist.upstream.client import UpstreamTimeout
+from qwen_twist.pipeline import AccessLog
+from qwen_twist.upstream.failures import UpstreamTimeout
 
 from tests.web.helpers import EmulatorHarness, GatewayHarness
 
@@ -208,6 +211,50 @@ class UpstreamFailureTests(SynchronousTestCase):
         error = response.json()["error"]
         self.assertEqual(error["code"], "upstream_unavailable")
         self.assertEqual(error["message"], "cannot reach Ollama at 127.0.0.1:11434")
+
+    def test_cause_recorded(self) -> None:
+        """
+        Every 5xx records its cause once: the exception class with the
+        reasons it wraps, and the upstream it came from; the access log
+        line carries it (issue 10: refused, reset and timeout must be told
+        apart).
+        """
+        transport, call = self.chat()
+        lost = Failure(ierror.ConnectionLost())
+        error = ResponseNeverReceived([lost])
+        error.upstream_where = "10.0.0.7:11434"
+        call.deferred.errback(Failure(error))
+        self.assertEqual(self.harness.response(transport).status, 502)
+        [ctx] = self.harness.finished
+        self.assertEqual(ctx.cause, "ResponseNeverReceived [ConnectionLost] from 10.0.0.7:11434")
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        AccessLog().call_finished(ctx)
+        [line] = [formatEvent(e) for e in events if e.get("log_namespace") == "qwengate.access"]
+        self.assertIn(" 502 error ", line)
+        self.assertTrue(line.endswith(
+            " cause=ResponseNeverReceived [ConnectionLost] from 10.0.0.7:11434"), line)
+
+    def test_upstream_5xx_cause(self) -> None:
+        """
+        An Ollama 5xx passed on records the upstream status as the cause.
+        """
+        transport, call = self.chat()
+        call.respond(500, {"error": "boom"})
+        self.assertEqual(self.harness.response(transport).status, 500)
+        [ctx] = self.harness.finished
+        self.assertEqual(ctx.cause, "Ollama HTTP 500 from 127.0.0.1:11434")
+
+    def test_no_cause_below_500(self) -> None:
+        """
+        A 4xx has no cause line.
+        """
+        transport, call = self.chat()
+        call.respond(404, {"error": "model 'x' not found"})
+        self.assertEqual(self.harness.response(transport).status, 404)
+        [ctx] = self.harness.finished
+        self.assertIsNone(ctx.cause)
 
     def test_timeout(self) -> None:
         """

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import client as wclient
 
+from qwen_twist.web import relay
 from tests.web.helpers import GatewayHarness
 
 STREAM = {
@@ -109,9 +110,28 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(got[4]["usage"]["total_tokens"], 7)
         self.assertEqual(got[5], "[DONE]")
         self.assertTrue(response.complete)
-        self.assertEqual(upstream.transport.state, "stopped")
+        # The upstream body is read to its end (its connection goes back to
+        # the pool), not cut.
+        self.assertEqual(upstream.transport.state, "producing")
+        upstream.finish()
+        self.assertEqual(upstream.transport.state, "producing")
         [ctx] = self.harness.finished
         self.assertEqual((ctx.outcome, ctx.usage["total_tokens"]), ("ok", 7))
+
+    def test_complete_stream_drained_despite_pause(self) -> None:
+        """
+        A client whose buffer paused the upstream when C{[DONE]} came does
+        not hold Ollama's body open: the upstream is resumed to read its
+        end, and closed if the end does not come within DRAIN_TIMEOUT.
+        """
+        upstream = self.call.respond_streaming()
+        upstream.send(content("Hel"))
+        upstream.transport.pauseProducing()
+        upstream.send(DONE)
+        self.assertTrue(self.response().complete)
+        self.assertEqual(upstream.transport.state, "producing")
+        self.harness.clock.advance(relay.DRAIN_TIMEOUT)
+        self.assertEqual(upstream.transport.state, "stopped")
 
     def test_error_before_headers_is_json(self) -> None:
         """
