@@ -47,6 +47,7 @@ setup(
         "console_scripts": [
             "qwengate-emulator = qwen_twist.emulator.__main__:main",
             "qwengate-keys = qwen_twist.cli.keys:main",
+            "qwengate-audit = qwen_twist.cli.audit:main",
         ],
     },
 )

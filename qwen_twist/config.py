@@ -467,6 +467,51 @@ class ResponseConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """
+    The Prometheus metrics listener (plain HTTP, separate from the API port).
+    """
+
+    enabled: bool = setting(True, None, "serve /metrics on its own listener", restart=True)
+    address: str = setting(
+        "127.0.0.1", ip_address, "interface of the metrics listener (loopback by default)",
+        restart=True,
+    )
+    port: int = setting(9189, between(1, 65535), "TCP port of the metrics listener",
+                        restart=True)
+    bearer_token_file: Optional[str] = setting(
+        None, non_empty,
+        "file holding a token scrapers must send as 'Authorization: Bearer'; "
+        "null = no token (fine on loopback)",
+    )
+    tls: bool = setting(
+        False, None, "serve the metrics over TLS with the API's certificate", restart=True
+    )
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """
+    The JSON-lines audit log: one line per API call.
+    """
+
+    enabled: bool = setting(True, None, "write the audit log", restart=True)
+    file: Optional[str] = setting(
+        None, non_empty,
+        "the audit file, rotated daily (UTC) to FILE.YYYY-MM-DD[.gz]; null = "
+        "state_dir/audit/audit.log; '-' = standard output (journald), no rotation",
+        restart=True,
+    )
+    retention: int = setting(180, between(1, 100000), "rotated daily files kept")
+    compress: bool = setting(True, None, "gzip rotated files")
+    user_header: Optional[str] = setting(
+        None, non_empty,
+        "request header naming the end user (e.g. X-User-Id), believed only "
+        "from access.trusted_proxies; recorded as 'user'",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole configuration file.
@@ -488,6 +533,8 @@ class Config:
     response: ResponseConfig = section(ResponseConfig)
     admission: AdmissionConfig = section(AdmissionConfig)
     lifecycle: LifecycleConfig = section(LifecycleConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
+    audit: AuditConfig = section(AuditConfig)
 
 
 def parse(text: str, filename: str = "<config>") -> Config:

@@ -13,7 +13,7 @@ key id, never by key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -72,10 +72,33 @@ class CallContext:
     shutting_down: bool = False
     #: Times the client's slowness paused reading from Ollama.
     backpressure_pauses: int = 0
-    #: The client's own id for its end user (Anthropic C{metadata.user_id},
-    #: Responses C{user}/C{safety_identifier}): for the audit log, never
-    #: for admission.
+    #: The client's own id for its end user (OpenAI C{user}, Anthropic
+    #: C{metadata.user_id}, Responses C{user}/C{safety_identifier}, or a
+    #: trusted front end's C{audit.user_header}), bounded by
+    #: L{qwen_twist.observe.ids.clean_user}: for the audit log, never for
+    #: admission.
     end_user: Optional[str] = None
+    # What the audit log and the metrics read (issue 11). ------------------
+    #: How the caller authenticated (C{api_key}, C{jwt}, C{certificate}) or
+    #: tried to; with C{auth_failure} (C{missing}, C{invalid},
+    #: C{model_not_allowed}, C{scope_required}) when it failed.
+    auth_method: Optional[str] = None
+    auth_failure: Optional[str] = None
+    #: Characters of prompt text the body carried.
+    prompt_chars: Optional[int] = None
+    #: The C{host:port} of the Ollama server that answered.
+    upstream: Optional[str] = None
+    #: When the upstream request was sent and when it was over (headers
+    #: and body read, or the stream ended): the gateway's overhead is the
+    #: call's duration minus this span and the queue wait.
+    upstream_started: Optional[float] = None
+    upstream_finished: Optional[float] = None
+    #: Response body bytes written to the client.
+    bytes_out: int = 0
+    #: Ollama's own timings from its final answer (nanoseconds, as sent):
+    #: C{load_duration}, C{prompt_eval_duration}, C{eval_duration},
+    #: C{eval_count}.
+    ollama_timings: Optional[Dict[str, Any]] = None
 
     @property
     def duration(self) -> Optional[float]:
@@ -85,3 +108,30 @@ class CallContext:
         if self.finished_at is None:
             return None
         return self.finished_at - self.started
+
+    @property
+    def key_owner(self) -> Optional[str]:
+        """
+        The presented key's owner from the keys file (never the key).
+        """
+        record = self.key_record
+        return getattr(record, "owner", None) if record is not None else None
+
+    def upstream_time(self, now: float) -> float:
+        """
+        Seconds spent waiting for Ollama so far (or in all, once over).
+        """
+        began = self.upstream_started
+        if began is None:
+            return 0.0
+        ended = self.upstream_finished
+        return (now if ended is None else ended) - began
+
+    def overhead(self, now: float) -> float:
+        """
+        Seconds of the call so far that were the gateway's own work: the
+        time since arrival minus the time Ollama took and the queue wait.
+        """
+        spent = (now - self.started - self.upstream_time(now)
+                 - (self.queue_wait_ms or 0.0) / 1000.0)
+        return spent if spent > 0.0 else 0.0

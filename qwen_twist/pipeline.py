@@ -104,8 +104,12 @@ class Gateway:
         self.hooks: List[Any] = hooks if hooks is not None else []
         self.observers: List[Any] = list(observers if observers is not None else [AccessLog()])
         self.reconfigure(config)
-        #: Calls in flight: request id -> the call's context.
-        self.active: Dict[str, CallContext] = {}
+        #: Calls in flight: the call's context by its identity (a client
+        #: may send the same X-Request-ID twice).
+        self.active: Dict[int, CallContext] = {}
+        #: Called with each inter-chunk gap of a stream (seconds); the
+        #: metrics replace it.
+        self.chunk_gap: Any = None
         self.draining = False
         self._drained: List[defer.Deferred] = []
 
@@ -127,7 +131,7 @@ class Gateway:
         """
         Track a call until L{call_finished}, so shutdown can wait for it.
         """
-        self.active[ctx.request_id] = ctx
+        self.active[id(ctx)] = ctx
 
     def drain(self, timeout: float) -> "defer.Deferred[None]":
         """
@@ -191,7 +195,7 @@ class Gateway:
         The response is over: release admission, tell the observers.
         """
         ctx.finished_at = self.now()
-        self.active.pop(ctx.request_id, None)
+        self.active.pop(id(ctx), None)
         self.release(ctx)
         for observer in self.observers:
             try:

@@ -28,6 +28,7 @@ from qwen_twist import __version__, config as configmod
 from qwen_twist.gate import hooks as gate, tls
 from qwen_twist.interfaces import IReconfigurable
 from qwen_twist.gate.peerfilter import PeerFilterFactory
+from qwen_twist.observe.service import Observability
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream.client import OllamaClient
 from qwen_twist.upstream.pool import UpstreamPool
@@ -125,12 +126,17 @@ class GatewayService(service.MultiService):
         )
         # The order a request meets them: the connection filter and TLS,
         # then the HTTP limits, the gate's hooks, the pipeline, upstream.
+        # Metrics and audit log: observers on the pipeline, their own
+        # listener and file.
+        self.observe = Observability(config, reactor, self.gateway, self.peer_filter,
+                                     self.gate, self.upstream, self.server_tls)
         for component in (self.peer_filter, self.server_tls, self.site, self.gate,
-                          self.gateway, self):
+                          self.gateway, self.observe, self):
             self.settings.register(component)
         endpoint = listen_endpoint(reactor, config.listen)
         self.listener = internet.StreamServerEndpointService(endpoint, self.peer_filter)
         self.listener.setServiceParent(self)
+        self.observe.setServiceParent(self)
         pruning = internet.TimerService(PRUNE_INTERVAL, self.prune)
         pruning.clock = reactor
         pruning.setServiceParent(self)
@@ -197,6 +203,7 @@ class GatewayService(service.MultiService):
             return
         old, self.upstream = self.upstream, build_upstream(self.reactor, config.upstream)
         self.gateway.upstream = self.upstream
+        self.observe.watch_upstream(self.upstream)
         old.disownServiceParent()
         self.upstream.setServiceParent(self)
 
@@ -302,11 +309,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     """
     Build the service twistd runs.
     """
+    under_twistd = reactor is None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    return GatewayService(
+    gateway = GatewayService(
         options.config,
         options.certificate_options,
         reactor,
@@ -314,3 +322,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         getattr(options, "identities", None),
         options["config"],
     )
+    # Under twistd: redact secrets from every log observer (not the test
+    # runner's).
+    gateway.observe.redact_logs = under_twistd
+    return gateway

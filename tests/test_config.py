@@ -465,6 +465,56 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": ["30s", True, None],
         "bad": [-1],
     },
+    "metrics.enabled": {
+        "valid": [(False, False)],
+        "wrong_type": ["no", 0, None],
+        "bad": [],
+    },
+    "metrics.address": {
+        "valid": [("0.0.0.0", "0.0.0.0"), ("::1", "::1")],
+        "wrong_type": [9189, None],
+        "bad": ["localhost", ""],
+    },
+    "metrics.port": {
+        "valid": [(9190, 9190)],
+        "wrong_type": ["9189", 9189.0, None],
+        "bad": [0, 65536],
+    },
+    "metrics.bearer_token_file": {
+        "valid": [("/etc/qwengate/metrics.token", "/etc/qwengate/metrics.token")],
+        "wrong_type": [5, ["x"]],
+        "bad": ["", " "],
+    },
+    "metrics.tls": {
+        "valid": [(True, True)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
+    "audit.enabled": {
+        "valid": [(False, False)],
+        "wrong_type": ["yes", 1, None],
+        "bad": [],
+    },
+    "audit.file": {
+        "valid": [("/var/log/qwengate/audit.log", "/var/log/qwengate/audit.log"), ("-", "-")],
+        "wrong_type": [5, ["x"]],
+        "bad": ["", "  "],
+    },
+    "audit.retention": {
+        "valid": [(1, 1), (365, 365)],
+        "wrong_type": ["180", 1.5, None],
+        "bad": [0, -1],
+    },
+    "audit.compress": {
+        "valid": [(False, False)],
+        "wrong_type": ["no", 0, None],
+        "bad": [],
+    },
+    "audit.user_header": {
+        "valid": [("X-User-Id", "X-User-Id")],
+        "wrong_type": [5, ["X-User-Id"]],
+        "bad": ["", " "],
+    },
 }
 
 
@@ -654,6 +704,16 @@ class KeyTableTests(SynchronousTestCase):
                 "admission.max_depth": 256,
                 "admission.max_wait": 120.0,
                 "lifecycle.drain_timeout": 30.0,
+                "metrics.enabled": True,
+                "metrics.address": "127.0.0.1",
+                "metrics.port": 9189,
+                "metrics.bearer_token_file": None,
+                "metrics.tls": False,
+                "audit.enabled": True,
+                "audit.file": None,
+                "audit.retention": 180,
+                "audit.compress": True,
+                "audit.user_header": None,
             },
         )
 
@@ -1088,8 +1148,9 @@ class UnknownKeyTests(SynchronousTestCase):
         self.assertEqual(error.path, "listen_port")
         self.assertEqual(
             str(error),
-            "qwengate.yaml: listen_port: unknown key (expected one of: access, admission, auth, "
-            "bans, connections, lifecycle, limits, listen, rate_limits, response, state_dir, streaming, tls, "
+            "qwengate.yaml: listen_port: unknown key (expected one of: access, admission, audit, "
+            "auth, bans, connections, lifecycle, limits, listen, metrics, rate_limits, response, "
+            "state_dir, streaming, tls, "
             "translation, upstream)",
         )
 

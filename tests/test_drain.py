@@ -129,7 +129,8 @@ class ServiceStopTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = GatewayService(config, tls.certificate_options(config.tls, state), reactor)
         service.startService()
-        [(port, factory, backlog, interface)] = reactor.tcpServers
+        # The API listener (the metrics listener is the second).
+        (port, factory, backlog, interface) = reactor.tcpServers[0]
         from qwen_twist.context import CallContext
 
         ctx = CallContext("r1", "chat", "POST", "/v1/chat/completions", "127.0.0.1", 0.0)

@@ -261,10 +261,14 @@ class MakeServiceTests(ConfigFileMixin, SynchronousTestCase):
         """
         svc = self.make()
         svc.startService()
-        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.assertEqual(len(self.reactor.tcpServers), 2)
         port, factory, backlog, interface = self.reactor.tcpServers[0]
         self.assertEqual((port, backlog, interface), (18790, 77, "127.0.0.1"))
         self.assertIs(factory, svc.peer_filter)
+        # The metrics listener: loopback, plain HTTP.
+        port, factory, backlog, interface = self.reactor.tcpServers[1]
+        self.assertEqual((port, interface), (9189, "127.0.0.1"))
+        self.assertIs(factory, svc.observe.site)
         self.successResultOf(svc.stopService())
         self.assertFalse(svc.running)
         self.assertFalse(self.listener(svc).running)

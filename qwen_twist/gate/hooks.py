@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from qwen_twist import errors
-from qwen_twist.gate.addresses import AddressRules
+from qwen_twist.gate.addresses import AddressRules, parse_address
 from qwen_twist.gate.queue import AdmissionHook, SlotQueue
 from qwen_twist.gate.bans import BanList
 from qwen_twist.gate.peerfilter import TrustedConnectionHook
@@ -40,6 +40,7 @@ from qwen_twist.context import CallContext
 from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 from qwen_twist.gate.keyfile import load_store
 from qwen_twist.gate.keys import KeyStore, presented_key
+from qwen_twist.observe.ids import clean_user
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
 #: Rough characters per token, to reserve a prompt's share of a token
@@ -52,6 +53,10 @@ def _header(request: Any, name: bytes) -> Optional[bytes]:
     if not values:
         return None
     return b",".join(values)
+
+
+def _header_name(name: Optional[str]) -> Optional[bytes]:
+    return name.lower().encode("ascii", "replace") if name else None
 
 
 def _text(value: Optional[bytes]) -> Optional[str]:
@@ -69,10 +74,13 @@ class AddressHook:
     Resolves and checks the client address of each request.
     """
 
-    def __init__(self, rules: AddressRules, bans: BanList, clock: Any) -> None:
+    def __init__(self, rules: AddressRules, bans: BanList, clock: Any,
+                 user_header: Optional[str] = None) -> None:
         self.rules = rules
         self.bans = bans
         self.clock = clock
+        #: C{audit.user_header}: believed only from a trusted proxy.
+        self.user_header = _header_name(user_header)
 
     def release(self, ctx: CallContext) -> None:
         """
@@ -81,6 +89,10 @@ class AddressHook:
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         peer = ctx.client_ip
+        if self.user_header is not None and self.rules.trusted_proxies:
+            address = parse_address(peer)
+            if address is not None and address in self.rules.trusted_proxies:
+                ctx.end_user = clean_user(_header(request, self.user_header)) or ctx.end_user
         ctx.client_ip = self.rules.client_ip(
             peer,
             _text(_header(request, b"x-forwarded-for")),
@@ -136,32 +148,41 @@ class IdentityHook:
         )
         if presented is not None:
             if self.jwt is not None and self.jwt.looks_like_jwt(presented):
+                ctx.auth_method = "jwt"
                 identity = self._verify_jwt(presented, now)
             elif self.use_keys:
+                ctx.auth_method = "api_key"
                 record = self.keys.authenticate(presented, now)
                 if record is not None:
                     identity = "key:" + record.id
         if identity is None and self.cert_identity:
             identity = _certificate_identity(request)
+            if identity is not None:
+                ctx.auth_method = "certificate"
         scope = getattr(plan, "scope", None)
         if identity is None:
             if not self.required:
                 # Anonymous access is allowed; SDKs always send some key,
                 # so an unknown one is simply not an identity. A scope is
                 # granted only to a key that names it.
+                ctx.auth_method = None
                 if scope is not None:
+                    ctx.auth_failure = "scope_required"
                     raise errors.scope_required(ctx.path, scope)
                 return
+            ctx.auth_failure = "invalid" if presented is not None else "missing"
             self._failed(ctx, now)
             raise errors.unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
         ctx.key_record = record
         if scope is not None and (record is None or not record.has_scope(scope)):
+            ctx.auth_failure = "scope_required"
             raise errors.scope_required(ctx.path, scope)
         models = getattr(plan, "models", None) or (getattr(plan, "model", None) or ctx.model,)
         for model in models:
             if record is not None and model and not record.allows_model(model):
+                ctx.auth_failure = "model_not_allowed"
                 raise errors.forbidden(
                     "this API key may not use model %r" % (model,), "model_not_allowed"
                 )
@@ -377,7 +398,7 @@ class Gate:
     log = Logger()
 
     uses = ("auth", "access", "limits.max_prompt_chars", "rate_limits", "admission",
-            "bans", "upstream.urls")
+            "bans", "upstream.urls", "audit.user_header")
 
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
         self.identities = identities if identities is not None else load_identities(config)
@@ -386,7 +407,7 @@ class Gate:
         self.clock = clock
         self.bans = BanList(config.bans.failures, config.bans.duration)
         self.rules = AddressRules.from_config(config.access)
-        self.address = AddressHook(self.rules, self.bans, clock)
+        self.address = AddressHook(self.rules, self.bans, clock, config.audit.user_header)
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
         self.rates = RateLimitHook(config, clock)
@@ -407,6 +428,7 @@ class Gate:
         keys, jwt = self.identities
         self.rules = AddressRules.from_config(config.access)
         self.address.rules = self.rules
+        self.address.user_header = _header_name(config.audit.user_header)
         self.bans.threshold = config.bans.failures
         self.bans.duration = float(config.bans.duration)
         self.identity.configure(config, keys, jwt)

@@ -13,7 +13,7 @@ import secrets
 import string
 import uuid
 from datetime import datetime
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -85,6 +85,26 @@ def usage(native: dict) -> dict:
             "cached_tokens": _count(native, "prompt_eval_cached_count")
         }
     return result
+
+
+#: Ollama's own timing fields of a final answer (nanoseconds; C{eval_count}
+#: is tokens), kept for the metrics.
+TIMING_FIELDS = ("load_duration", "prompt_eval_duration", "eval_duration", "eval_count")
+
+
+def ollama_timings(native: Any) -> Optional[Dict[str, int]]:
+    """
+    The timing fields of Ollama's final answer that are non-negative
+    integers, or L{None} when there are none.
+    """
+    if not isinstance(native, dict):
+        return None
+    found = {}
+    for name in TIMING_FIELDS:
+        value = native.get(name)
+        if type(value) is int and value >= 0:
+            found[name] = value
+    return found or None
 
 
 def openai_tool_call(

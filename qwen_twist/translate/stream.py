@@ -34,7 +34,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import MAX_UPSTREAM_MESSAGE
 from qwen_twist.translate.chat import REASONING_KEYS, openai_logprobs
-from qwen_twist.translate.common import finish_reason, openai_tool_call, tool_call_id, usage
+from qwen_twist.translate.common import (
+    finish_reason, ollama_timings, openai_tool_call, tool_call_id, usage,
+)
 from qwen_twist.translate.completions import legacy_logprobs
 from qwen_twist.translate.ndjson import LineTooLong, NdjsonSplitter
 from qwen_twist.translate.sse import DONE, error_event
@@ -86,6 +88,7 @@ class _StreamTranslator:
         C{"error"} after an error event.
     @ivar error_message: the text of the error event, if there was one.
     @ivar final_usage: the OpenAI C{usage} object of the C{done} line.
+    @ivar timings: Ollama's own timings from that line (L{ollama_timings}).
     @ivar chunks: the C{data:} events produced so far, C{[DONE]} and error
         events included.
     """
@@ -107,6 +110,7 @@ class _StreamTranslator:
         self.outcome: Optional[str] = None
         self.error_message: Optional[str] = None
         self.final_usage: Optional[Dict[str, Any]] = None
+        self.timings: Optional[Dict[str, Any]] = None
         self.chunks = 0
         self._splitter = NdjsonSplitter(max_line)
         #: C{data: {"id":…,"object":…,"created":…,"model":…,} -- the part
@@ -238,6 +242,7 @@ class _StreamTranslator:
             done_reason if isinstance(done_reason, str) else None, self._had_tool_calls()
         )
         self.final_usage = usage(native)
+        self.timings = ollama_timings(native)
         pieces = [self._finish_chunk(reason)]
         if self.include_usage:
             pieces.append(

@@ -39,7 +39,7 @@ decides which, if any, a failure counts against).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, endpoints, error as ierror
@@ -292,6 +292,9 @@ class OllamaClient:
         self._http = treq.client.HTTPClient(agent)
         self._urls: Dict[str, EncodedURL] = {}
         self._headers = _headers(host)
+        #: Called as C{listener(name, old, new)} after each breaker state
+        #: change (the metrics); must not raise.
+        self.breaker_listeners: List[Callable[[str, str, str], Any]] = []
         self.breaker: Optional[CircuitBreaker] = None
         self._models: Dict[str, CircuitBreaker] = {}
         if config.breaker.threshold > 0:
@@ -316,6 +319,8 @@ class OllamaClient:
         log = self.log.warn if new == "open" else self.log.info
         log("circuit breaker for Ollama at {name!r}: {old} -> {new}",
             name=name, old=old, new=new)
+        for listener in self.breaker_listeners:
+            listener(name, old, new)
 
     def model_breaker(self, model: str) -> Optional[CircuitBreaker]:
         """
@@ -339,7 +344,7 @@ class OllamaClient:
 
     def send(
         self, method: str, path: str, payload: Optional[dict] = None,
-        headers_timeout: Optional[float] = None,
+        headers_timeout: Optional[float] = None, request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         """
         Start a request and fire with the response once its headers arrive.
@@ -350,11 +355,13 @@ class OllamaClient:
             C{upstream.timeouts.headers}. On expiry the request is cancelled
             (its connection closed) and the Deferred fails with
             L{UpstreamTimeout}.
+        @param request_id: sent as C{X-Request-ID} (already validated), so
+            Ollama's side of a call can be traced too.
         @return: a cancellable Deferred; its failures are mapped by
             L{map_failure}.
         """
         if self.breaker is None:
-            return self._send(method, path, payload, headers_timeout)
+            return self._send(method, path, payload, headers_timeout, request_id)
         model = payload.get("model") if isinstance(payload, dict) else None
         if not isinstance(model, str) or not model:
             model = None
@@ -373,7 +380,7 @@ class OllamaClient:
             except BreakerOpen:
                 server.settle(ticket, NEUTRAL)
                 return defer.fail()
-        inner = self._send(method, path, payload, headers_timeout)
+        inner = self._send(method, path, payload, headers_timeout, request_id)
         inner.addCallback(self._judge_response, model)
         cancelled = False
 
@@ -437,7 +444,8 @@ class OllamaClient:
         return d.addCallback(classify)
 
     def _send(
-        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float]
+        self, method: str, path: str, payload: Optional[dict], headers_timeout: Optional[float],
+        request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         producer = None
         if isinstance(payload, bytes):
@@ -447,9 +455,14 @@ class OllamaClient:
             producer = _BytesProducer(json.dumps(
                 payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         url = self._url(path)
-        d = self._http.request(method, url, data=producer, headers=self._headers,
+        headers = self._headers
+        if request_id:
+            headers = headers.copy()
+            headers.setRawHeaders(b"X-Request-ID", [request_id.encode("ascii")])
+        d = self._http.request(method, url, data=producer, headers=headers,
                                unbuffered=True, allow_redirects=False)
-        d.addErrback(self._retry_unsent, method, url, producer)
+        d.addErrback(self._retry_unsent, method, url, producer, headers)
+        d.addCallback(self._answered_by)
         if headers_timeout is None:
             headers_timeout = self._config.timeouts.headers
 
@@ -474,15 +487,21 @@ class OllamaClient:
                 self._urls[path] = url
         return url
 
+    def _answered_by(self, response: Any) -> Any:
+        # Which server answered, for the call's audit record and metrics
+        # (a pool hands on its members' responses).
+        response.upstream_where = self.where
+        return response
+
     def _retry_unsent(self, failure: Failure, method: str, url: EncodedURL,
-                      producer: Any) -> Any:
+                      producer: Any, headers: Headers) -> Any:
         # Nothing reached Ollama (refused, not sent): once more, on a fresh
         # connection. A stale pooled connection is retried by the pool.
         if not failures.never_sent(failure):
             return failure
         self.log.debug("retrying {url} once after {why}", url=url,
                        why=failures.describe(failure))
-        return self._http.request(method, url, data=producer, headers=self._headers,
+        return self._http.request(method, url, data=producer, headers=headers,
                                   unbuffered=True, allow_redirects=False)
 
     @staticmethod

@@ -37,7 +37,7 @@ through L{read_body} or C{deliverBody}); only C{deliverBody} is counted.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer
@@ -71,14 +71,31 @@ def _model_names(document: Any) -> FrozenSet[str]:
     return frozenset(names)
 
 
+def _running(document: Any) -> Tuple[Tuple[str, int, Optional[str]], ...]:
+    # /api/ps details for the metrics: (name, size_vram bytes, expires_at).
+    running = []
+    for entry in document.get("models") or ():
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name") or entry.get("model")
+        vram = entry.get("size_vram")
+        expires = entry.get("expires_at")
+        if isinstance(name, str) and name:
+            running.append((model_key(name), vram if isinstance(vram, int) else 0,
+                            expires if isinstance(expires, str) else None))
+    return tuple(running[:64])
+
+
 class Member:
     """
     One upstream and what the pool knows about it. C{models}: normalised
     names from C{/api/tags}, L{None} until known; C{loaded}: from C{/api/ps};
+    C{running}: C{(name, VRAM bytes, expires_at)} from C{/api/ps} (metrics);
     C{outstanding}: requests dispatched whose body has not ended yet.
     """
 
-    __slots__ = ("client", "url", "healthy", "version", "models", "loaded", "outstanding")
+    __slots__ = ("client", "url", "healthy", "version", "models", "loaded", "running",
+                 "outstanding")
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -87,6 +104,7 @@ class Member:
         self.version: Optional[str] = None
         self.models: Optional[FrozenSet[str]] = None
         self.loaded: FrozenSet[str] = frozenset()
+        self.running: Tuple[Tuple[str, int, Optional[str]], ...] = ()
         self.outstanding = 0
 
     def breaker_state(self, model: Optional[str] = None) -> str:
@@ -195,6 +213,7 @@ class _Call:
         self.pool, self.method, self.path = pool, method, path
         self.payload, self.headers_timeout, self.model = payload, headers_timeout, model
         self.tried: List[Member] = []
+        self.request_id: Optional[str] = None
         self.cancelled = False
         self.inner: Optional[defer.Deferred] = None
         self.result: defer.Deferred = defer.Deferred(self._cancel)
@@ -202,9 +221,10 @@ class _Call:
     def dispatch(self, member: Member) -> None:
         self.tried.append(member)
         flight = _Flight(member)
+        extra = {"request_id": self.request_id} if self.request_id else {}
         try:
             d = member.client.send(self.method, self.path, self.payload,
-                                   headers_timeout=self.headers_timeout)
+                                   headers_timeout=self.headers_timeout, **extra)
         except Exception:
             d = defer.fail()
         self.inner = d
@@ -294,7 +314,8 @@ class UpstreamPool(service.Service):
     # Routing ---------------------------------------------------------------
 
     def send(self, method: str, path: str, payload: Optional[dict] = None,
-             headers_timeout: Optional[float] = None) -> "defer.Deferred[IResponse]":
+             headers_timeout: Optional[float] = None,
+             request_id: Optional[str] = None) -> "defer.Deferred[IResponse]":
         """
         L{OllamaClient.send<qwen_twist.upstream.client.OllamaClient.send>} on the
         member chosen for C{payload["model"]}, retried once elsewhere when it
@@ -310,6 +331,7 @@ class UpstreamPool(service.Service):
         if member is None:
             return defer.fail(self._unavailable(model))
         call = _Call(self, method, path, payload, headers_timeout, model)
+        call.request_id = request_id
         call.dispatch(member)
         return call.result
 
@@ -448,7 +470,8 @@ class UpstreamPool(service.Service):
         self._mark(member, True, "health check passed")
         for path in ("/api/tags", "/api/ps"):
             try:
-                names = _model_names(await self._fetch(member, path))
+                document = await self._fetch(member, path)
+                names = _model_names(document)
             except Exception as e:
                 if generation == self._generation:
                     self.log.info("{path} of {url} failed: {why}", path=path,
@@ -460,6 +483,7 @@ class UpstreamPool(service.Service):
                 member.models = names
             else:
                 member.loaded = names
+                member.running = _running(document)
 
     def _fetch(self, member: Member, path: str) -> defer.Deferred:
         async def fetch() -> Any:

@@ -15,13 +15,14 @@ from twisted.python.failure import Failure
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.observe import ids
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse, tokens
-from qwen_twist.translate.common import chat_completion_id, completion_id, usage
+from qwen_twist.translate.common import chat_completion_id, completion_id, ollama_timings, usage
 from qwen_twist.translate.stream import ChatStreamTranslator, CompletionStreamTranslator
 from qwen_twist.upstream.client import read_body
 from qwen_twist.web import respond
-from qwen_twist.web.endpoint import ApiResource, parse_json_body
+from qwen_twist.web.endpoint import ApiResource, note_request, parse_json_body, upstream_of
 
 
 class GenerationResource(ApiResource):
@@ -70,18 +71,21 @@ class GenerationResource(ApiResource):
         """
         return self.gateway.config.upstream.timeouts.total
 
-    def plan_request(self, request: Any) -> Any:
+    def plan_request(self, request: Any, ctx: CallContext) -> Any:
         """
         The call's plan from the request (its C{model}, C{stream}, upstream
         C{path} and C{payload}, and what the gate's hooks read).
         """
-        return self.translate_request(parse_json_body(request))
+        body = parse_json_body(request)
+        note_request(ctx, body)
+        return self.translate_request(body)
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
-        plan = self.plan_request(request)
+        plan = self.plan_request(request, ctx)
         ctx.model = plan.model
         ctx.stream = plan.stream
-        ctx.end_user = getattr(plan, "end_user", None)
+        ctx.end_user = ids.clean_user(getattr(plan, "end_user", None)) or ctx.end_user
+        ctx.prompt_chars = getattr(plan, "prompt_chars", None)
         await self.gateway.admit(request, ctx, plan)
         if plan.stream:
             await self.serve_stream(request, ctx, plan)
@@ -102,6 +106,7 @@ class GenerationResource(ApiResource):
             ctx.usage = result.get("usage")
         else:
             native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)
+            ctx.ollama_timings = ollama_timings(native)
             result = self.translate_response(native, plan, int(self.gateway.now()))
             # The OpenAI usage shape whatever the route's, for the token
             # budget and the observers.
@@ -121,18 +126,22 @@ class GenerationResource(ApiResource):
 
         response.on_commit = committed
         response.start_keepalive()
+        ctx.upstream_started = gateway.now()
         try:
             # Ollama sends a stream's headers with its first chunk, so the
             # deadline for them is the first-token one (model loads).
             upstream = await gateway.upstream.send(
                 "POST", plan.path, plan.payload,
                 headers_timeout=config.upstream.timeouts.first_token,
+                request_id=ctx.request_id,
             )
             ctx.upstream_status = upstream.code
+            ctx.upstream = upstream_of(upstream)
             if upstream.code != 200:
                 self.upstream_cause(ctx, upstream)
                 raise self.upstream_error(upstream.code, await read_body(upstream))
         except Exception as e:
+            ctx.upstream_finished = gateway.now()
             if ctx.client_gone:
                 response.close(finish=False)
                 raise
@@ -163,13 +172,17 @@ class GenerationResource(ApiResource):
             total_timeout=self.total_timeout(plan),
             first_token_timeout=config.upstream.timeouts.first_token,
         )
+        relay.on_gap = gateway.chunk_gap
+        relay.request_id = ctx.request_id
         upstream.deliverBody(relay)
         ctx.abort = relay.abort
         try:
             await relay.done
         finally:
+            ctx.upstream_finished = gateway.now()
             ctx.chunks = translator.chunks
             ctx.usage = translator.final_usage
+            ctx.ollama_timings = translator.timings
             if translator.outcome == "error":
                 ctx.outcome = "truncated"
                 ctx.error_code = "stream_error"

@@ -10,7 +10,7 @@ from typing import Any
 from qwen_twist.context import CallContext
 from qwen_twist.translate import embeddings, tokens
 from qwen_twist.web import respond
-from qwen_twist.web.endpoint import ApiResource, parse_json_body
+from qwen_twist.web.endpoint import ApiResource, note_request, parse_json_body
 
 
 class EmbeddingsResource(ApiResource):
@@ -22,7 +22,9 @@ class EmbeddingsResource(ApiResource):
     route = "embeddings"
 
     async def serve(self, request: Any, ctx: CallContext) -> None:
-        plan = embeddings.embeddings_request(parse_json_body(request), tokens.offline_decoder())
+        body = parse_json_body(request)
+        note_request(ctx, body)
+        plan = embeddings.embeddings_request(body, tokens.offline_decoder())
         ctx.model = plan.model
         await self.gateway.admit(request, ctx, plan)
         native = await self.upstream_json(ctx, "POST", plan.path, plan.payload)

@@ -12,8 +12,10 @@ Ollama connection so generation stops), or a body read.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Optional, Tuple
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,10 +25,48 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream import failures
 from qwen_twist.upstream.client import map_failure, read_body
 from qwen_twist.web import respond
+
+
+#: The status recorded for a call whose client left before any response
+#: was sent (nginx's convention); never sent to anyone.
+CLIENT_CLOSED = 499
+
+
+def upstream_of(response: Any) -> Any:
+    """
+    The C{host:port} of the Ollama server that sent C{response} (which of a
+    pool answered), or L{None}.
+    """
+    where = getattr(response, "upstream_where", None)
+    if isinstance(where, str):
+        return where
+    uri = getattr(getattr(response, "request", None), "absoluteURI", None)
+    if not isinstance(uri, bytes):
+        return None
+    return _netloc(uri)
+
+
+@functools.lru_cache(maxsize=256)
+def _netloc(uri: bytes) -> Any:
+    # A handful of upstreams times a handful of paths: parse each once.
+    return urlsplit(uri.decode("ascii", "replace")).netloc or None
+
+
+def note_request(ctx: CallContext, body: Any) -> None:
+    """
+    Record what a parsed body asks for (model, streaming, the OpenAI
+    C{user}) before it is validated, so a call refused in validation is
+    audited with the model it named.
+    """
+    if isinstance(body, dict):
+        ctx.model = ids.clean_model(body.get("model"))
+        ctx.stream = body.get("stream") is True
+        ctx.end_user = ids.clean_user(body.get("user")) or ctx.end_user
 
 
 def client_ip(request: Any) -> str:
@@ -108,6 +148,8 @@ class ApiResource(resource.Resource):
             client_ip=client_ip(request),
             started=self.gateway.now(),
         )
+        request.call = ctx
+        request.call_clock = self.gateway.clock
         finished = request.notifyFinish()
         method = ctx.method
         if method == "HEAD" and "GET" in self.methods:
@@ -124,6 +166,7 @@ class ApiResource(resource.Resource):
             refusal = errors.method_not_allowed(ctx.method, ctx.path, self.methods)
         if refusal is not None:
             self._fail(request, ctx, refusal)
+            ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
             return NOT_DONE_YET
         self.gateway.call_started(ctx)
@@ -163,28 +206,36 @@ class ApiResource(resource.Resource):
                 # A stream broke in a way the streaming code did not handle:
                 # cut the response rather than finish it, so the client cannot
                 # mistake it for a complete answer.
-                self.log.failure("stream failed", Failure())
+                self.log.failure("stream failed (request {request_id})", Failure(),
+                                 request_id=ctx.request_id)
                 ctx.outcome = "truncated"
                 if request.channel is not None:
                     request.channel.forceAbortClient()
             else:
                 self._fail(request, ctx, self.api_error(Failure(), ctx))
         finally:
-            if not ctx.status:
+            if ctx.client_gone and not request.startedWriting:
+                # Nothing reached the client: not the 200 it would have got
+                # (nginx's 499, "client closed request").
+                ctx.status = CLIENT_CLOSED
+            elif not ctx.status:
                 ctx.status = request.code
+            ctx.bytes_out = getattr(request, "sentLength", 0)
             self.gateway.call_finished(ctx)
 
     def api_error(self, failure: Failure, ctx: Optional[CallContext] = None) -> errors.ApiError:
         """
         The client-facing error for any failure; one that is not a known
-        upstream failure is a gateway bug, logged with its traceback here
-        and answered with a bare 500. For a 5xx, C{ctx.cause} records what
-        caused it (the access log line shows it).
+        upstream failure is a gateway bug, logged with its traceback (and
+        the call's request id) here and answered with a bare 500. For a
+        5xx, C{ctx.cause} records what caused it (the access log line shows
+        it).
         """
         where = self.gateway.upstream.where
         mapped = map_failure(failure, where)
         if mapped.code == errors.INTERNAL_ERROR:
-            self.log.failure("Unhandled error in {route}", failure, route=self.route)
+            self.log.failure("Unhandled error in {route} (request {request_id})", failure,
+                             route=self.route, request_id=getattr(ctx, "request_id", None))
         if ctx is not None and mapped.status >= 500 and ctx.cause is None:
             ctx.cause = "%s from %s" % (failures.describe(failure),
                                         failures.where(failure) or where)
@@ -234,9 +285,15 @@ class ApiResource(resource.Resource):
 
         @raise errors.ApiError: mapped from the transport failure.
         """
+        gateway = self.gateway
+        if ctx.upstream_started is None:
+            # (A batch makes several calls: the span runs from the first.)
+            ctx.upstream_started = gateway.now()
         try:
-            response = await self.gateway.upstream.send(method, path, payload)
+            response = await gateway.upstream.send(method, path, payload,
+                                                   request_id=ctx.request_id)
             ctx.upstream_status = response.code
+            ctx.upstream = upstream_of(response)
             body = await read_body(response)
         except errors.ApiError:
             raise
@@ -246,6 +303,8 @@ class ApiResource(resource.Resource):
             if ctx.client_gone:
                 raise
             raise self.api_error(Failure(), ctx)
+        finally:
+            ctx.upstream_finished = gateway.now()
         return response, body
 
     async def upstream_json(

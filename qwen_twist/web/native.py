@@ -36,7 +36,7 @@ from qwen_twist.translate.native import MANAGED, REFUSED, Route, route_for
 from qwen_twist.web import respond
 from qwen_twist.web.completions import GenerationResource
 from qwen_twist.web.cors import PreflightResource, is_preflight
-from qwen_twist.web.endpoint import check_body_size, parse_json_body
+from qwen_twist.web.endpoint import check_body_size, note_request, parse_json_body
 from qwen_twist.web.relay import SseResponse
 
 NDJSON_HEADERS = (
@@ -115,9 +115,14 @@ class NativeEndpoint(GenerationResource):
 
     # The call --------------------------------------------------------------
 
-    def plan_request(self, request: Any) -> Any:
+    def plan_request(self, request: Any, ctx: CallContext) -> Any:
         route = self.native
         body = parse_json_body(request) if route.body else None
+        if isinstance(body, dict):
+            note_request(ctx, body)
+            # Ollama streams unless told not to (note_request reads the
+            # OpenAI default).
+            ctx.stream = route.streams and body.get("stream") is not False
         plan = native.native_request(self.native_path, route, body)
         if self.native_path.startswith("/api/blobs/") and request.method == b"POST":
             # A blob upload: the body is the file's bytes, forwarded as is.

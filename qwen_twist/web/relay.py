@@ -183,6 +183,11 @@ class UpstreamRelay(Protocol):
         self._total_call: Optional[Any] = None
         self._drain_call: Optional[Any] = None
         self.pauses = 0
+        #: Called with the seconds since the previous upstream read, for
+        #: each read after the first (the inter-token gap metric).
+        self.on_gap: Optional[Any] = None
+        #: The call's request id, for log lines.
+        self.request_id: Optional[str] = None
 
     # IProtocol ----------------------------------------------------------
 
@@ -204,7 +209,10 @@ class UpstreamRelay(Protocol):
         translator = self.translator
         if translator.finished:
             return
-        self._last_data = self.clock.seconds()
+        now = self.clock.seconds()
+        if self._got_data and self.on_gap is not None:
+            self.on_gap(now - self._last_data)
+        self._last_data = now
         if not self._got_data:
             self._got_data = True
             if self._idle_call is not None and self._idle_call.active():
@@ -247,7 +255,8 @@ class UpstreamRelay(Protocol):
             # translator reports unless it already saw done:true.
             self.response.write(self.translator.end())
             if reason is not None and not reason.check(wclient.ResponseDone):
-                self.log.info("upstream stream ended abnormally: {why}",
+                self.log.info("upstream stream ended abnormally (request {request_id}): {why}",
+                              request_id=self.request_id,
                               why=reason.getErrorMessage())
         self._end()
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import uuid
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -42,6 +41,7 @@ from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.interfaces import IReconfigurable
+from qwen_twist.observe import ids
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy
 
@@ -80,7 +80,9 @@ class GatewayRequest(server.Request):
     """
     A request with a body limit, a request id and JSON failure pages.
 
-    @ivar request_id: random id echoed in C{x-request-id} and the logs.
+    @ivar request_id: the client's well-formed C{X-Request-ID} or a random
+        id; echoed in C{x-request-id}, sent to Ollama, in the logs and the
+        audit line (L{qwen_twist.observe.ids}).
     @ivar body_too_large: set once more than the site's C{max_body_bytes}
         was declared or received; the body is then discarded.
     """
@@ -89,7 +91,7 @@ class GatewayRequest(server.Request):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.request_id = uuid.uuid4().hex
+        self.request_id = ids.new_request_id()
         self.body_too_large = False
         self._body_received = 0
         self._hidden_content_type: Optional[list] = None
@@ -139,6 +141,7 @@ class GatewayRequest(server.Request):
         if self._hidden_content_type is not None:
             self.requestHeaders.setRawHeaders(b"content-type", self._hidden_content_type)
             self._hidden_content_type = None
+        self.request_id = ids.request_id_from(self.getHeader(b"x-request-id"))
         if self.path != b"*":
             super().process()
             return

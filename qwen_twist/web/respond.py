@@ -61,7 +61,7 @@ def start(request: Request, status: int,
           headers: Iterable[Tuple[Union[str, bytes], Union[str, bytes]]] = ()) -> None:
     """
     Set the status and the headers common to every response: server name,
-    request id, security headers, CORS headers for an allowed origin; then
+    request id, gateway overhead (API calls), security headers, CORS headers for an allowed origin; then
     C{headers}, which win over the common ones (an event stream replaces
     C{Cache-Control: no-store} with C{no-cache}).
     """
@@ -80,6 +80,12 @@ def start(request: Request, status: int,
     request_id = getattr(request, "request_id", None)
     if request_id:
         set_header(b"x-request-id", request_id.encode("ascii"))
+    call = getattr(request, "call", None)
+    if call is not None:
+        # The gateway's own time so far (issue 11): not Ollama's, not the
+        # queue's.
+        overhead = call.overhead(request.call_clock.seconds())
+        set_header(b"x-qwengate-overhead-ms", b"%.3f" % (overhead * 1000.0,))
     for name, value in headers:
         if isinstance(name, str):
             name = name.encode("latin-1")

@@ -69,8 +69,9 @@ class FakeUpstream:
         self.calls: List[UpstreamCall] = []
 
     def send(self, method: str, path: str, payload: Any = None,
-             headers_timeout: Any = None) -> defer.Deferred:
+             headers_timeout: Any = None, request_id: Any = None) -> defer.Deferred:
         call = UpstreamCall(method, path, payload, headers_timeout)
+        call.request_id = request_id
         self.calls.append(call)
         return call.deferred
 
