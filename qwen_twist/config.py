@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 import yaml
 
 from qwen_twist import schema
+from qwen_twist.translate.validate import ALLOWED_OPTIONS
 from qwen_twist.schema import (
     ConfigError,
     _join,
@@ -49,6 +50,18 @@ from qwen_twist.schema import (
 )
 
 MiB = 1024 * 1024
+
+#: Every native option Ollama knows (L{qwen_twist.translate.validate}).
+ALL_OPTIONS = frozenset(ALLOWED_OPTIONS)
+
+#: The sampling options forwarded by default: they change what one answer
+#: looks like, not how the server loads or runs the model for everyone
+#: (num_gpu, num_thread, use_mlock, vocab_only, ... are left out).
+DEFAULT_ALLOWED_OPTIONS = (
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty",
+    "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "stop",
+    "num_predict", "num_ctx", "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z",
+)
 
 
 # Sections -----------------------------------------------------------------
@@ -176,6 +189,14 @@ class UpstreamConfig:
     pool_size: int = setting(
         64, between(1, 10000), "persistent connections kept open to Ollama"
     )
+    max_response_bytes: int = setting(
+        16 * MiB, between(MiB, 1024 * MiB),
+        "largest non-streaming Ollama answer read for chat, completions and models",
+    )
+    max_embeddings_bytes: int = setting(
+        96 * MiB, between(MiB, 4096 * MiB),
+        "largest Ollama embeddings answer read (4096 dimensions take ~20 KB per input)",
+    )
     timeouts: TimeoutsConfig = section(TimeoutsConfig)
     breaker: BreakerConfig = section(BreakerConfig)
 
@@ -193,6 +214,11 @@ class StreamingConfig:
     )
     max_line_bytes: int = setting(
         16 * MiB, between(8 * MiB, 256 * MiB), "longest NDJSON line accepted from Ollama"
+    )
+    slow_reader_timeout: float = setting(
+        30.0, positive,
+        "seconds a stream may stay blocked on a client that reads nothing; then "
+        "it is cut and its GPU slot freed",
     )
 
 
@@ -236,6 +262,36 @@ class LimitsConfig:
     header_timeout: float = setting(
         10.0, positive, "seconds a client may take to send a request's headers"
     )
+    max_tokens: int = setting(
+        8192, between(1, 10 ** 7),
+        "largest output cap a request may ask for (max_tokens, "
+        "max_completion_tokens, options.num_predict); larger or unbounded (-1) "
+        "values are lowered to it, and a request that names none reserves this "
+        "many tokens of a key's token budget",
+    )
+    max_num_ctx: int = setting(
+        32768, between(1, 10 ** 8),
+        "largest context window (num_ctx) a request may ask for; 400 above "
+        "(a larger one forces a model reload with more memory for everyone)",
+    )
+    keep_alive_min: float = setting(
+        60.0, non_negative,
+        "shortest keep_alive (seconds) a request may ask for; shorter, and 0 "
+        "(unload now), are raised to it",
+    )
+    keep_alive_max: float = setting(
+        1800.0, positive,
+        "longest keep_alive (seconds) a request may ask for; longer, and "
+        "negative (forever), are lowered to it",
+    )
+    allowed_options: Tuple[str, ...] = setting(
+        DEFAULT_ALLOWED_OPTIONS, one_of(*sorted(ALL_OPTIONS)),
+        "native options a request may send; others are refused with 400 naming "
+        "the option unless the key has the options:all scope",
+    )
+    max_embedding_inputs: int = setting(
+        2048, between(1, 1000000), "most inputs in one embeddings request (OpenAI's 2048)"
+    )
     body_timeout: float = setting(
         10.0,
         positive,
@@ -246,6 +302,10 @@ class LimitsConfig:
     body_min_rate: int = setting(
         1024, between(1, 1024 * MiB), "bytes per second a request body must keep up"
     )
+
+    def _validate(self, path: str) -> None:
+        if self.keep_alive_min > self.keep_alive_max:
+            raise ConfigError(_join(path, "keep_alive_min"), "must be <= keep_alive_max")
 
 
 @dataclass(frozen=True)
@@ -416,8 +476,14 @@ class BansConfig:
     Addresses that keep failing authentication.
     """
 
-    failures: int = setting(3, between(0, 1000000), "consecutive failures; 0 = never ban")
+    failures: int = setting(
+        3, between(0, 1000000), "authentication failures within window; 0 = never ban"
+    )
     duration: float = setting(600.0, positive, "ban length in seconds")
+    window: float = setting(
+        600.0, positive,
+        "seconds a failure counts towards a ban (successes in between do not reset it)",
+    )
 
 
 @dataclass(frozen=True)
@@ -433,6 +499,11 @@ class AdmissionConfig:
     )
     max_depth: int = setting(256, between(0, 10000000), "requests waiting at most")
     max_wait: float = setting(120.0, positive, "seconds a request may wait for a slot")
+    per_key: int = setting(
+        0, between(0, 100000),
+        "generations one key (or anonymous address) may hold at once; 0 = "
+        "slots - 1 (at least 1), so one tenant never holds every slot",
+    )
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,15 @@ class CallContext:
     shutting_down: bool = False
     #: Times the client's slowness paused reading from Ollama.
     backpressure_pauses: int = 0
+    #: The head-only checks (address, per-IP rate, identity) already ran,
+    #: before the body was read (L{qwen_twist.web.screen}).
+    screened: bool = False
+    #: The per-IP bucket's decision taken by the screen, shown in the
+    #: C{x-ratelimit-*} headers.
+    per_ip_decision: Optional[Any] = None
+    #: The call's effective output cap after the option policy; what a
+    #: token budget reserves for it.
+    max_tokens: Optional[int] = None
     #: The client's own id for its end user (OpenAI C{user}, Anthropic
     #: C{metadata.user_id}, Responses C{user}/C{safety_identifier}, or a
     #: trusted front end's C{audit.user_header}), bounded by

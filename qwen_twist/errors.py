@@ -19,15 +19,20 @@ OpenAI object there would be shown as a JSON blob. So the status and
 headers are shared and L{ApiError.body} picks the body shape per route.
 
 Upstream (Ollama) failures are mapped by L{from_upstream} following section 8
-of the protocol reference: the status class decides, the native text is kept
-verbatim (it is Ollama's own message, not a traceback), and anything that is
-not Ollama's C{{"error": "..."}} shape is reduced to trimmed text.
+of the protocol reference: the status class decides. Ollama's own text is
+never passed on: it can name blob paths, internal addresses and runner
+internals. The client gets a stable message and code per case (the unknown
+model and the capability refusal are rebuilt from the model name the client
+sent and a fixed list of capability words), and the native text is kept in
+L{ApiError.detail}, which the web layer logs with the request id and never
+sends. Likewise no message names an upstream's C{host:port}.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Iterable, Optional, Tuple
 
 Headers = Tuple[Tuple[str, str], ...]
@@ -53,13 +58,24 @@ TOO_MANY_CONNECTIONS = "too_many_connections"
 TOKEN_ARRAYS_UNSUPPORTED = "token_arrays_unsupported"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL_ERROR = "internal_error"
+MODEL_NOT_ALLOWED = "model_not_allowed"
+ADDRESS_NOT_ALLOWED = "address_not_allowed"
+ADDRESS_BANNED = "address_banned"
+UPSTREAM_REJECTED = "upstream_rejected"
+UPSTREAM_BUSY = "upstream_busy"
+UPSTREAM_ERROR = "upstream_error"
+OPTION_NOT_ALLOWED = "option_not_allowed"
+OPTION_OUT_OF_RANGE = "option_out_of_range"
+TOO_MANY_INPUTS = "too_many_inputs"
+PROMPT_TOO_LONG = "prompt_too_long"
+SLOW_READER = "slow_reader"
 MODEL_REQUIRED = "model_required"
 SCOPE_REQUIRED = "scope_required"
 ROUTE_REFUSED = "route_refused"
 UNKNOWN_URL = "unknown_url"
 
-#: Longest upstream error text passed on to a client; the rest is cut so a
-#: misbehaving upstream cannot make us echo megabytes.
+#: Longest upstream error text kept for the log; the rest is cut so a
+#: misbehaving upstream cannot make us log megabytes.
 MAX_UPSTREAM_MESSAGE = 2048
 
 
@@ -86,6 +102,8 @@ class ApiError(Exception):
     @ivar param: the request field at fault, or L{None}.
     @ivar code: machine-readable code (C{model_not_found}, ...), or L{None}.
     @ivar headers: extra response headers, e.g. C{Retry-After}.
+    @ivar detail: text for the operator's log only (an upstream's own error
+        message, its address); never part of the response.
     """
 
     def __init__(
@@ -96,8 +114,10 @@ class ApiError(Exception):
         param: Optional[str] = None,
         code: Optional[str] = None,
         headers: Iterable[Tuple[str, str]] = (),
+        detail: Optional[str] = None,
     ) -> None:
         super().__init__(message)
+        self.detail = detail
         self.status = status
         self.message = message
         self.type = type
@@ -226,15 +246,17 @@ def method_not_allowed(method: str, path: str, allowed: Iterable[str]) -> ApiErr
     )
 
 
-def upstream_unavailable(where: str) -> ApiError:
+def upstream_unavailable(where: str = "") -> ApiError:
     """
     502: nothing answered at the upstream address (refused, reset, DNS).
+    The address goes to the log (C{detail}), not to the client.
     """
     return ApiError(
         502,
-        "cannot reach Ollama at %s" % (where,),
+        "cannot reach the model server",
         "server_error",
         code=UPSTREAM_UNAVAILABLE,
+        detail=("cannot reach Ollama at %s" % (where,)) if where else None,
     )
 
 
@@ -289,48 +311,75 @@ def upstream_message(body: bytes) -> str:
     return text or "upstream error"
 
 
-def from_upstream(status: int, body: bytes, model_endpoint: bool = True) -> ApiError:
+#: Capabilities Ollama may say a model lacks (C{"x" does not support
+#: thinking}); only these words are repeated to the client.
+CAPABILITIES = frozenset(
+    {"thinking", "tools", "insert", "vision", "completion", "embedding", "embeddings",
+     "generate", "chat"}
+)
+_CAPABILITY = re.compile(r"does not support (\w+)")
+
+
+def from_upstream(
+    status: int, body: bytes, model_endpoint: bool = True, model: Optional[str] = None
+) -> ApiError:
     """
     Map a non-200 Ollama response to the client's error (reference section 8).
+
+    The client's message is stable per case; Ollama's text is kept in
+    C{detail} for the log.
 
     @param status: the upstream HTTP status.
     @param body: the upstream body (usually C{{"error": "..."}}).
     @param model_endpoint: whether a 404 means "unknown model" (true for
         chat, generate, embed and show).
+    @param model: the model name the client sent, repeated in the unknown
+        model and capability messages.
     """
-    message = upstream_message(body)
+    detail = "Ollama HTTP %d: %s" % (status, upstream_message(body))
+    name = model[:256] if isinstance(model, str) else None
     if status == 404 and model_endpoint:
-        return ApiError(404, message, "invalid_request_error", code=MODEL_NOT_FOUND)
+        message = "model '%s' not found" % (name,) if name is not None else "model not found"
+        return ApiError(404, message, "invalid_request_error", code=MODEL_NOT_FOUND,
+                        detail=detail)
     if status == 429:
-        return ApiError(429, message, "rate_limit_error", headers=(("Retry-After", "1"),))
+        return ApiError(429, "the model server is busy; retry later", "rate_limit_error",
+                        code=UPSTREAM_BUSY, headers=(("Retry-After", "1"),), detail=detail)
     if status == 503:
-        return ApiError(503, message, "server_error", headers=(("Retry-After", "1"),))
+        return ApiError(503, "the model server is unavailable; retry later", "server_error",
+                        code=UPSTREAM_BUSY, headers=(("Retry-After", "1"),), detail=detail)
     if 400 <= status < 500:
-        return ApiError(status, message, "invalid_request_error")
+        found = _CAPABILITY.search(upstream_message(body))
+        if status == 400 and found and found.group(1) in CAPABILITIES and name is not None:
+            # TV-37, rebuilt from what the client sent and a known word.
+            return ApiError(400, '"%s" does not support %s' % (name, found.group(1)),
+                            "invalid_request_error", detail=detail)
+        return ApiError(status, "the model server refused the request",
+                        "invalid_request_error", code=UPSTREAM_REJECTED, detail=detail)
     if status == 502:
-        return ApiError(502, message, "server_error")
+        return ApiError(502, "the model server failed", "server_error",
+                        code=UPSTREAM_ERROR, detail=detail)
     # Ollama's 500s are runner or load failures; retrying them only triples
     # the load on a struggling GPU, so tell the OpenAI SDK not to.
-    return ApiError(500, message, "server_error", headers=(("x-should-retry", "false"),))
+    return ApiError(500, "the model server failed to process the request", "server_error",
+                    code=UPSTREAM_ERROR, headers=(("x-should-retry", "false"),), detail=detail)
 
 
 # Ollama's native API ---------------------------------------------------------
 
 
-def from_upstream_native(status: int, body: bytes) -> ApiError:
+def from_upstream_native(status: int, body: bytes, model: Optional[str] = None) -> ApiError:
     """
-    A non-200 answer of Ollama on a native route, passed on as Ollama gave
-    it: the same status (its clients branch on it: 404 unknown model, 499,
-    ...) and its own text; 429 and 503 gain a C{Retry-After}.
+    A non-2xx answer of Ollama on a native route: the message and code of
+    L{from_upstream} (never Ollama's own text), with Ollama's own status
+    for a 4xx, which its clients branch on (404 unknown model, 499).
     """
-    message = upstream_message(body)
     if not 400 <= status <= 599:
         return upstream_protocol_error()
-    headers: Tuple[Tuple[str, str], ...] = ()
-    if status in (429, 503):
-        headers = (("Retry-After", "1"),)
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return ApiError(status, message, kind, headers=headers)
+    err = from_upstream(status, body, True, model)
+    if 400 <= status < 500:
+        err.status = status
+    return err
 
 
 def model_required() -> ApiError:
@@ -447,10 +496,11 @@ def breaker_open(where: str, wait: float) -> ApiError:
     503 while an upstream's circuit breaker is open, with C{Retry-After}
     the cool-down left (the OpenAI SDKs honour it before retrying).
     """
-    where = (" at %s" % (where,)) if where else ""
+    # No address in the client's text: the log has it (detail).
     return ApiError(
-        503, "Ollama%s is failing; not retrying it for %s s" % (where, retry_after(wait)),
+        503, "the model server is failing; not retrying it for %s s" % (retry_after(wait),),
         "server_error", code=UPSTREAM_UNAVAILABLE, headers=_retry_headers(wait),
+        detail=("Ollama at %s: breaker open" % (where,)) if where else None,
     )
 
 
@@ -461,6 +511,27 @@ def no_upstream_available(wait: float) -> ApiError:
     return ApiError(
         503, "no Ollama upstream is available; retry after %s s" % (retry_after(wait),),
         "server_error", code=UPSTREAM_UNAVAILABLE, headers=_retry_headers(wait),
+    )
+
+
+def option_not_allowed(name: str) -> ApiError:
+    """
+    400 for a native option outside the operator's allow-list.
+    """
+    name = name[:64]
+    return ApiError(
+        400, "option '%s' is not allowed by this gateway" % (name,),
+        "invalid_request_error", "options." + name, OPTION_NOT_ALLOWED,
+    )
+
+
+def option_out_of_range(name: str, maximum: int) -> ApiError:
+    """
+    400 for an option above the operator's cap.
+    """
+    return ApiError(
+        400, "option '%s' may be at most %d on this gateway" % (name, maximum),
+        "invalid_request_error", "options." + name, OPTION_OUT_OF_RANGE,
     )
 
 

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.interfaces import ICallObserver, IReconfigurable
+from qwen_twist.logsafe import clean
 from qwen_twist.translate.chat import ChatOptions
 from qwen_twist.upstream.client import OllamaClient
 
@@ -36,7 +37,8 @@ from qwen_twist.upstream.client import OllamaClient
 class AccessLog:
     """
     One log line per finished call: no query strings, no headers, no body,
-    so nothing secret can end up in it.
+    so nothing secret can end up in it. Every field a client can influence
+    is escaped (L{qwen_twist.logsafe}), so it cannot forge or hide a line.
 
     Why the line is formatted here with C{%}: it is written for every call,
     and Twisted's C{{field}} formatting of ten fields (C{string.Formatter}
@@ -52,24 +54,26 @@ class AccessLog:
 
     def call_finished(self, ctx: CallContext) -> None:
         duration_ms = (ctx.duration or 0.0) * 1000.0
+        client_ip, method, path = clean(ctx.client_ip), clean(ctx.method), clean(ctx.path)
+        model, request_id, cause = clean(ctx.model), clean(ctx.request_id), clean(ctx.cause)
         line = "%s %s %s %s %s %.1fms model=%s stream=%s request_id=%s" % (
-            ctx.client_ip, ctx.method, ctx.path, ctx.status, ctx.outcome, duration_ms,
-            ctx.model, ctx.stream, ctx.request_id)
-        if ctx.cause is not None:
-            line += " cause=%s" % (ctx.cause,)
+            client_ip, method, path, ctx.status, ctx.outcome, duration_ms,
+            model, ctx.stream, request_id)
+        if cause is not None:
+            line += " cause=%s" % (cause,)
         self.log.info(
             "{line}",
             line=line,
-            cause=ctx.cause,
-            client_ip=ctx.client_ip,
-            method=ctx.method,
-            path=ctx.path,
+            cause=cause,
+            client_ip=client_ip,
+            method=method,
+            path=path,
             status=ctx.status,
             outcome=ctx.outcome,
             duration_ms=duration_ms,
-            model=ctx.model,
+            model=model,
             stream=ctx.stream,
-            request_id=ctx.request_id,
+            request_id=request_id,
         )
 
 
@@ -88,7 +92,9 @@ class Gateway:
     log = Logger()
 
     #: The settings the Resources read through the gateway.
-    uses = ("streaming", "translation", "upstream.timeouts", "lifecycle")
+    uses = ("streaming", "translation", "upstream.timeouts", "lifecycle",
+            "upstream.max_response_bytes", "upstream.max_embeddings_bytes",
+            "limits.max_embedding_inputs")
 
     def __init__(
         self,
@@ -97,11 +103,15 @@ class Gateway:
         upstream: OllamaClient,
         hooks: Optional[List[Any]] = None,
         observers: Optional[List[Any]] = None,
+        screens: Optional[List[Any]] = None,
     ) -> None:
         self.clock = reactor
         self.upstream = upstream
-        # The gate's own list: it changes the contents on reload.
+        # The gate's own lists: it changes the contents on reload.
         self.hooks: List[Any] = hooks if hooks is not None else []
+        #: Checks decided from the request head alone (C{screen(request,
+        #: ctx, kind)}), run before the body is read.
+        self.screens: List[Any] = screens if screens is not None else []
         self.observers: List[Any] = list(observers if observers is not None else [AccessLog()])
         self.reconfigure(config)
         #: Calls in flight: the call's context by its identity (a client
@@ -162,6 +172,31 @@ class Gateway:
         waiting, self._drained = self._drained, []
         for d in waiting:
             d.callback(None)
+
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> Optional[Any]:
+        """
+        Run the screens on a request whose head has arrived and whose body
+        has not been read.
+
+        @return: L{None} when every screen passed (C{ctx} then holds what
+            they learnt and is marked C{screened}); otherwise the refusal
+            (an L{qwen_twist.errors.ApiError}), already recorded as a
+            finished call for the observers.
+        """
+        from qwen_twist.errors import ApiError
+
+        try:
+            for check in self.screens:
+                check.screen(request, ctx, kind)
+        except ApiError as e:
+            ctx.status = e.status
+            ctx.outcome = "error"
+            ctx.error_type = e.type
+            ctx.error_code = e.code
+            self.call_finished(ctx)
+            return e
+        ctx.screened = True
+        return None
 
     async def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         """

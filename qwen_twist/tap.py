@@ -35,6 +35,7 @@ from qwen_twist.upstream.pool import UpstreamPool
 from qwen_twist.reconfigure import Reconfigurer
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
+from qwen_twist.web.screen import HeadScreen
 
 DEFAULT_CONFIG = "/etc/qwengate/qwengate.yaml"
 
@@ -116,8 +117,12 @@ class GatewayService(service.MultiService):
         self.upstream = build_upstream(reactor, config.upstream)
         self.upstream.setServiceParent(self)
         self.gate = gate.Gate(config, reactor, identities)
-        self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks)
-        self.site = GatewaySite(build_root(self.gateway), config, reactor=reactor)
+        self.gateway = Gateway(config, reactor, self.upstream, hooks=self.gate.hooks,
+                               screens=self.gate.screens)
+        self.site = GatewaySite(
+            build_root(self.gateway), config, reactor=reactor,
+            screen=HeadScreen(self.gateway),
+        )
         self.server_tls = tls.ReloadableServerTLS(certificate_options, config)
         self.factory = build_listener_factory(self.server_tls, self.site)
         self.peer_filter = PeerFilterFactory(

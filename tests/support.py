@@ -135,6 +135,22 @@ def _client_options(cafile: str) -> Any:
     return wclient.BrowserLikePolicyForHTTPS(trustRoot=authority)
 
 
+def admin_key(testcase: Any) -> tuple:
+    """
+    A keys file holding one key with the C{admin} scope (which sees the
+    details of C{/ready}): C{(config section, request headers)}.
+    """
+    import time
+
+    from qwen_twist.gate.keyfile import add_key
+
+    directory = os.path.abspath(testcase.mktemp())
+    os.makedirs(directory)
+    path = os.path.join(directory, "keys.yaml")
+    key = add_key(path, "ops", scopes=("admin",), now=time.time())
+    return {"auth": {"keys_file": path}}, {"Authorization": ["Bearer " + key]}
+
+
 async def start_stack(testcase: Any, config: Optional[dict] = None,
                       script: Any = None, upstream_url: Optional[str] = None) -> Stack:
     """

@@ -861,3 +861,40 @@ class BurstTests(SynchronousTestCase):
         self.assertTrue(any("100.0 ms after nginx's" in n for n in notes), notes)
         self.assertTrue(any("99 of 100 clients answered (1x reset)" in n for n in notes), notes)
         self.assertEqual(burst.notes_for({"nginx": run(300.0), "qwengate": run(320.0)}), [])
+
+
+class HostileTests(SynchronousTestCase):
+    """
+    L{bench.hostile}: the issue 9 reproductions' command line.
+    """
+
+    def test_usage(self) -> None:
+        """
+        An unknown scenario prints the usage and exits 2; every scenario
+        named there exists.
+        """
+        from bench import hostile
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(hostile.main(["nope"]), 2)
+        self.assertIn("body-flood", err.getvalue())
+        self.assertEqual(sorted(hostile.SCENARIOS),
+                         ["body-flood", "body-hold", "embeddings", "greedy"])
+
+    def test_read_response(self) -> None:
+        """
+        The raw reader returns the head and consumes a Content-Length body.
+        """
+        from bench import hostile
+
+        class Sock:
+            def __init__(self, data: bytes) -> None:
+                self.data = [data[:10], data[10:]]
+
+            def recv(self, n: int) -> bytes:
+                return self.data.pop(0) if self.data else b""
+
+        sock = Sock(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(hostile._read_response(sock),
+                         b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2")

@@ -121,6 +121,16 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "wrong_type": [64.0, "64"],
         "bad": [0, 10001],
     },
+    "upstream.max_response_bytes": {
+        "valid": [(MiB, MiB), (1024 * MiB, 1024 * MiB)],
+        "wrong_type": ["16MiB", 1.5e7],
+        "bad": [MiB - 1, 1024 * MiB + 1],
+    },
+    "upstream.max_embeddings_bytes": {
+        "valid": [(MiB, MiB), (4096 * MiB, 4096 * MiB)],
+        "wrong_type": ["96MiB", 1.5e7],
+        "bad": [MiB - 1, 4096 * MiB + 1],
+    },
     "upstream.timeouts.connect": {
         # An integer is a number: stored as a float.
         "valid": [(0.5, 0.5), (5, 5.0)],
@@ -157,6 +167,43 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "valid": [(8 * MiB, 8 * MiB), (256 * MiB, 256 * MiB)],
         "wrong_type": [16.5, "16MiB", 1.6e7],
         "bad": [8 * MiB - 1, 256 * MiB + 1, 0],
+    },
+    "streaming.slow_reader_timeout": {
+        "valid": [(5, 5.0), (0.5, 0.5)],
+        "wrong_type": ["30", None],
+        "bad": [0, -1],
+    },
+    "limits.max_tokens": {
+        "valid": [(1, 1), (10 ** 7, 10 ** 7)],
+        "wrong_type": ["8192", 8192.0],
+        "bad": [0, 10 ** 7 + 1],
+    },
+    "limits.max_num_ctx": {
+        "valid": [(1, 1), (131072, 131072)],
+        "wrong_type": ["32k", 32768.0],
+        "bad": [0, 10 ** 8 + 1],
+    },
+    "limits.keep_alive_min": {
+        "valid": [(0, 0.0), (300, 300.0)],
+        "wrong_type": ["5m", None],
+        "bad": [-1],
+    },
+    "limits.keep_alive_max": {
+        "valid": [(60, 60.0), (86400, 86400.0)],
+        "wrong_type": ["30m", None],
+        "bad": [0, -1],
+    },
+    "limits.allowed_options": {
+        "valid": [(["temperature"], ("temperature",)), ([], ()),
+                  (["num_gpu", "seed"], ("num_gpu", "seed"))],
+        "wrong_type": ["temperature", {"a": 1}, None],
+        "wrong_item_type": [([1], 0), (["seed", None], 1)],
+        "bad_item": [(["tempurature"], 0), (["seed", "rm_rf"], 1)],
+    },
+    "limits.max_embedding_inputs": {
+        "valid": [(1, 1), (4096, 4096)],
+        "wrong_type": ["2048", 2048.0],
+        "bad": [0, 1000001],
     },
     "translation.reasoning_field": {
         "valid": [("reasoning", "reasoning"), ("both", "both"), ("none", "none")],
@@ -377,6 +424,16 @@ SAMPLES: Dict[str, Dict[str, Any]] = {
         "valid": [(0, 0), (10, 10)],
         "wrong_type": ["3", 3.0, None],
         "bad": [-1, 1000001],
+    },
+    "bans.window": {
+        "valid": [(60, 60.0), (0.5, 0.5)],
+        "wrong_type": ["10m", None],
+        "bad": [0, -1],
+    },
+    "admission.per_key": {
+        "valid": [(1, 1), (100000, 100000)],
+        "wrong_type": ["1", 1.0],
+        "bad": [-1, 100001],
     },
     "bans.duration": {
         "valid": [(60, 60.0), (86400.5, 86400.5)],
@@ -643,6 +700,17 @@ class KeyTableTests(SynchronousTestCase):
                 "upstream.urls": (),
                 "upstream.health_interval": 10.0,
                 "upstream.pool_size": 64,
+                "upstream.max_response_bytes": 16 * MiB,
+                "upstream.max_embeddings_bytes": 96 * MiB,
+                "streaming.slow_reader_timeout": 30.0,
+                "limits.max_tokens": 8192,
+                "limits.max_num_ctx": 32768,
+                "limits.keep_alive_min": 60.0,
+                "limits.keep_alive_max": 1800.0,
+                "limits.allowed_options": config.DEFAULT_ALLOWED_OPTIONS,
+                "limits.max_embedding_inputs": 2048,
+                "bans.window": 600.0,
+                "admission.per_key": 0,
                 "upstream.timeouts.connect": 3.0,
                 "upstream.timeouts.headers": 900.0,
                 "upstream.timeouts.first_token": 600.0,

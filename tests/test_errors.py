@@ -74,13 +74,17 @@ class ApiErrorTests(SynchronousTestCase):
 
     def test_tv36_unreachable(self):
         """
-        TV-36: the unreachable-upstream body names where it looked.
+        TV-36: the unreachable-upstream body never names the upstream's
+        address; the log detail does.
         """
+        error = errors.upstream_unavailable("127.0.0.1:11434")
         self.assertEqual(
-            decoded(errors.upstream_unavailable("127.0.0.1:11434"))["error"],
-            {"message": "cannot reach Ollama at 127.0.0.1:11434", "type": "server_error",
+            decoded(error)["error"],
+            {"message": "cannot reach the model server", "type": "server_error",
              "param": None, "code": "upstream_unavailable"},
         )
+        self.assertIn("127.0.0.1:11434", error.detail)
+        self.assertNotIn(b"11434", error.body())
 
     def test_internal_error_reveals_nothing(self):
         """
@@ -111,39 +115,58 @@ class FromUpstreamTests(SynchronousTestCase):
         """
         body = b'{"error":"boom"}'
         rows = [
-            (400, True, 400, "invalid_request_error", None, ()),
+            (400, True, 400, "invalid_request_error", "upstream_rejected", ()),
             (404, True, 404, "invalid_request_error", "model_not_found", ()),
-            (404, False, 404, "invalid_request_error", None, ()),
-            (403, True, 403, "invalid_request_error", None, ()),
-            (429, True, 429, "rate_limit_error", None, (("Retry-After", "1"),)),
-            (503, True, 503, "server_error", None, (("Retry-After", "1"),)),
-            (500, True, 500, "server_error", None, (("x-should-retry", "false"),)),
-            (502, True, 502, "server_error", None, ()),
-            (504, True, 500, "server_error", None, (("x-should-retry", "false"),)),
+            (404, False, 404, "invalid_request_error", "upstream_rejected", ()),
+            (403, True, 403, "invalid_request_error", "upstream_rejected", ()),
+            (429, True, 429, "rate_limit_error", "upstream_busy", (("Retry-After", "1"),)),
+            (503, True, 503, "server_error", "upstream_busy", (("Retry-After", "1"),)),
+            (500, True, 500, "server_error", "upstream_error",
+             (("x-should-retry", "false"),)),
+            (502, True, 502, "server_error", "upstream_error", ()),
+            (504, True, 500, "server_error", "upstream_error",
+             (("x-should-retry", "false"),)),
         ]
         for status, model_endpoint, want_status, type_, code, headers in rows:
             error = errors.from_upstream(status, body, model_endpoint)
             self.assertEqual(
-                (error.status, error.type, error.code, error.param, error.headers,
-                 error.message),
-                (want_status, type_, code, None, headers, "boom"),
+                (error.status, error.type, error.code, error.param, error.headers),
+                (want_status, type_, code, None, headers),
                 status,
             )
+            self.assertNotIn("boom", error.message)
+            self.assertIn("boom", error.detail)
+
+    def test_internals_never_echoed(self):
+        """
+        A scripted 500 naming a blob path and an internal address reaches
+        the client as a stable message; the text is kept for the log.
+        """
+        body = (b'{"error":"llama runner process has terminated: error loading model '
+                b'/usr/share/ollama/.ollama/models/blobs/sha256-abc at 10.0.0.7:11434"}')
+        error = errors.from_upstream(500, body, model="qwen3:8b")
+        self.assertEqual(decoded(error)["error"]["message"],
+                         "the model server failed to process the request")
+        self.assertNotIn(b"blobs", error.body())
+        self.assertNotIn(b"10.0.0.7", error.body())
+        self.assertIn("10.0.0.7:11434", error.detail)
 
     def test_tv26_unknown_model(self):
         """
         TV-26: the exact 404 body for an unknown model.
         """
-        error = errors.from_upstream(404, b'{"error":"model \'nope\' not found"}')
+        error = errors.from_upstream(404, b'{"error":"model \'nope\' not found"}', model="nope")
         self.assertEqual(decoded(error), {"error": {
             "message": "model 'nope' not found", "type": "invalid_request_error",
             "param": None, "code": "model_not_found"}})
 
     def test_tv37_capability_error(self):
         """
-        TV-37: a capability 400 is passed on verbatim.
+        TV-37: a capability 400 is rebuilt from the client's model name and
+        a known capability word (the same text as Ollama's).
         """
-        error = errors.from_upstream(400, b'{"error":"\\"qwen2.5:7b\\" does not support thinking"}')
+        error = errors.from_upstream(
+            400, b'{"error":"\\"qwen2.5:7b\\" does not support thinking"}', model="qwen2.5:7b")
         self.assertEqual(decoded(error), {"error": {
             "message": "\"qwen2.5:7b\" does not support thinking",
             "type": "invalid_request_error", "param": None, "code": None}})
@@ -160,7 +183,7 @@ class FromUpstreamTests(SynchronousTestCase):
     def test_non_json_bodies(self):
         """
         A non-JSON or non-Ollama body becomes trimmed text with collapsed
-        whitespace; an empty one a generic message.
+        whitespace (for the log); an empty one a generic message.
         """
         rows = [
             (b"  bad\n gateway  \n", "bad gateway"),
@@ -171,7 +194,7 @@ class FromUpstreamTests(SynchronousTestCase):
             (b"\xff\xfeoops", "\ufffd\ufffdoops"),
         ]
         for body, message in rows:
-            self.assertEqual(errors.from_upstream(500, body).message, message, body)
+            self.assertEqual(errors.upstream_message(body), message, body)
 
     def test_long_messages_cut(self):
         """
@@ -278,12 +301,15 @@ class OllamaStyleTests(SynchronousTestCase):
 
     def test_native_upstream_kept(self) -> None:
         """
-        A native route passes Ollama's status and text on (499 included);
-        429 and 503 gain C{Retry-After}; a non-error status is a 502.
+        A native route keeps Ollama's 4xx status (499 included) with the
+        stable message, never Ollama's text; 429 and 503 gain
+        C{Retry-After}; a non-error status is a 502.
         """
         error = errors.from_upstream_native(499, b'{"error":"request canceled"}')
         self.assertEqual((error.status, error.body("ollama")),
-                         (499, b'{"error":"request canceled"}'))
+                         (499, b'{"error":"the model server refused the request"}'))
+        self.assertEqual(errors.from_upstream_native(404, b"", "m:1").message,
+                         "model 'm:1' not found")
         self.assertEqual(dict(errors.from_upstream_native(503, b"busy").headers),
                          {"Retry-After": "1"})
         self.assertEqual(errors.from_upstream_native(302, b"").status, 502)

@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 import treq
 
-from tests.support import async_test, in_thread, start_stack
+from tests.support import admin_key, async_test, in_thread, start_stack
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -161,10 +161,12 @@ class ChatTests(TestCase):
     @async_test
     async def test_ready(self) -> None:
         """
-        C{/ready} reports the upstream version when Ollama answers.
+        C{/ready} reports the upstream version when Ollama answers (to a
+        key with the admin scope).
         """
-        stack = await start_stack(self)
-        response = await stack.get("/ready")
+        config, headers = admin_key(self)
+        stack = await start_stack(self, config)
+        response = await stack.get("/ready", headers=headers)
         self.assertEqual(response.code, 200)
         body = await treq.json_content(response)
         self.assertEqual(body["upstreams"][0]["version"], "0.33.0")

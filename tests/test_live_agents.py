@@ -218,7 +218,7 @@ class AnthropicMessagesTests(TestCase):
 
         seen, error = await in_thread(run)
         self.assertIsNotNone(error)
-        self.assertIn("error was encountered", str(error))
+        self.assertIn("the model server failed during generation", str(error))
         self.assertNotIn("message_stop", seen)
 
     @async_test
@@ -482,5 +482,6 @@ class ResponsesTests(TestCase):
 
         events = await in_thread(run)
         self.assertEqual(events[-1].type, "response.failed")
-        self.assertIn("error was encountered", events[-1].response.error.message)
+        self.assertIn("the model server failed during generation",
+                      events[-1].response.error.message)
         self.assertNotIn("response.completed", [e.type for e in events])

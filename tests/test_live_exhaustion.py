@@ -32,15 +32,16 @@ class Idle(protocol.Protocol):
 
 class Trickle(protocol.Protocol):
     """
-    Completes the TLS handshake, sends a request head announcing a large
-    body, then one body byte every half second.
+    Completes the TLS handshake, sends the start of a request head, then
+    one more header byte every half second. (A complete head without a key
+    is refused at once, before any body is read, so a connection-holding
+    attacker without a key trickles the head, until limits.header_timeout.)
     """
 
     def connectionMade(self) -> None:
         self.transport.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                             b"Content-Type: application/json\r\n"
-                             b"Content-Length: 100000\r\n\r\n")
-        self.loop = task.LoopingCall(self.transport.write, b" ")
+                             b"Content-Type: application/json\r\nX-Pad: ")
+        self.loop = task.LoopingCall(self.transport.write, b"x")
         self.loop.start(0.5, now=False).addErrback(lambda _: None)
 
     def connectionLost(self, reason: Any = None) -> None:

@@ -241,7 +241,7 @@ class SdkStreamTests(TestCase):
 
         error = await in_thread(consume)
         self.assertIsNotNone(error)
-        self.assertEqual(error.message, "model runner crashed")
+        self.assertEqual(error.message, "the model server failed during generation")
 
     @async_test
     async def test_legacy_completion_stream(self) -> None:

@@ -12,7 +12,7 @@ import treq
 
 from qwen_twist.emulator import server as emulator_server
 
-from tests.support import async_test, start_stack
+from tests.support import admin_key, async_test, start_stack
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -32,9 +32,10 @@ class TwoUpstreamsTests(TestCase):
         first = await emulator_server.listen(reactor)
         second = await emulator_server.listen(reactor)
         self.addCleanup(second.stop)
-        stack = await start_stack(self, {"upstream": {"urls": [first.url, second.url]}},
-                                  upstream_url=first.url)
-        ready = await stack.get("/ready")
+        config, headers = admin_key(self)
+        config["upstream"] = {"urls": [first.url, second.url]}
+        stack = await start_stack(self, config, upstream_url=first.url)
+        ready = await stack.get("/ready", headers=headers)
         body = await treq.json_content(ready)
         self.assertEqual(ready.code, 200)
         self.assertEqual([u["url"] for u in body["upstreams"]], [first.url, second.url])

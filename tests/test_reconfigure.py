@@ -31,7 +31,7 @@ from qwen_twist.tap import GatewayService
 STRING_CANDIDATES = ("127.0.0.2", "1.3", "reasoning", "RS256", "require", "ECDHE+AESGCM",
                      "http://127.0.0.1:11435", "/tmp/qwengate-reload-test.pem", "name")
 LIST_CANDIDATES = (["10.0.0.0/8"], ["https://chat.example.com"], ["usage"],
-                   ["http://127.0.0.1:11436"])
+                   ["http://127.0.0.1:11436"], ["temperature"])
 
 
 def base_settings(directory: str, keys: str) -> Dict[str, Any]:
@@ -240,7 +240,7 @@ class ReloadContractTests(SynchronousTestCase):
         self.write(with_setting(self.base, "admission.slots", 2))
         self.assertTrue(self.service.reload())
         self.assertEqual(self.service.gate.queue.slots, 2)
-        self.assertEqual(len(hooks), 6)
+        self.assertEqual(len(hooks), 7)
 
     def test_invalid_file_still_reloads_keys(self) -> None:
         """

@@ -14,7 +14,7 @@ Usage::
 
     qwengate-keys [--file PATH] add --id ID [--owner O] [--models a,b]
                   [--rpm N] [--tpm N] [--expires 2027-01-01T00:00:00Z | --days N]
-                  [--scope models:manage]
+                  [--scopes a,b] [--scope models:manage]
     qwengate-keys [--file PATH] list
     qwengate-keys [--file PATH] revoke --id ID
 
@@ -102,9 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--tpm", type=_positive_int, help="tokens per minute for this key")
     add.add_argument(
-        "--scope", action="append", default=[], choices=keys.SCOPES, dest="scopes",
-        help="extra right (repeatable); models:manage unlocks Ollama's model "
-             "management routes (/api/pull, /api/delete, ...)",
+        "--scopes", type=_models, default=[],
+        help="extra rights, comma-separated: %s (default: none)"
+             % (", ".join(sorted(keys.SCOPES)),),
+    )
+    add.add_argument(
+        "--scope", action="append", default=[], dest="scope",
+        help="one extra right (repeatable), e.g. --scope models:manage to unlock "
+             "Ollama's model management routes (/api/pull, /api/delete, ...)",
     )
     expiry = add.add_mutually_exclusive_group()
     expiry.add_argument(
@@ -130,8 +135,8 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
         models=tuple(options.models),
         requests_per_window=options.rpm,
         tokens_per_minute=options.tpm,
+        scopes=tuple(dict.fromkeys(options.scopes + options.scope)),
         expires=expires,
-        scopes=tuple(options.scopes),
         now=now,
     )
     stdout.write(key + "\n")
@@ -144,7 +149,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
 
 
 def _list(options: argparse.Namespace, stdout: TextIO, now: float) -> int:
-    rows = [("ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH", "SCOPES")]
+    rows = [("ID", "OWNER", "MODELS", "EXPIRES", "CREATED", "HASH")]
     for record in keyfile.list_keys(options.file):
         if record.expires is None:
             expires = "never"
@@ -161,7 +166,6 @@ def _list(options: argparse.Namespace, stdout: TextIO, now: float) -> int:
                 "-" if record.created is None else keys.format_time(record.created),
                 # Enough to tell keys apart, too little to be the hash.
                 record.hash[: len(keys.HASH_PREFIX) + 8],
-                ",".join(record.scopes) or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -3,39 +3,45 @@
 Temporary bans for addresses that keep failing authentication.
 
 Why: API keys are long and random, so an address that fails N times in a
-row is guessing or misconfigured; either way it should stop costing us TLS
-handshakes. After C{threshold} consecutive failures the address is banned
-for C{duration} seconds, and the connection filter
+short while is guessing or misconfigured; either way it should stop costing
+us TLS handshakes. After C{threshold} failures within C{window} seconds the
+address is banned for C{duration} seconds, and the connection filter
 (L{qwen_twist.gate.peerfilter}) refuses it at accept time, before any TLS work.
 
-A streak is "consecutive" until a success resets it, but it is also
-forgotten once the address has been quiet for C{duration}: otherwise one
-typo a day would eventually ban a legitimate client, and the table would
-hold every address that ever failed once. Failures while banned (requests on
-a connection opened before the ban) neither extend the ban nor start a new
-streak.
+Why a window and not a streak of consecutive failures: a success would
+reset a streak, so a guesser holding one valid key could alternate bad,
+bad, good forever and never be banned. A success therefore changes
+nothing; only failures older than C{window} stop counting, so one typo a
+day never adds up to a ban, and the table forgets quiet addresses. Failures
+while banned (requests on a connection opened before the ban) neither
+extend the ban nor count towards the next one.
 
 Pure: time is a float passed in by the caller, nothing here does I/O.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from collections import deque
+from typing import Deque, Dict, List, Optional, Tuple
 
 
 class BanList:
     """
-    Consecutive-failure counts and active bans, by address.
+    Recent failure times and active bans, by address.
 
-    @ivar threshold: failures that trigger a ban; C{0} never bans.
+    @ivar threshold: failures within C{window} that trigger a ban; C{0}
+        never bans.
     @ivar duration: ban length in seconds.
+    @ivar window: seconds a failure counts for (default: C{duration}).
     """
 
-    def __init__(self, threshold: int, duration: float) -> None:
+    def __init__(self, threshold: int, duration: float, window: Optional[float] = None) -> None:
         self.threshold = threshold
         self.duration = float(duration)
-        # ip -> (failures in the current streak, time of the last one)
-        self._streaks: Dict[str, Tuple[int, float]] = {}
+        self.window = float(duration if window is None else window)
+        # ip -> times of its failures within the window, oldest first (at
+        # most threshold of them)
+        self._streaks: Dict[str, Deque[float]] = {}
         # ip -> time the ban ends
         self._bans: Dict[str, float] = {}
 
@@ -54,22 +60,24 @@ class BanList:
         """
         if self.threshold <= 0 or self.banned_for(ip, now) > 0.0:
             return False
-        count, last = self._streaks.get(ip, (0, now))
-        if now - last >= self.duration:
-            count = 0
-        count += 1
-        if count >= self.threshold:
+        times = self._streaks.get(ip)
+        if times is None:
+            times = self._streaks[ip] = deque(maxlen=self.threshold)
+        horizon = now - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        times.append(now)
+        if len(times) >= self.threshold:
             self._streaks.pop(ip, None)
             self._bans[ip] = now + self.duration
             return True
-        self._streaks[ip] = (count, now)
         return False
 
     def success(self, ip: str, now: float) -> None:
         """
-        An authentication from C{ip} succeeded: its streak starts again.
+        An authentication from C{ip} succeeded. It does not forgive earlier
+        failures (see the module docstring): kept so callers need not know.
         """
-        self._streaks.pop(ip, None)
 
     def banned_for(self, ip: str, now: float) -> float:
         """
@@ -102,6 +110,7 @@ class BanList:
         # deleted entries.
         self._bans = {ip: until for ip, until in self._bans.items() if until > now}
         self._streaks = {
-            ip: streak for ip, streak in self._streaks.items() if now - streak[1] < self.duration
+            ip: times for ip, times in self._streaks.items()
+            if times and now - times[-1] < self.window
         }
         return before - len(self)

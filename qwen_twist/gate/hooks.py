@@ -21,6 +21,17 @@ run in this order before any upstream work:
 Why hooks and not code in the Resources: the endpoints do not change when a
 rule is added, and an unauthenticated call provably costs the upstream
 nothing (the hooks run before the first upstream byte).
+
+No work before identity: the address, per-IP rate and identity checks
+depend on the request head only, so they also run as I{screens}
+(C{screen(request, ctx, kind)}), called by the HTTP channel as soon as the
+headers are parsed and before a single body byte is read or a
+C{100 Continue} is sent (L{qwen_twist.web.screen}). A refused request
+costs neither body memory nor JSON parsing, and every request, however
+malformed its body, has paid its per-IP token first. The admission hooks
+then take the screened results (C{ctx.screened}) instead of
+checking twice. C{kind} is C{"api"} (identity required, per-IP rate
+charged) or C{"ready"} (identity optional, only used to show details).
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from qwen_twist.context import CallContext
 from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 from qwen_twist.gate.keyfile import load_store
 from qwen_twist.gate.keys import KeyStore, presented_key
+from qwen_twist.gate.options import OptionsHook
+from qwen_twist.logsafe import clean
 from qwen_twist.observe.ids import clean_user
 from qwen_twist.gate.ratelimit import Decision, TokenBudget, TokenBuckets, window_buckets
 
@@ -87,8 +100,23 @@ class AddressHook:
         Nothing to undo: this hook reserves nothing.
         """
 
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
+        self.check(request, ctx)
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        if ctx.screened:
+            return
+        self.check(request, ctx)
+
+    def check(self, request: Any, ctx: CallContext) -> None:
+        """
+        Resolve C{ctx.client_ip} and refuse addresses that are denied (the
+        rules in force now: a SIGHUP's C{access.deny} applies to requests
+        on connections opened before it) or banned.
+        """
         peer = ctx.client_ip
+        if not self.rules.permits(peer):
+            raise errors.forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
         if self.user_header is not None and self.rules.trusted_proxies:
             address = parse_address(peer)
             if address is not None and address in self.rules.trusted_proxies:
@@ -101,9 +129,9 @@ class AddressHook:
         if ctx.client_ip != peer:
             # A forwarded client: the accept-time checks saw only the proxy.
             if not self.rules.permits(ctx.client_ip):
-                raise errors.forbidden("address not allowed", "address_not_allowed")
+                raise errors.forbidden("address not allowed", errors.ADDRESS_NOT_ALLOWED)
         if self.bans.banned_for(ctx.client_ip, self.clock.seconds()) > 0:
-            raise errors.forbidden("address temporarily banned", "address_banned")
+            raise errors.forbidden("address temporarily banned", errors.ADDRESS_BANNED)
 
 
 @implementer(IAdmissionHook)
@@ -139,7 +167,42 @@ class IdentityHook:
         Nothing to undo: this hook reserves nothing.
         """
 
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
+        """
+        Authenticate from the head alone. For C{/ready} (C{kind} C{"ready"})
+        an identity is optional: none, or a bad one, is simply anonymous.
+        """
+        if kind == "api":
+            self.authenticate(request, ctx)
+            return
+        try:
+            self.authenticate(request, ctx, count_failure=False)
+        except errors.ApiError:
+            ctx.identity = None
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        if not ctx.screened:
+            self.authenticate(request, ctx)
+        record = ctx.key_record
+        scope = getattr(plan, "scope", None)
+        if scope is not None and (record is None or not record.has_scope(scope)):
+            # Granted only to a key that names it: never to anonymous
+            # callers, JWT or certificate identities.
+            ctx.auth_failure = "scope_required"
+            raise errors.scope_required(ctx.path, scope)
+        models = getattr(plan, "models", None) or (getattr(plan, "model", None) or ctx.model,)
+        for model in models:
+            if record is not None and model and not record.allows_model(model):
+                ctx.auth_failure = "model_not_allowed"
+                raise errors.forbidden(
+                    "this API key may not use model %r" % (model,), errors.MODEL_NOT_ALLOWED
+                )
+
+    def authenticate(self, request: Any, ctx: CallContext, count_failure: bool = True) -> None:
+        """
+        Set C{ctx.identity} and C{ctx.key_record} from the credentials
+        presented, or refuse with 401.
+        """
         now = self.clock.seconds()
         identity = None
         record = None
@@ -159,33 +222,19 @@ class IdentityHook:
             identity = _certificate_identity(request)
             if identity is not None:
                 ctx.auth_method = "certificate"
-        scope = getattr(plan, "scope", None)
         if identity is None:
             if not self.required:
                 # Anonymous access is allowed; SDKs always send some key,
-                # so an unknown one is simply not an identity. A scope is
-                # granted only to a key that names it.
+                # so an unknown one is simply not an identity.
                 ctx.auth_method = None
-                if scope is not None:
-                    ctx.auth_failure = "scope_required"
-                    raise errors.scope_required(ctx.path, scope)
                 return
             ctx.auth_failure = "invalid" if presented is not None else "missing"
-            self._failed(ctx, now)
+            if count_failure:
+                self._failed(ctx, now)
             raise errors.unauthorized()
         self.bans.success(ctx.client_ip, now)
         ctx.identity = identity
         ctx.key_record = record
-        if scope is not None and (record is None or not record.has_scope(scope)):
-            ctx.auth_failure = "scope_required"
-            raise errors.scope_required(ctx.path, scope)
-        models = getattr(plan, "models", None) or (getattr(plan, "model", None) or ctx.model,)
-        for model in models:
-            if record is not None and model and not record.allows_model(model):
-                ctx.auth_failure = "model_not_allowed"
-                raise errors.forbidden(
-                    "this API key may not use model %r" % (model,), "model_not_allowed"
-                )
 
     def _verify_jwt(self, token: str, now: float) -> Optional[str]:
         from qwen_twist.gate.jwtauth import JwtError
@@ -193,7 +242,7 @@ class IdentityHook:
         try:
             return "jwt:" + self.jwt.verify(token, now).user
         except JwtError as e:
-            self.log.info("JWT refused: {why}", why=str(e))
+            self.log.info("JWT refused: {why}", why=clean(str(e)))
             return None
 
     def _failed(self, ctx: CallContext, now: float) -> None:
@@ -240,7 +289,7 @@ class PromptLimitHook:
         if chars > self.max_chars:
             raise errors.invalid_request(
                 "prompt too long, max %d chars" % (self.max_chars,), "messages",
-                "prompt_too_long",
+                errors.PROMPT_TOO_LONG,
             )
 
 
@@ -272,6 +321,7 @@ class RateLimitHook:
         self.window = limits.per_key_window
         self.default_requests = limits.per_key_requests
         self.default_tokens = limits.per_key_tokens_per_minute
+        self.default_max_tokens = config.limits.max_tokens
 
     def _key_buckets(self, requests: int) -> TokenBuckets:
         buckets = self._per_key.get(requests)
@@ -285,16 +335,30 @@ class RateLimitHook:
             budget = self._budgets[tokens] = TokenBudget(tokens)
         return budget
 
+    def screen(self, request: Any, ctx: CallContext, kind: str) -> None:
+        """
+        Charge the per-IP bucket from the head alone, before the identity
+        is checked: unauthenticated and malformed requests pay too.
+        """
+        if kind == "api":
+            ctx.per_ip_decision = self._take_ip(request, ctx, self.clock.seconds())
+
+    def _take_ip(self, request: Any, ctx: CallContext, now: float) -> Decision:
+        decision = self.per_ip.take(ctx.client_ip, now)
+        if not decision.allowed:
+            _rate_headers(request, decision, "requests")
+            raise errors.rate_limited("rate limit exceeded for this address", decision.retry_after)
+        return decision
+
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
         now = self.clock.seconds()
-        decision = self.per_ip.take(ctx.client_ip, now)
+        decision = ctx.per_ip_decision
+        if decision is None:
+            decision = self._take_ip(request, ctx, now)
         # Headers describe only a limit that applies: an unlimited per-IP
         # bucket would advertise its unused burst, and clients that pace
         # themselves from x-ratelimit-* would slow down for nothing.
         shown: Optional[Decision] = decision if self.per_ip.rate > 0 else None
-        if not decision.allowed:
-            _rate_headers(request, decision, "requests")
-            raise errors.rate_limited("rate limit exceeded for this address", decision.retry_after)
         if ctx.identity is not None:
             record = ctx.key_record
             requests = self.default_requests
@@ -311,7 +375,13 @@ class RateLimitHook:
                     _rate_headers(request, shown, "requests")
                     raise errors.rate_limited("rate limit exceeded for this key", shown.retry_after)
             if tokens > 0:
-                max_tokens = getattr(plan, "max_tokens", None) or 0
+                # A call that names no output cap may generate up to the
+                # operator's cap: reserve that, not nothing (concurrent calls
+                # without max_tokens overran budgets ~50x when it was 0).
+                max_tokens = ctx.max_tokens
+                if max_tokens is None and getattr(plan, "path", "/api/embed") != "/api/embed":
+                    max_tokens = getattr(plan, "max_tokens", None) or self.default_max_tokens
+                max_tokens = max_tokens or 0
                 reserve = getattr(plan, "prompt_chars", 0) // CHARS_PER_TOKEN + max_tokens
                 budget = self._budget(tokens)
                 spent = budget.reserve(ctx.identity, now, reserve)
@@ -361,6 +431,14 @@ def total_slots(config: Config) -> int:
     return config.admission.slots * max(1, len(config.upstream.urls))
 
 
+def per_owner_slots(config: Config) -> int:
+    """
+    C{admission.per_key}, or by default one slot fewer than all (at least
+    one): whatever one key does, another can still be served.
+    """
+    return config.admission.per_key or max(1, total_slots(config) - 1)
+
+
 def load_identities(config: Config) -> tuple:
     """
     Read the key store and the JWT verification key named by the config.
@@ -397,24 +475,30 @@ class Gate:
 
     log = Logger()
 
-    uses = ("auth", "access", "limits.max_prompt_chars", "rate_limits", "admission",
-            "bans", "upstream.urls", "audit.user_header")
+    uses = ("auth", "access", "limits.max_prompt_chars", "limits.max_tokens",
+            "rate_limits", "admission", "bans", "upstream.urls",
+            "audit.user_header") + OptionsHook.uses
 
     def __init__(self, config: Config, clock: Any, identities: Optional[tuple] = None) -> None:
         self.identities = identities if identities is not None else load_identities(config)
         keys, jwt = self.identities
         self.config = config
         self.clock = clock
-        self.bans = BanList(config.bans.failures, config.bans.duration)
+        self.bans = BanList(config.bans.failures, config.bans.duration, config.bans.window)
         self.rules = AddressRules.from_config(config.access)
         self.address = AddressHook(self.rules, self.bans, clock, config.audit.user_header)
         self.identity = IdentityHook(config, keys, jwt, self.bans, clock)
         self.prompt = PromptLimitHook(config.limits.max_prompt_chars)
+        self.options = OptionsHook(config)
         self.rates = RateLimitHook(config, clock)
         # Right after identity: a request with one protects its connection
         # from eviction at connections.max_total before it waits anywhere.
         self.trust = TrustedConnectionHook()
         self.hooks: List[Any] = []
+        #: What can be decided from the request head, in order (see the
+        #: module docstring): address, per-IP rate, identity. The same list
+        #: object for the gateway's whole life.
+        self.screens: List[Any] = [self.address, self.rates, self.identity]
         self.queue: Optional[SlotQueue] = None
         self.reconfigure(config)
 
@@ -431,20 +515,25 @@ class Gate:
         self.address.user_header = _header_name(config.audit.user_header)
         self.bans.threshold = config.bans.failures
         self.bans.duration = float(config.bans.duration)
+        self.bans.window = float(config.bans.window)
         self.identity.configure(config, keys, jwt)
         self.prompt.max_chars = config.limits.max_prompt_chars
+        self.options.reconfigure(config)
         self.rates.configure(config)
         admission = config.admission
-        hooks: List[Any] = [self.address, self.identity, self.trust, self.prompt, self.rates]
+        hooks: List[Any] = [self.address, self.identity, self.trust, self.prompt,
+                            self.options, self.rates]
         if admission.slots > 0:
             if self.queue is None:
                 self.queue = SlotQueue(
-                    total_slots(config), admission.max_depth, admission.max_wait, self.clock
+                    total_slots(config), admission.max_depth, admission.max_wait, self.clock,
+                    per_owner=per_owner_slots(config),
                 )
                 self._admission = AdmissionHook(self.queue)
             else:
                 self.queue.configure(total_slots(config), admission.max_depth,
-                                     admission.max_wait)
+                                     admission.max_wait, self.queue.weights,
+                                     per_owner_slots(config))
             # Last: only callers that passed every other check wait for the
             # GPU, and a queued caller who leaves is never dispatched.
             hooks.append(self._admission)

@@ -27,12 +27,12 @@ from qwen_twist.gate.keys import (
     KeyFileError,
     KeyRecord,
     KeyStore,
-    SCOPES,
     _check_id,
     _check_limit,
     _check_model,
     _check_text,
     _parse_records,
+    check_scope,
     hash_key,
     new_key,
     render,
@@ -216,10 +216,11 @@ def add_key(
         problem = _check_model(model)
         if problem:
             raise ValueError("model %s" % (problem,))
-    scopes = tuple(dict.fromkeys(scopes))
+    scopes = tuple(scopes)
     for scope in scopes:
-        if scope not in SCOPES:
-            raise ValueError("unknown scope %r (known: %s)" % (scope, ", ".join(SCOPES)))
+        problem = check_scope(scope)
+        if problem:
+            raise ValueError("scope %s" % (problem,))
     if expires is not None and not (math.isfinite(expires) and expires > now):
         raise ValueError("expires must be in the future")
     key = new_key()
@@ -230,9 +231,9 @@ def add_key(
         models=models,
         requests_per_window=requests_per_window,
         tokens_per_minute=tokens_per_minute,
+        scopes=scopes,
         expires=None if expires is None else float(math.floor(expires)),
         created=float(math.floor(now)),
-        scopes=scopes,
     )
 
     def append(records: List[KeyRecord]) -> List[KeyRecord]:

@@ -21,16 +21,9 @@ The file (C{auth.keys_file}, by default C{/etc/qwengate/keys.yaml})::
         models: [qwen3:32b]         # optional allow-list; absent = all models
         requests_per_window: 60     # optional, overrides rate_limits.per_key_requests
         tokens_per_minute: 200000   # optional, overrides rate_limits.per_key_tokens_per_minute
-        scopes: [models:manage]     # optional extra rights; absent = none
+        scopes: [admin]             # optional extra rights (see SCOPES)
         expires: "2027-01-01T00:00:00Z"   # optional RFC 3339; absent = never
         created: "2026-11-02T10:00:00Z"   # optional, informational
-
-Scopes grant what no key may do by default; the only one is
-C{models:manage}, which unlocks Ollama's model management routes
-(C{/api/pull}, C{/api/delete}, ...; L{qwen_twist.translate.native}). An
-unknown scope is an error, so a typo cannot silently grant nothing. Files
-without C{scopes} read as before, and keys without scopes are written
-without the field, so older gateways read files written by this one.
 
 Key ids match C{[A-Za-z0-9._-]{1,64}}. A missing file is an empty store (a
 fresh install has no keys yet, so every key is refused); anything else that
@@ -83,12 +76,20 @@ _MAX_TEXT = 256
 _MAX_LIMIT = 10 ** 12
 _FIELDS = (
     "id", "hash", "owner", "models", "requests_per_window", "tokens_per_minute",
-    "expires", "created", "scopes",
+    "scopes", "expires", "created",
 )
 
-#: The scopes a key may carry: C{models:manage} unlocks model management
-#: on Ollama's native API.
-SCOPES = ("models:manage",)
+#: Extra rights a key may hold, beyond calling the API. Other components
+#: add theirs here; an unknown scope in the file is an error (a typo must
+#: not silently grant nothing, or something else).
+SCOPES = {
+    "admin": "see operational details (GET /ready lists upstreams and breakers)",
+    "options:all": "send any native option, not just the sampling allow-list "
+                   "(limits.allowed_options); the caps still apply",
+    "models:manage": "manage models through Ollama's native API (/api/pull, /api/push, "
+                     "/api/create, /api/copy, /api/delete, /api/blobs)",
+}
+_SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)?")
 
 # libyaml when present (Debian's python3-yaml has it): the file is re-read
 # on SIGHUP in the reactor thread and the pure-Python parser is ~10 times
@@ -124,9 +125,9 @@ class KeyRecord:
         C{rate_limits.per_key_requests}.
     @ivar tokens_per_minute: per-key override of
         C{rate_limits.per_key_tokens_per_minute}.
+    @ivar scopes: extra rights (L{SCOPES}), e.g. C{("admin",)}.
     @ivar expires: Unix time after which the key is refused; C{None} = never.
     @ivar created: Unix time the key was minted, if recorded.
-    @ivar scopes: extra rights (L{SCOPES}); empty means none.
     """
 
     id: str
@@ -139,6 +140,12 @@ class KeyRecord:
     created: Optional[float] = None
     scopes: Tuple[str, ...] = ()
 
+    def has_scope(self, scope: str) -> bool:
+        """
+        Whether this key holds C{scope}.
+        """
+        return scope in self.scopes
+
     def allows_model(self, model: str) -> bool:
         """
         Whether this key may call C{model}; C{name} and C{name:latest}
@@ -148,12 +155,6 @@ class KeyRecord:
             return True
         allowed = self.models
         return any(name in allowed for name in model_spellings(model))
-
-    def has_scope(self, scope: str) -> bool:
-        """
-        Whether this key was granted C{scope}.
-        """
-        return scope in self.scopes
 
     def expired(self, now: float) -> bool:
         """
@@ -302,6 +303,17 @@ def _check_model(value: Any) -> Optional[str]:
     return problem
 
 
+def check_scope(value: Any) -> Optional[str]:
+    """
+    What is wrong with a scope name, or L{None}.
+    """
+    if not isinstance(value, str) or not _SCOPE.fullmatch(value):
+        return "must be a scope name such as 'admin', got %s" % (_describe(value),)
+    if value not in SCOPES:
+        return "unknown scope %r (known: %s)" % (value, ", ".join(sorted(SCOPES)))
+    return None
+
+
 def _check_limit(value: Any) -> Optional[str]:
     if isinstance(value, bool) or not isinstance(value, int):
         return "must be an integer, got %s" % (_describe(value),)
@@ -435,24 +447,16 @@ def _record(entry: Any, path: str) -> KeyRecord:
         if problem:
             raise fail("owner", problem)
         values["owner"] = owner
-    models = entry.get("models")
-    if models is not None:
-        if not isinstance(models, list):
-            raise fail("models", "must be a list, got %s" % (_describe(models),))
-        for i, model in enumerate(models):
-            problem = _check_model(model)
-            if problem:
-                raise fail("models[%d]" % (i,), problem)
-        values["models"] = tuple(models)
-    scopes = entry.get("scopes")
-    if scopes is not None:
-        if not isinstance(scopes, list):
-            raise fail("scopes", "must be a list, got %s" % (_describe(scopes),))
-        for i, scope in enumerate(scopes):
-            if scope not in SCOPES:
-                raise fail("scopes[%d]" % (i,), "unknown scope %s (known: %s)"
-                           % (_describe(scope), ", ".join(SCOPES)))
-        values["scopes"] = tuple(dict.fromkeys(scopes))
+    for name, check in (("models", _check_model), ("scopes", check_scope)):
+        items = entry.get(name)
+        if items is not None:
+            if not isinstance(items, list):
+                raise fail(name, "must be a list, got %s" % (_describe(items),))
+            for i, item in enumerate(items):
+                problem = check(item)
+                if problem:
+                    raise fail("%s[%d]" % (name, i), problem)
+            values[name] = tuple(items)
     for name in ("requests_per_window", "tokens_per_minute"):
         value = entry.get(name)
         if value is not None:
@@ -483,12 +487,12 @@ def _entry(record: KeyRecord) -> Dict[str, Any]:
         entry["requests_per_window"] = record.requests_per_window
     if record.tokens_per_minute is not None:
         entry["tokens_per_minute"] = record.tokens_per_minute
+    if record.scopes:
+        entry["scopes"] = list(record.scopes)
     if record.expires is not None:
         entry["expires"] = format_time(record.expires)
     if record.created is not None:
         entry["created"] = format_time(record.created)
-    if record.scopes:
-        entry["scopes"] = list(record.scopes)
     return entry
 
 

@@ -21,6 +21,11 @@ sized to the upstream's parallelism, and chooses who goes next itself:
   - A waiter whose client hung up is cancelled (the pipeline cancels the
     admission Deferred) and leaves the line at once: it is never granted a
     slot, so it never reaches Ollama.
+  - No owner holds more than C{per_owner} slots at once (by default one
+    fewer than all of them): a tenant that opens as many streams as there
+    are slots, and reads none, cannot lock every other tenant out. Its
+    extra calls wait in line, skipped by the round-robin until one of its
+    own calls ends; meanwhile a slot may stay free for other owners.
 
 Every operation is O(1), or O(owners) when picking the next owner with
 fractional weights: owners sit in an insertion-ordered ring and each
@@ -40,7 +45,7 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Deque, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, Mapping, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -179,8 +184,9 @@ class SlotQueue:
     Invariants, whatever the interleaving of grants, releases, cancellations
     and timeouts: C{busy} counts granted, unreleased tickets; C{busy <= slots}
     (except right after L{configure} shrank C{slots}, until enough calls
-    end); a slot is never free while someone waits; a waiter that was
-    cancelled or timed out is never granted.
+    end); no owner holds more than C{per_owner} tickets (same exception); a
+    slot is never free while someone who may take it waits; a waiter that
+    was cancelled or timed out is never granted.
 
     @ivar busy: slots granted and not yet released.
     @ivar waiting: calls waiting for a slot.
@@ -194,9 +200,11 @@ class SlotQueue:
         max_wait: Optional[float],
         clock: Any,
         weights: Optional[Mapping[str, float]] = None,
+        per_owner: int = 0,
     ) -> None:
         """
         @param slots: calls served at once (at least 1).
+        @param per_owner: slots one owner may hold at once; C{0} = all.
         @param max_depth: calls allowed to wait; C{0} refuses at once when
             every slot is busy.
         @param max_wait: seconds a call may wait, or L{None} for no limit.
@@ -214,7 +222,9 @@ class SlotQueue:
         # (released_at, service seconds) of recent calls, and their sum.
         self._samples: Deque[Tuple[float, float]] = deque()
         self._sample_total = 0.0
-        self.configure(slots, max_depth, max_wait, weights)
+        #: owner -> tickets it holds now.
+        self.running: Dict[str, int] = {}
+        self.configure(slots, max_depth, max_wait, weights, per_owner)
 
     def configure(
         self,
@@ -222,6 +232,7 @@ class SlotQueue:
         max_depth: int,
         max_wait: Optional[float],
         weights: Optional[Mapping[str, float]] = None,
+        per_owner: int = 0,
     ) -> None:
         """
         Take new limits (a configuration reload) without forgetting the
@@ -241,7 +252,10 @@ class SlotQueue:
         for owner, weight in weights.items():
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
                 raise ValueError("weight of %r must be a positive number, not %r" % (owner, weight))
+        if int(per_owner) != per_owner or per_owner < 0:
+            raise ValueError("per_owner must be a whole number >= 0, not %r" % (per_owner,))
         self.slots = int(slots)
+        self.per_owner = int(per_owner) or self.slots
         self.max_depth = int(max_depth)
         self.max_wait = max_wait
         self.weights = weights
@@ -266,10 +280,8 @@ class SlotQueue:
             Cancelling it takes the call out of the line for good.
         """
         now = self.clock.seconds()
-        if self.busy < self.slots and not self.waiting:
-            self.busy += 1
-            self.stats.granted += 1
-            return succeed(Ticket(owner, now, now, self))
+        if self.busy < self.slots and not self.waiting and self._may_run(owner):
+            return succeed(self._grant(owner, now, now))
         if self.waiting >= self.max_depth:
             self.stats.rejected_full += 1
             return fail(QueueFull(self.retry_after()))
@@ -282,7 +294,20 @@ class SlotQueue:
             backlog = self._ring[owner] = _Backlog(self.weights.get(owner, 1.0))
         backlog.waiters[waiter] = None
         self.waiting += 1
+        if self.busy < self.slots:
+            # Slots are free but held back from capped owners: this one
+            # may be able to take one now (fairly, through the ring).
+            self._dispatch()
         return d
+
+    def _may_run(self, owner: str) -> bool:
+        return self.running.get(owner, 0) < self.per_owner
+
+    def _grant(self, owner: str, queued_at: float, now: float) -> Ticket:
+        self.busy += 1
+        self.stats.granted += 1
+        self.running[owner] = self.running.get(owner, 0) + 1
+        return Ticket(owner, queued_at, now, self)
 
     def release(self, ticket: Ticket) -> None:
         """
@@ -297,6 +322,11 @@ class SlotQueue:
             return
         ticket.released = True
         self.busy -= 1
+        held = self.running.get(ticket.owner, 0) - 1
+        if held > 0:
+            self.running[ticket.owner] = held
+        else:
+            self.running.pop(ticket.owner, None)
         self.stats.released += 1
         now = self.clock.seconds()
         self._record(now, now - ticket.granted_at)
@@ -386,29 +416,37 @@ class SlotQueue:
         try:
             while self.waiting and self.busy < self.slots:
                 waiter = self._next_waiter()
+                if waiter is None:
+                    # Everyone waiting already holds their share.
+                    break
                 if waiter.timer is not None:
                     if waiter.timer.active():
                         waiter.timer.cancel()
                     waiter.timer = None
-                self.busy += 1
-                self.stats.granted += 1
-                ticket = Ticket(waiter.owner, waiter.queued_at, self.clock.seconds(), self)
+                ticket = self._grant(waiter.owner, waiter.queued_at, self.clock.seconds())
                 assert waiter.deferred is not None
                 waiter.deferred.callback(ticket)
         finally:
             self._dispatching = False
 
-    def _next_waiter(self) -> _Waiter:
+    def _next_waiter(self) -> Optional[_Waiter]:
         """
         Deficit round-robin: the owner at the head of the ring is credited
         its weight when it has less than one turn of credit, serves one
         waiter per turn, and goes to the back once its credit is spent. An
-        owner whose line empties leaves the ring and loses its credit.
+        owner whose line empties leaves the ring and loses its credit. An
+        owner at its C{per_owner} share is passed over without credit;
+        L{None} when every waiting owner is.
         """
         ring = self._ring
+        if not any(self._may_run(owner) for owner in ring):
+            return None
         while True:
             owner = next(iter(ring))
             backlog = ring[owner]
+            if not self._may_run(owner):
+                ring.move_to_end(owner)
+                continue
             if backlog.deficit < 1.0 - _EPSILON:
                 backlog.deficit += backlog.weight
                 if backlog.deficit < 1.0 - _EPSILON:

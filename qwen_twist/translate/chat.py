@@ -31,7 +31,7 @@ from qwen_twist.translate.common import (
     unix_time,
     usage,
 )
-from qwen_twist.translate.messages import native_messages
+from qwen_twist.translate.messages import json_chars, native_messages
 from qwen_twist.translate.request import UpstreamRequest
 from qwen_twist.translate.validate import (
     keep_alive_value,
@@ -288,6 +288,9 @@ def chat_request(body: object, options: ChatOptions = ChatOptions()) -> Upstream
     body = require_object(body)
     model = require_str(body, "model")
     messages, prompt_chars = native_messages(body.get("messages"))
+    # Everything else the model reads counts too (tool definitions, the
+    # response schema, stop strings): the limit is on the prompt, not on
+    # the message text alone.
     stream, include_usage = stream_flags(body)
     single_choice(body)
     max_completion_tokens = optional_int(body, "max_completion_tokens", minimum=1)
@@ -300,9 +303,13 @@ def chat_request(body: object, options: ChatOptions = ChatOptions()) -> Upstream
     tools = _tools(body)
     if tools is not None:
         payload["tools"] = tools
+        prompt_chars += json_chars(tools)
     format_ = _format(body)
     if format_ is not None:
         payload["format"] = format_
+        if isinstance(format_, dict):
+            prompt_chars += json_chars(format_)
+    prompt_chars += sum(map(len, options_.get("stop") or ()))
     think = _think(body, options)
     if think is not None:
         payload["think"] = think

@@ -134,7 +134,8 @@ def completion_request(
         model=model,
         stream=stream,
         include_usage=include_usage,
-        prompt_chars=sum(map(len, prompts)) + (len(suffix) * len(prompts) if suffix else 0),
+        prompt_chars=sum(map(len, prompts)) + (len(suffix) * len(prompts) if suffix else 0)
+        + sum(map(len, options.get("stop") or ())),
         max_tokens=cap * len(prompts) if cap else cap,
         batch=batch,
     )

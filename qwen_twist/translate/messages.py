@@ -120,6 +120,14 @@ def _content_text(content: object, index: int, images: Optional[List[str]] = Non
     )
 
 
+def json_chars(value: object) -> int:
+    """
+    Characters of C{value} serialised as compact JSON: how much of a
+    prompt a schema or an argument object is.
+    """
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
 def _tool_call(call: object, index: int) -> Tuple[Dict[str, Any], Optional[str], int]:
     """
     One OpenAI assistant tool call as a native one: C{arguments} goes from
@@ -141,6 +149,8 @@ def _tool_call(call: object, index: int) -> Tuple[Dict[str, Any], Optional[str],
         parsed: object = {}
     elif isinstance(arguments, dict):
         parsed = arguments
+        # The model reads it serialised, just as a string would be.
+        chars = json_chars(arguments)
     elif isinstance(arguments, str):
         chars = len(arguments)
         if not arguments.strip():
@@ -160,12 +170,13 @@ def _tool_call(call: object, index: int) -> Tuple[Dict[str, Any], Optional[str],
             index, "tool call arguments for '%s' must be a JSON object." % (name[:64],)
         )
     native_function = {"name": name, "arguments": parsed}
+    chars += len(name)
     call_id = call.get("id")
     if call_id is None:
         return {"function": native_function}, None, chars
     if not isinstance(call_id, str):
         raise _message_error(index, "a tool call id must be a string.")
-    return {"id": call_id, "function": native_function}, call_id, chars
+    return {"id": call_id, "function": native_function}, call_id, chars + len(call_id)
 
 
 def native_messages(value: object) -> Tuple[List[Dict[str, Any]], int]:
@@ -251,6 +262,9 @@ def native_messages(value: object) -> Tuple[List[Dict[str, Any]], int]:
                     name = given
             if name is not None:
                 out["tool_name"] = name
+                chars += len(name)
+            if call_id is not None:
+                chars += len(call_id)
         elif role == "function":
             raise _message_error(
                 index, "the deprecated 'function' role is not supported; use 'tool'."

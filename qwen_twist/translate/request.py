@@ -30,10 +30,12 @@ class UpstreamRequest:
     @ivar stream: the client asked for C{stream: true}.
     @ivar include_usage: C{stream_options.include_usage} was true (always
         false when not streaming).
-    @ivar prompt_chars: characters of prompt text the client sent: message
-        contents (every role), assistant reasoning and tool-call argument
-        strings for chat; prompt plus suffix for completions; all inputs for
-        embeddings. Images and tool definitions are not counted.
+    @ivar prompt_chars: characters of everything the model reads: for chat,
+        message contents (every role), assistant reasoning, tool-call
+        arguments (strings, or objects as compact JSON), tool call ids and
+        names, tool definitions and the C{response_format} schema as
+        compact JSON, and stop strings; prompt, suffix and stop strings for
+        completions; all inputs for embeddings. Images are not counted.
     @ivar max_tokens: the effective positive output cap
         (C{max_completion_tokens}, else C{max_tokens}, else a positive
         C{options.num_predict}), or L{None}.

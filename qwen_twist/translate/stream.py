@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qwen_twist.errors import MAX_UPSTREAM_MESSAGE
+from qwen_twist.errors import MAX_UPSTREAM_MESSAGE, UPSTREAM_ERROR
 from qwen_twist.translate.chat import REASONING_KEYS, openai_logprobs
 from qwen_twist.translate.common import (
     finish_reason, ollama_timings, openai_tool_call, tool_call_id, usage,
@@ -59,6 +59,9 @@ _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 INVALID_JSON = "upstream sent invalid JSON"
 OVERSIZED_LINE = "upstream sent an oversized line"
 CLOSED_EARLY = "upstream closed the stream before completion"
+#: The event text for an error line from Ollama: its own text can name blob
+#: paths or addresses, so it goes to the log (L{upstream_error}) instead.
+UPSTREAM_FAILED = "the model server failed during generation"
 
 
 def _error_text(error: object) -> str:
@@ -109,6 +112,8 @@ class _StreamTranslator:
         self.finished = False
         self.outcome: Optional[str] = None
         self.error_message: Optional[str] = None
+        #: Ollama's own error text, for the log only.
+        self.upstream_error: Optional[str] = None
         self.final_usage: Optional[Dict[str, Any]] = None
         self.timings: Optional[Dict[str, Any]] = None
         self.chunks = 0
@@ -215,7 +220,8 @@ class _StreamTranslator:
         if error:
             # Ollama's Go client treats any non-empty error as a failure,
             # whatever else the line holds (section 2.11).
-            out.append(self._error(_error_text(error)))
+            self.upstream_error = _error_text(error)
+            out.append(self._error(UPSTREAM_FAILED, UPSTREAM_ERROR))
             return None
         return native
 

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.logsafe import clean
 from qwen_twist.observe import ids
 from qwen_twist.web.relay import SseResponse, UpstreamRelay
 from qwen_twist.translate import chat, completions, sse, tokens
@@ -139,7 +140,8 @@ class GenerationResource(ApiResource):
             ctx.upstream = upstream_of(upstream)
             if upstream.code != 200:
                 self.upstream_cause(ctx, upstream)
-                raise self.upstream_error(upstream.code, await read_body(upstream))
+                raise self.upstream_error(
+                    upstream.code, await read_body(upstream), model=plan.model)
         except Exception as e:
             ctx.upstream_finished = gateway.now()
             if ctx.client_gone:
@@ -159,6 +161,10 @@ class GenerationResource(ApiResource):
             # Already streaming keep-alives: the failure must be an event.
             ctx.outcome = "truncated"
             ctx.error_code = err.code
+            if err.detail:
+                self.log.info("{route} {request_id} stream failed: {detail}",
+                              route=self.route, request_id=ctx.request_id,
+                              detail=clean(err.detail, 2048))
             response.write(self.stream_failure(translator, err))
             response.close()
             return
@@ -171,6 +177,7 @@ class GenerationResource(ApiResource):
             idle_timeout=config.upstream.timeouts.idle,
             total_timeout=self.total_timeout(plan),
             first_token_timeout=config.upstream.timeouts.first_token,
+            slow_reader_timeout=config.streaming.slow_reader_timeout,
         )
         relay.on_gap = gateway.chunk_gap
         relay.request_id = ctx.request_id
@@ -183,9 +190,16 @@ class GenerationResource(ApiResource):
             ctx.chunks = translator.chunks
             ctx.usage = translator.final_usage
             ctx.ollama_timings = translator.timings
-            if translator.outcome == "error":
+            if relay.cut is not None:
+                ctx.outcome = "truncated"
+                ctx.error_code = relay.cut
+            elif translator.outcome == "error":
                 ctx.outcome = "truncated"
                 ctx.error_code = "stream_error"
+                if translator.upstream_error:
+                    self.log.info("{route} {request_id} Ollama stream error: {detail}",
+                                  route=self.route, request_id=ctx.request_id,
+                                  detail=clean(translator.upstream_error, 2048))
             ctx.backpressure_pauses = relay.pauses
 
 

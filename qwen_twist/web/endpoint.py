@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
+from qwen_twist.logsafe import clean
 from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream import failures
@@ -129,9 +130,9 @@ class ApiResource(resource.Resource):
     #: Whether URLs below this one (C{/v1/models/{id}}) are served here.
     accepts_subpaths = False
     #: The envelope of this route's error responses (L{errors.ApiError.body}):
-    #: C{"anthropic"} for the Anthropic Messages routes, C{"ollama"} for
-    #: Ollama's native routes, whose clients would otherwise not recognise
-    #: the refusals of the gate (401, 429, ...).
+    #: C{"anthropic"} for the Anthropic Messages routes, whose SDK would
+    #: otherwise not recognise the refusals of the gate (401, 429, ...).
+    #: (C{"ollama"} on Ollama's native routes.)
     error_style = "openai"
     log = Logger()
 
@@ -148,6 +149,17 @@ class ApiResource(resource.Resource):
             client_ip=client_ip(request),
             started=self.gateway.now(),
         )
+        screened = getattr(request, "screened", None)
+        if screened is not None:
+            # The channel ran the head-only checks before reading the body
+            # (web.screen): take what they learnt, do not check twice.
+            ctx.client_ip = screened.client_ip
+            ctx.identity = screened.identity
+            ctx.key_record = screened.key_record
+            ctx.per_ip_decision = screened.per_ip_decision
+            ctx.screened = True
+            ctx.end_user = screened.end_user
+            ctx.auth_method = screened.auth_method
         request.call = ctx
         request.call_clock = self.gateway.clock
         finished = request.notifyFinish()
@@ -250,6 +262,11 @@ class ApiResource(resource.Resource):
             ctx.cause = "Ollama HTTP %d from %s" % (response.code, where)
 
     def _fail(self, request: Any, ctx: CallContext, err: errors.ApiError) -> None:
+        if err.detail:
+            # What the client is not told (Ollama's own text, an address).
+            self.log.info("{route} {request_id} answered {status}: {detail}",
+                          route=self.route, request_id=ctx.request_id,
+                          status=err.status, detail=clean(err.detail, 2048))
         if err.status >= 500 and ctx.cause is None:
             ctx.cause = getattr(err, "cause", None) or err.code or err.type
         ctx.status = err.status
@@ -261,6 +278,25 @@ class ApiResource(resource.Resource):
     async def serve(self, request: Any, ctx: CallContext) -> None:
         raise NotImplementedError()
 
+    async def upstream_json(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        model_endpoint: bool = True,
+    ) -> Any:
+        """
+        Make a non-streaming upstream call and return its parsed JSON body.
+
+        @raise errors.ApiError: mapped from the upstream status (section 8)
+            or from the transport failure.
+        """
+        body = await self.upstream_bytes(ctx, method, path, payload, model_endpoint)
+        try:
+            native = json.loads(body)
+        except ValueError:
+            raise errors.upstream_protocol_error()
+        if not isinstance(native, dict):
+            raise errors.upstream_protocol_error()
+        return native
+
     def refusal(self, ctx: CallContext) -> Optional[errors.ApiError]:
         """
         A refusal decided by the URL alone, before any admission (an
@@ -268,24 +304,28 @@ class ApiResource(resource.Resource):
         """
         return None
 
-    def upstream_error(self, status: int, body: bytes,
-                       model_endpoint: bool = True) -> errors.ApiError:
+    def upstream_error(self, status: int, body: bytes, model_endpoint: bool = True,
+                       model: Optional[str] = None) -> errors.ApiError:
         """
         The client's error for a non-200 upstream answer (section 8 here;
-        Ollama's native routes pass Ollama's status and text on).
+        Ollama's native routes keep Ollama's 4xx status).
         """
-        return errors.from_upstream(status, body, model_endpoint)
+        return errors.from_upstream(status, body, model_endpoint, model)
 
     async def upstream_body(
         self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        limit: int = 0,
     ) -> Tuple[Any, bytes]:
         """
-        Make a non-streaming upstream call: the response and its whole
-        body, whatever the status.
+        Make a non-streaming upstream call: the response and its body, read
+        up to C{limit} bytes (default C{upstream.max_response_bytes}; more
+        is a 502, so one answer cannot take the gateway's memory), whatever
+        the status.
 
         @raise errors.ApiError: mapped from the transport failure.
         """
         gateway = self.gateway
+        limit = limit or gateway.config.upstream.max_response_bytes
         if ctx.upstream_started is None:
             # (A batch makes several calls: the span runs from the first.)
             ctx.upstream_started = gateway.now()
@@ -294,7 +334,7 @@ class ApiResource(resource.Resource):
                                                    request_id=ctx.request_id)
             ctx.upstream_status = response.code
             ctx.upstream = upstream_of(response)
-            body = await read_body(response)
+            body = await read_body(response, limit=limit)
         except errors.ApiError:
             raise
         except defer.CancelledError:
@@ -307,24 +347,19 @@ class ApiResource(resource.Resource):
             ctx.upstream_finished = gateway.now()
         return response, body
 
-    async def upstream_json(
+    async def upstream_bytes(
         self, ctx: CallContext, method: str, path: str, payload: Any = None,
-        model_endpoint: bool = True,
-    ) -> Any:
+        model_endpoint: bool = True, limit: int = 0,
+    ) -> bytes:
         """
-        Make a non-streaming upstream call and return its parsed JSON body.
+        Make a non-streaming upstream call and return its body (see
+        L{upstream_body}).
 
         @raise errors.ApiError: mapped from the upstream status (section 8)
             or from the transport failure.
         """
-        response, body = await self.upstream_body(ctx, method, path, payload)
+        response, body = await self.upstream_body(ctx, method, path, payload, limit)
         if response.code != 200:
             self.upstream_cause(ctx, response)
-            raise self.upstream_error(response.code, body, model_endpoint)
-        try:
-            native = json.loads(body)
-        except ValueError:
-            raise errors.upstream_protocol_error()
-        if not isinstance(native, dict):
-            raise errors.upstream_protocol_error()
-        return native
+            raise self.upstream_error(response.code, body, model_endpoint, ctx.model)
+        return body

@@ -5,7 +5,8 @@ C{GET /health} (liveness) and C{GET /ready} (readiness).
 Liveness never touches the upstream: a systemd watchdog or load balancer
 asking "is the process serving?" must not be answered "no" because Ollama is
 loading a model. Readiness reports the upstream pool's health checks
-(C{/api/version} with a short deadline) and says 503 when nothing answers.
+(C{/api/version} with a short deadline) and says 503 when nothing answers;
+only a key with the C{admin} scope sees the details.
 """
 
 from __future__ import annotations
@@ -40,7 +41,17 @@ class ReadyResource(ApiResource):
     200 when at least one Ollama server answers (and its breaker is not
     open), else 503. The upstream pool's state is refreshed at most once
     per L{READY_MAX_AGE} seconds however often this is asked.
+
+    Why so little detail: C{/ready} needs no key (load balancers poll it),
+    so it must tell a stranger nothing. Without a key holding the C{admin}
+    scope the answer is only C{{"status": "ready"}} or
+    C{{"status": "unavailable"}}; upstream URLs, versions, loaded models,
+    outstanding counts and breaker states are for admins (and the metrics
+    listener).
     """
+
+    #: The key scope that may see the details.
+    ADMIN_SCOPE = "admin"
 
     route = "ready"
     methods = ("GET",)
@@ -50,5 +61,8 @@ class ReadyResource(ApiResource):
         ready = any(s["healthy"] and s.get("breaker") != "open" for s in states)
         status = 200 if ready else 503
         ctx.status = status
-        respond.json_body(request, status, {
-            "status": "ready" if ready else "unavailable", "upstreams": states})
+        body: dict = {"status": "ready" if ready else "unavailable"}
+        record = ctx.key_record
+        if record is not None and record.has_scope(self.ADMIN_SCOPE):
+            body["upstreams"] = states
+        respond.json_body(request, status, body)

@@ -60,12 +60,14 @@ def compile_strip(fields: Iterable[str]) -> StripTree:
     object; a list met on the way is walked element by element, so
     C{"choices.message.reasoning_content"} reaches every choice. A path that
     is a prefix of another removes the whole subtree.
+
+    One name covers both response shapes: a path through
+    C{choices.message} also strips C{choices.delta} (the same field in a
+    stream chunk) and the other way round, so an operator who hides
+    C{choices.message.reasoning_content} never sees it leak in a stream.
     """
     tree: StripTree = {}
-    for field in fields:
-        parts = [part for part in field.split(".") if part]
-        if not parts:
-            continue
+    for parts in _both_shapes(fields):
         node = tree
         for part in parts[:-1]:
             child = node.get(part, {})
@@ -77,6 +79,24 @@ def compile_strip(fields: Iterable[str]) -> StripTree:
         else:
             node[parts[-1]] = None
     return tree
+
+
+#: Stream chunks carry in C{delta} what whole responses carry in C{message}.
+_SHAPES = {"message": "delta", "delta": "message"}
+
+
+def _both_shapes(fields: Iterable[str]) -> Iterable[list]:
+    """
+    The dotted C{fields} as lists of parts, each C{choices.message.X} also
+    as C{choices.delta.X} (and the other way round).
+    """
+    for field in fields:
+        parts = [part for part in field.split(".") if part]
+        if not parts:
+            continue
+        yield parts
+        if len(parts) >= 3 and parts[0] == "choices" and parts[1] in _SHAPES:
+            yield [parts[0], _SHAPES[parts[1]]] + parts[2:]
 
 
 def strip(obj: Any, tree: StripTree) -> Any:

@@ -109,9 +109,9 @@ class NativeEndpoint(GenerationResource):
             return errors.route_refused(ctx.method, ctx.path)
         return None
 
-    def upstream_error(self, status: int, body: bytes,
-                       model_endpoint: bool = True) -> errors.ApiError:
-        return errors.from_upstream_native(status, body)
+    def upstream_error(self, status: int, body: bytes, model_endpoint: bool = True,
+                       model: Optional[str] = None) -> errors.ApiError:
+        return errors.from_upstream_native(status, body, model)
 
     # The call --------------------------------------------------------------
 
@@ -141,7 +141,7 @@ class NativeEndpoint(GenerationResource):
         response, raw = await self.upstream_body(ctx, method, self.native_path, plan.payload)
         if not 200 <= response.code < 300:
             self.upstream_cause(ctx, response)
-            raise self.upstream_error(response.code, raw)
+            raise self.upstream_error(response.code, raw, model=plan.model)
         content_type = _content_type(response)
         if self.native_path in ("/api/tags", "/api/ps"):
             raw = self._filtered(ctx, raw)

@@ -30,6 +30,16 @@ begun. So the gateway waits for Ollama's response headers, but at most one
 keep-alive interval; past that it commits to the stream (200, SSE headers, a
 keep-alive comment) and any later failure becomes an SSE error event.
 A stream that fails never ends with C{[DONE]}.
+
+Why a slow-reader deadline: backpressure bounds the memory of a stream
+whose client reads nothing, but not its time, and the stream holds a GPU
+slot all along (Twisted turns the connection's idle timeout off while a
+response is written, and the upstream idle timer is far too long to be
+this bound). So while the client keeps the upstream paused, a timer runs
+(C{streaming.slow_reader_timeout}); when it expires the stream is cut: the
+upstream request is stopped, the client connection aborted and the call
+ends with outcome C{truncated} and code C{slow_reader}, freeing the slot.
+Any resume (the client read something) stops the timer.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as wclient
 
+from qwen_twist.errors import SLOW_READER
 from qwen_twist.translate import sse
 from qwen_twist.web import hygiene, respond
 
@@ -166,7 +177,8 @@ class UpstreamRelay(Protocol):
 
     def __init__(self, response: SseResponse, translator: Any, clock: Any,
                  idle_timeout: float, total_timeout: float = 0.0,
-                 first_token_timeout: float = 0.0) -> None:
+                 first_token_timeout: float = 0.0,
+                 slow_reader_timeout: float = 0.0) -> None:
         self.response = response
         self.translator = translator
         self.clock = clock
@@ -181,6 +193,10 @@ class UpstreamRelay(Protocol):
         self._last_data = 0.0
         self._idle_call: Optional[Any] = None
         self._total_call: Optional[Any] = None
+        self.slow_reader_timeout = slow_reader_timeout
+        self._slow_call: Optional[Any] = None
+        #: Why the gateway cut the stream (C{"slow_reader"}), or L{None}.
+        self.cut: Optional[str] = None
         self._drain_call: Optional[Any] = None
         self.pauses = 0
         #: Called with the seconds since the previous upstream read, for
@@ -281,6 +297,40 @@ class UpstreamRelay(Protocol):
         self._stop_upstream()
         self._end()
 
+    def paused(self) -> None:
+        """
+        The client stopped reading (its socket buffer is full): start the
+        slow-reader deadline.
+        """
+        self.pauses += 1
+        if self.slow_reader_timeout > 0 and self._slow_call is None and not self.done.called:
+            self._slow_call = self.clock.callLater(self.slow_reader_timeout, self._slow_reader)
+
+    def resumed(self) -> None:
+        """
+        The client read again: stop the deadline.
+        """
+        call, self._slow_call = self._slow_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _slow_reader(self) -> None:
+        # Nothing can be told to a client that reads nothing: stop Ollama,
+        # end the call (freeing its slot), then drop the connection.
+        self._slow_call = None
+        if self.done.called:
+            return
+        self.cut = SLOW_READER
+        self.log.info("cutting a stream whose client read nothing for {seconds} s",
+                      seconds=self.slow_reader_timeout)
+        self.response.close(finish=False)
+        self._stop_upstream()
+        self._end(notify=True)
+        request = self.response.request
+        channel = getattr(request, "channel", None)
+        if channel is not None and not respond.is_gone(request):
+            channel.forceAbortClient()
+
     def abort(self, message: str) -> None:
         """
         End the stream now with an error event (shutdown ran out of time):
@@ -301,7 +351,7 @@ class UpstreamRelay(Protocol):
             transport.stopProducing()
 
     def _end(self, notify: bool = True) -> None:
-        for name in ("_idle_call", "_total_call"):
+        for name in ("_idle_call", "_total_call", "_slow_call"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -319,7 +369,8 @@ class UpstreamRelay(Protocol):
 class _CountingProducer:
     """
     The upstream transport's producer as registered on the client request,
-    counting pauses (a backpressure metric) on the way through.
+    telling the relay of pauses (a backpressure metric, and the slow-reader
+    deadline) on the way through.
     """
 
     def __init__(self, producer: Any, relay: UpstreamRelay) -> None:
@@ -327,10 +378,11 @@ class _CountingProducer:
         self._relay = relay
 
     def pauseProducing(self) -> None:
-        self._relay.pauses += 1
+        self._relay.paused()
         self._producer.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._relay.resumed()
         self._producer.resumeProducing()
 
     def stopProducing(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import io
 from typing import Any, Optional
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -41,6 +42,7 @@ from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.interfaces import IReconfigurable
+from qwen_twist.logsafe import clean
 from qwen_twist.observe import ids
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy
@@ -161,7 +163,10 @@ class GatewayRequest(server.Request):
         A Resource raised: log the traceback, tell the client nothing but
         that it failed.
         """
-        self._log.failure("Unhandled error serving {path}", reason, path=self.path)
+        self._log.failure(
+            "Unhandled error serving {path}", reason,
+            path=clean(self.path.decode("utf-8", "replace")),
+        )
         if not respond.is_gone(self):
             # Headers may already be on the wire (a stream): then all we can
             # do is end the response.
@@ -190,6 +195,7 @@ class GatewayChannel(http.HTTPChannel):
     _head_timer: Optional[Any] = None
     _dispatched = 0
     _refused = False
+    _closing = False
 
     # The request head ----------------------------------------------------
 
@@ -217,14 +223,77 @@ class GatewayChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
         self._stop_head_timer()
+        request = self.requests[-1]
+        screen = getattr(self.site, "screen", None)
+        if screen is not None:
+            endpoint = self._endpoint(request)
+            refusal = screen(request, self._command, self._path,
+                             getattr(endpoint, "route", "unknown"))
+            if refusal is not None:
+                self._refuse_unread(request, refusal,
+                                    getattr(endpoint, "error_style", "openai"))
+                return
         # Stopped by allContentReceived, which Twisted calls at once when
         # there is no body.
         self._body_bytes = 0
         self._body_timer = self.callLater(self.body_timeout, self._check_body_rate)
+        # Only now: Twisted sizes the body buffer and answers an
+        # Expect: 100-continue here.
         super().allHeadersReceived()
+
+    def _refuse_unread(self, request: Any, err: errors.ApiError, style: str) -> None:
+        """
+        Answer a request refused from its head alone (401/403/429) through
+        the Request, so it carries every header a Resource's answer would,
+        then close: the body is never read, so the connection cannot be
+        reused.
+        """
+        self._refused = True
+        self.persistent = False
+        request.content = _Discard()
+        request.method = self._command
+        request.uri = self._path
+        request.clientproto = self._version
+        request.site = self.site
+        request.setHeader(b"connection", b"close")
+        # requestDone (when the answer finishes) counts it out again.
+        self._dispatched += 1
+        respond.error(request, err, style)
+
+    def _endpoint(self, request: Any) -> Any:
+        """
+        The Resource that would serve C{request} (for its route name and
+        error envelope: an Anthropic route's clients expect Anthropic's
+        errors), found from the request line alone.
+        """
+        request.method = self._command
+        request.path = self._path.split(b"?", 1)[0]
+        request.prepath = []
+        request.postpath = [unquote_to_bytes(part) for part in request.path[1:].split(b"/")]
+        try:
+            return self.site.getResourceFor(request)
+        except Exception:
+            return None
+
+    def loseConnection(self) -> Any:
+        # Twisted's own unregisters the network producer, which raises when
+        # called twice: a refusal closes, then the idle timeout fires
+        # before the client let go.
+        if self._closing:
+            transport = self.transport
+            return transport.loseConnection() if transport is not None else None
+        self._closing = True
+        return super().loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
         self._stop_body_timer()
+        if self._refused:
+            return
         self._head_bytes = 0
         self._dispatched += 1
         super().allContentReceived()
@@ -351,7 +420,8 @@ class GatewaySite(server.Site):
     uses = ("limits.max_body_bytes", "limits.max_header_bytes", "limits.header_timeout",
             "limits.body_timeout", "limits.body_min_rate", "response")
 
-    def __init__(self, root: object, config: Any, reactor: object = None) -> None:
+    def __init__(self, root: object, config: Any, reactor: object = None,
+                 screen: Any = None) -> None:
         kwargs: dict = {}
         if reactor is not None:
             kwargs["reactor"] = reactor
@@ -368,6 +438,10 @@ class GatewaySite(server.Site):
         #: Open client connections (to flush and close them at shutdown).
         self.channels: set = set()
         self._all_closed: list = []
+        #: The head-only gate (L{qwen_twist.web.screen.HeadScreen}), or
+        #: L{None}: called with C{(request, method, path)} once the headers
+        #: are parsed, before any body byte is read.
+        self.screen = screen
         self.reconfigure(config)
 
     def reconfigure(self, config: Any) -> None:

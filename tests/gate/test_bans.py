@@ -1,5 +1,5 @@
 """
-Tests for L{qwen_twist.gate.bans}: consecutive authentication failures lead to a
+Tests for L{qwen_twist.gate.bans}: authentication failures within a window lead to a
 temporary ban; time from a L{Clock}.
 """
 
@@ -47,16 +47,26 @@ class BanListTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.banned_for(), 0.0)
 
-    def test_success_resets_streak(self) -> None:
+    def test_success_does_not_forgive(self) -> None:
         """
-        A success in between means the failures are not consecutive.
+        Alternating bad, bad, good is still banned: failures are counted in
+        a window, and a success in between does not reset them.
         """
         self.fail()
         self.fail()
         self.bans.success("192.0.2.1", self.clock.seconds())
-        self.assertFalse(self.fail())
-        self.assertFalse(self.fail())
         self.assertTrue(self.fail())
+
+    def test_window_slides(self) -> None:
+        """
+        Only failures within the window count: three failures spread over
+        more than the window do not ban, three within it do.
+        """
+        bans = BanList(3, 600.0, window=60.0)
+        self.assertFalse(bans.failure("192.0.2.1", 0.0))
+        self.assertFalse(bans.failure("192.0.2.1", 40.0))
+        self.assertFalse(bans.failure("192.0.2.1", 70.0))
+        self.assertTrue(bans.failure("192.0.2.1", 90.0))
 
     def test_addresses_independent(self) -> None:
         """

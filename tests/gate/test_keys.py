@@ -450,6 +450,23 @@ class AddKeyTests(SynchronousTestCase):
             ],
         )
 
+    def test_scopes(self) -> None:
+        """
+        Scopes are written, read back and answered by C{has_scope}; an
+        unknown scope is refused, in the file and as an argument.
+        """
+        keyfile.add_key(self.path, "ops", scopes=("admin", "options:all"), now=NOW)
+        record = keyfile.list_keys(self.path)[0]
+        self.assertEqual(record.scopes, ("admin", "options:all"))
+        self.assertTrue(record.has_scope("admin"))
+        self.assertFalse(keys.KeyRecord(id="x", hash="h").has_scope("admin"))
+        self.assertRaises(ValueError, keyfile.add_key, self.path, "bad",
+                          scopes=("root",), now=NOW)
+        with open(self.path, "a") as f:
+            f.write("- id: typo\n  hash: \"sha256:%s\"\n  scopes: [admn]\n" % ("0" * 64,))
+        error = self.assertRaises(ConfigError, keyfile.list_keys, self.path)
+        self.assertIn("scopes[0]", str(error))
+
     def test_appends_in_order(self) -> None:
         """
         Keys are appended after the existing entries.

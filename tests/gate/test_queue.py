@@ -80,6 +80,60 @@ class SlotQueueTests(SynchronousTestCase):
         self.assertEqual((q.busy, q.free, q.waiting), (1, 1, 0))
         self.assertEqual(q.stats.granted, 1)
 
+    def test_per_owner_cap(self) -> None:
+        """
+        One owner holds at most C{per_owner} slots: its extra call waits
+        while another owner is granted the free slot at once, and it gets
+        its turn when one of its own calls ends.
+        """
+        q = SlotQueue(4, 100, 60.0, Clock(), per_owner=3)
+        grants = Grants()
+        for i in range(4):
+            grants.wait(q, "key:a", "a%d" % (i,))
+        self.assertEqual(grants.order, ["a0", "a1", "a2"])
+        self.assertEqual((q.busy, q.waiting), (3, 1))
+        grants.wait(q, "key:b", "b0")
+        self.assertEqual(grants.order, ["a0", "a1", "a2", "b0"])
+        grants.wait(q, "key:b", "b1")
+        self.assertEqual((q.busy, q.waiting), (4, 2))
+        grants.release_oldest(q)  # a0 ends: a3 waited longest and may run
+        self.assertEqual(grants.order[-1], "a3")
+        self.assertEqual(q.running, {"key:a": 3, "key:b": 1})
+
+    def test_per_owner_default_below_slots(self) -> None:
+        """
+        Through the gateway, with 4 slots one key opening 4 calls leaves a
+        slot for a second key, which is sent upstream at once.
+        """
+        import os
+        import time
+
+        from qwen_twist.gate.keyfile import add_key
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        keys_file = os.path.join(directory, "keys.yaml")
+        a = add_key(keys_file, "a", now=time.time())
+        b = add_key(keys_file, "b", now=time.time())
+        harness = GatewayHarness({
+            "auth": {"required": True, "keys_file": keys_file},
+            "admission": {"slots": 4},
+        })
+        for _ in range(4):
+            harness.request("POST", "/v1/chat/completions", CHAT,
+                            {"Authorization": "Bearer " + a})
+        self.assertEqual(len(harness.upstream.calls), 3)
+        harness.request("POST", "/v1/chat/completions", CHAT, {"Authorization": "Bearer " + b})
+        self.assertEqual(len(harness.upstream.calls), 4)
+        self.assertEqual(harness.gate.queue.running, {"key:a": 3, "key:b": 1})
+        # Finish every call (A's fourth is granted on the way), so no call
+        # is left in flight for the garbage collector to tear down.
+        for call in harness.upstream.calls[:4]:
+            call.respond(200, NATIVE_OK)
+        self.assertEqual(len(harness.upstream.calls), 5)
+        harness.upstream.calls[4].respond(200, NATIVE_OK)
+        self.assertEqual((harness.gate.queue.busy, harness.gate.queue.waiting), (0, 0))
+
     def test_waits_when_full(self) -> None:
         """
         Once every slot is busy, further calls wait.

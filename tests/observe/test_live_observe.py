@@ -70,7 +70,7 @@ async def observed_stack(testcase: TestCase, extra: Any = None) -> Tuple[Any, st
         "auth": {"required": True, "keys_file": keys},
         "access": {"trusted_proxies": ["127.0.0.1/32"]},
         "bans": {"failures": 2},
-        "rate_limits": {"per_ip_rate": 0.001, "per_ip_burst": 1, "per_key_requests": 0},
+        "rate_limits": {"per_ip_rate": 0.001, "per_ip_burst": 2, "per_key_requests": 0},
         "upstream": {"timeouts": {"headers": 2.0}, "breaker": {"threshold": 0}},
         "audit": {"file": audit, "compress": False, "user_header": "X-User-Id"},
     }
@@ -120,14 +120,17 @@ class ScriptedMixTests(TestCase):
         # 2. A stream.
         stream = await post(dict(CHAT, stream=True, stream_options={"include_usage": True}))
         self.assertEqual(stream.code, 200)
-        # 3. 401 without a key, then 401 with a wrong key: the address is
-        # banned (bans.failures = 2) and its next call is refused.
+        # 3. 401 without a key, then 401 with a wrong key (each pays its
+        # per-IP token first: burst 2): the address is banned
+        # (bans.failures = 2) and its next call is refused. Refused from the
+        # request head, before the body (and its model) was read.
         self.assertEqual((await post(CHAT, address="198.51.100.9", bearer=None)).code, 401)
         wrong = "qg-" + "x" * 43
         self.assertEqual((await post(CHAT, address="198.51.100.9", bearer=wrong)).code, 401)
         banned = await post(CHAT, address="198.51.100.9")
         self.assertEqual(banned.code, 403)
-        # 4. 429: a second call from one address (burst 1).
+        # 4. 429: a third call from one address (burst 2).
+        self.assertEqual((await post(CHAT, address="198.51.100.10")).code, 200)
         self.assertEqual((await post(CHAT, address="198.51.100.10")).code, 200)
         self.assertEqual((await post(CHAT, address="198.51.100.10")).code, 429)
         # 5. Ollama answers 500.
@@ -139,7 +142,7 @@ class ScriptedMixTests(TestCase):
         # 7. The client leaves before a slow answer.
         stack.script.push(ttft=30)
         d = stack.post("/v1/chat/completions", json=CHAT, headers=headers())
-        await wait_for(lambda: len(stack.record.for_path("/api/chat")) == 6)
+        await wait_for(lambda: len(stack.record.for_path("/api/chat")) == 7)
         d.cancel()
         d.addErrback(lambda f: None)
         await wait_for(lambda: not stack.service.gateway.active)
@@ -155,10 +158,10 @@ class ScriptedMixTests(TestCase):
         route = ("route", "chat_completions")
         post_ = ("method", "POST")
         self.assertEqual(named(scrape, "qwengate_requests_total"), {
-            (("code", "200"), post_, ("model", MODEL), route): 3.0,
-            (("code", "401"), post_, ("model", MODEL), route): 2.0,
-            (("code", "403"), post_, ("model", MODEL), route): 1.0,
-            (("code", "429"), post_, ("model", MODEL), route): 1.0,
+            (("code", "200"), post_, ("model", MODEL), route): 4.0,
+            (("code", "401"), post_, ("model", "none"), route): 2.0,
+            (("code", "403"), post_, ("model", "none"), route): 1.0,
+            (("code", "429"), post_, ("model", "none"), route): 1.0,
             (("code", "500"), post_, ("model", MODEL), route): 1.0,
             (("code", "504"), post_, ("model", MODEL), route): 1.0,
             (("code", "499"), post_, ("model", MODEL), route): 1.0,
@@ -176,7 +179,7 @@ class ScriptedMixTests(TestCase):
                              if ("stage", "connection") in labels), 0.0)
         upstream = stack.service.upstream.where
         self.assertEqual(named(scrape, "qwengate_upstream_requests_total"), {
-            (("outcome", "ok"), ("upstream", upstream)): 3.0,
+            (("outcome", "ok"), ("upstream", upstream)): 4.0,
             (("outcome", "server_error"), ("upstream", upstream)): 1.0,
             (("outcome", "timeout"), ("upstream", upstream)): 1.0,
             (("outcome", "cancelled"), ("upstream", upstream)): 1.0,
@@ -188,15 +191,15 @@ class ScriptedMixTests(TestCase):
             named(scrape, "qwengate_time_to_first_token_seconds_count"),
             {(("model", MODEL), route): 1.0})
         self.assertEqual(
-            named(scrape, "qwengate_request_duration_seconds_count"), {(route,): 10.0})
+            named(scrape, "qwengate_request_duration_seconds_count"), {(route,): 11.0})
         self.assertEqual(
-            named(scrape, "qwengate_gateway_overhead_seconds_count"), {(route,): 10.0})
+            named(scrape, "qwengate_gateway_overhead_seconds_count"), {(route,): 11.0})
         self.assertEqual(named(scrape, "qwengate_requests_in_flight"), {(): 0.0})
         self.assertEqual(named(scrape, "qwengate_streams_open"), {(): 0.0})
         self.assertEqual(named(scrape, "qwengate_upstream_up"), {(("upstream", upstream),): 1.0})
         self.assertEqual(
             named(scrape, "qwengate_ollama_eval_duration_seconds_count"),
-            {(("model", MODEL),): 3.0})
+            {(("model", MODEL),): 4.0})
         vram = named(scrape, "qwengate_upstream_model_vram_bytes")
         self.assertEqual(list(vram), [(("model", MODEL), ("upstream", upstream))])
         self.assertGreater(vram[(("model", MODEL), ("upstream", upstream))], 0)
@@ -215,7 +218,7 @@ class ScriptedMixTests(TestCase):
         stack.service.observe.audit.sink.flush()
         with open(audit, "rb") as f:
             lines = [json.loads(line) for line in f]
-        self.assertEqual(len(lines), 10)
+        self.assertEqual(len(lines), 11)
         for line in lines:
             self.assertEqual(list(line), list(FIELDS))
         first = lines[0]
@@ -234,7 +237,7 @@ class ScriptedMixTests(TestCase):
         self.assertTrue(lines[1]["stream"])
         self.assertIsNotNone(lines[1]["ttft_ms"])
         self.assertEqual([line["status"] for line in lines],
-                         [200, 200, 401, 401, 403, 200, 429, 500, 504, 499])
+                         [200, 200, 401, 401, 403, 200, 200, 429, 500, 504, 499])
         gone = lines[-1]
         self.assertEqual((gone["status"], gone["outcome"]), (499, "client_gone"))
         self.assertEqual(lines[4]["error_code"], "address_banned")

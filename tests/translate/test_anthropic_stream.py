@@ -147,7 +147,7 @@ class MessagesStreamTests(SynchronousTestCase):
             line("more")))
         self.assertEqual(events[-1], {"type": "error", "error": {
             "type": "api_error",
-            "message": "an error was encountered while running the model"}})
+            "message": "the model server failed during generation"}})
         self.assertNotIn("message_stop", [e["type"] for e in events])
         self.assertEqual(translator.outcome, "error")
 

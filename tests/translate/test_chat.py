@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.errors import ApiError
+from qwen_twist.translate.messages import json_chars
 from qwen_twist.translate.chat import (
     ChatOptions,
     chat_request,
@@ -463,8 +464,8 @@ class ChatRequestFieldTests(_Rejects, SynchronousTestCase):
 
     def test_prompt_chars(self):
         """
-        C{prompt_chars} counts the text of every message, reasoning and tool
-        arguments, but not images.
+        C{prompt_chars} counts the text of every message, reasoning, tool
+        arguments, tool call ids and names, but not images.
         """
         request = chat_request({"model": "m", "messages": [
             {"role": "system", "content": "abcd"},
@@ -476,7 +477,31 @@ class ChatRequestFieldTests(_Rejects, SynchronousTestCase):
                              "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "c", "content": "12345"},
         ]})
-        self.assertEqual(request.prompt_chars, 4 + 5 + 3 + 2 + 2 + 5)
+        # ids and names: "c" and "f" on the call, "c" and "f" on the result.
+        self.assertEqual(request.prompt_chars, 4 + 5 + 3 + 2 + 2 + 5 + 4)
+
+    def test_prompt_chars_everything_the_model_reads(self):
+        """
+        Tool definitions, object arguments, the response schema and stop
+        strings count: 200,000 characters hidden there are no longer
+        invisible to the prompt limit.
+        """
+        big = "d" * 50000
+        request = chat_request({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "id1", "type": "function",
+                     "function": {"name": "f", "arguments": {"x": big}}}]},
+                {"role": "tool", "tool_call_id": "id1", "content": "ok"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "description": big}}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "s", "schema": {"description": big}}},
+            "stop": [big[:10000]] * 4,
+        })
+        self.assertGreater(request.prompt_chars, 190000)
 
     def test_frozen(self):
         """
@@ -770,10 +795,17 @@ class OpenClawRequestTests(SynchronousTestCase):
              request.max_tokens),
             ("/api/chat", "qwen3:32b", True, True, 8192),
         )
+        # Tool definitions, call ids and names are read by the model too.
+        messages = request.payload["messages"]
+        names_and_ids = sum(
+            len(call["id"]) + len(call["function"]["name"])
+            for m in messages for call in m.get("tool_calls", ())
+        ) + sum(len(m.get("tool_call_id", "")) + len(m.get("tool_name", "")) for m in messages)
         self.assertEqual(
             request.prompt_chars,
             40000 + 29 + len('{"command":"ls ~"}') + len('{"path":"~/notes.md"}')
-            + 12 + 7 + 26 + len("Summarise notes.md\n[OpenClaw: channel=webchat]"),
+            + 12 + 7 + 26 + len("Summarise notes.md\n[OpenClaw: channel=webchat]")
+            + json_chars(expected_tools) + names_and_ids,
         )
 
     def test_no_copies_of_large_values(self):

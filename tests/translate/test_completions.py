@@ -140,7 +140,7 @@ class CompletionRequestTests(SynchronousTestCase):
                          "frequency_penalty": 0.1, "presence_penalty": -0.1}},
         )
         self.assertEqual((request.stream, request.include_usage, request.prompt_chars),
-                         (True, True, 6 + 13))
+                         (True, True, 6 + 13 + 2))
 
     def test_logprobs(self):
         """

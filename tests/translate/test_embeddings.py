@@ -6,6 +6,8 @@ Tests for L{qwen_twist.translate.embeddings}: reference sections 5.3 and
 from __future__ import annotations
 
 import base64
+import json
+import random
 import struct
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,6 +16,7 @@ from qwen_twist.errors import ApiError
 from qwen_twist.translate.embeddings import (
     embeddings_request,
     embeddings_response,
+    embeddings_response_bytes,
     encode_base64,
 )
 
@@ -199,3 +202,68 @@ class EmbeddingsResponseTests(SynchronousTestCase):
             error = self.assertRaises(ApiError, embeddings_response, native, model="e",
                                       encoding_format="base64")
             self.assertEqual(error.status, 502, native)
+
+
+class InputBoundTests(SynchronousTestCase):
+    """
+    At most 2,048 inputs per request (OpenAI's bound), or as configured.
+    """
+
+    def test_bound(self):
+        """
+        2,049 inputs are a 400 naming C{input}; 2,048 pass; a smaller
+        configured bound applies.
+        """
+        body = {"model": "e", "input": ["x"] * 2049}
+        error = self.assertRaises(ApiError, embeddings_request, body)
+        self.assertEqual((error.status, error.param, error.code), (400, "input", "too_many_inputs"))
+        body["input"] = ["x"] * 2048
+        embeddings_request(body)
+        self.assertRaises(ApiError, embeddings_request, body, max_inputs=10)
+
+
+class ResponseBytesTests(SynchronousTestCase):
+    """
+    The vector-at-a-time translator gives the same answer as the whole one.
+    """
+
+    def translate(self, raw, encoding_format):
+        pieces = embeddings_response_bytes(raw, model="e", encoding_format=encoding_format)
+        self.assertIsNotNone(pieces)
+        return json.loads(b"".join(pieces))
+
+    def test_same_as_whole(self):
+        """
+        For float and base64, with spacing and counts, the result equals
+        L{embeddings_response} of the decoded body.
+        """
+        rng = random.Random(7)
+        native = {"model": "e", "embeddings": [[rng.uniform(-1, 1) for _ in range(64)]
+                                               for _ in range(5)],
+                  "total_duration": 1, "prompt_eval_count": 12}
+        for raw in (json.dumps(native).encode(), json.dumps(native, indent=2).encode(),
+                    json.dumps(native, separators=(",", ":")).encode()):
+            for fmt in ("float", "base64"):
+                self.assertEqual(self.translate(raw, fmt),
+                                 embeddings_response(native, model="e", encoding_format=fmt))
+
+    def test_empty_and_odd_shapes(self):
+        """
+        No vectors is an empty list; a body without the key, or with it
+        nested, is left to the whole decoder (L{None}).
+        """
+        self.assertEqual(self.translate(b'{"embeddings":[]}', "float")["data"], [])
+        for raw in (b'{"x":1}', b'{"a":{"embeddings":[[1]]}}', b'{"model":"embeddings"}'):
+            self.assertIsNone(embeddings_response_bytes(raw, model="e", encoding_format="float"))
+
+    def test_malformed(self):
+        """
+        Vectors that are not lists of numbers are 502s.
+        """
+        for raw in (b'{"embeddings":[["a"]]}', b'{"embeddings":[[NaN]]}',
+                    b'{"embeddings":[[1,true]]}', b'{"embeddings":[1.0]}',
+                    b'{"embeddings":[[1e300]]}', b'{"embeddings":[[1]'):
+            fmt = "base64" if b"1e300" in raw else "float"
+            error = self.assertRaises(ApiError, embeddings_response_bytes, raw,
+                                      model="e", encoding_format=fmt)
+            self.assertEqual(error.status, 502, raw)

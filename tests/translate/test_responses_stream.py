@@ -162,7 +162,7 @@ class ResponsesStreamTests(SynchronousTestCase):
         self.assertEqual(events[-1]["type"], "response.failed")
         self.assertEqual(events[-1]["response"]["error"], {
             "code": "server_error",
-            "message": "an error was encountered while running the model"})
+            "message": "the model server failed during generation"})
         self.assertEqual(translator.outcome, "error")
         events, _ = translate(ndjson(line("Par")))
         self.assertEqual(events[-1]["response"]["error"]["message"],

@@ -672,14 +672,15 @@ class FailureTests(StreamTestCase):
     def test_tv25_mid_stream_error(self):
         """
         TV-25 / E6: a native C{{"error": ...}} line becomes an error event
-        with its text; no finish chunk, no C{[DONE]}.
+        with a stable text (Ollama's own is kept for the log only); no
+        finish chunk, no C{[DONE]}.
         """
         body = ndjson(chat_line("Par"),
                       {"error": "an error was encountered while running the model"},
                       final())
         events = self.events(body, success=False)
         self.assertEqual(deltas(events), [ROLE_DELTA, {"content": "Par"}])
-        self.assertFailed(events, "an error was encountered while running the model")
+        self.assertFailed(events, "the model server failed during generation", "upstream_error")
 
     def test_error_wins_over_payload(self):
         """
@@ -688,27 +689,30 @@ class FailureTests(StreamTestCase):
         """
         events = self.events(ndjson(chat_line("x", done=True, error="broke")), success=False)
         self.assertEqual(deltas(events), [ROLE_DELTA])
-        self.assertFailed(events, "broke")
+        self.assertFailed(events, "the model server failed during generation", "upstream_error")
 
     def test_error_object_and_empty_error(self):
         """
         An error given as an object uses its message; an empty C{error}
         is not a failure.
         """
-        events = self.events(ndjson({"error": {"message": "inner"}}), success=False)
-        self.assertFailed(events, "inner")
+        t = chat_translator()
+        events = parse_sse(self, run(t, [ndjson({"error": {"message": "inner"}})]))
+        self.assertFailed(events, "the model server failed during generation", "upstream_error")
+        self.assertEqual(t.upstream_error, "inner")
         events = self.events(ndjson(chat_line("a", error=""), final()))
         self.assertEqual(deltas(events)[1], {"content": "a"})
 
     def test_long_error_trimmed(self):
         """
-        An enormous upstream error text is cut rather than echoed whole.
+        An enormous upstream error text is never echoed, and is cut for
+        the log.
         """
         t = chat_translator()
         events = parse_sse(self, run(t, [ndjson({"error": "e" * 100000})]))
-        message = events[-1]["error"]["message"]
-        self.assertLess(len(message), 3000)
-        self.assertTrue(message.startswith("eee"))
+        self.assertEqual(events[-1]["error"]["message"], "the model server failed during generation")
+        self.assertLess(len(t.upstream_error), 3000)
+        self.assertTrue(t.upstream_error.startswith("eee"))
 
     def test_tv27_cut_without_done(self):
         """
@@ -805,13 +809,13 @@ class FailureTests(StreamTestCase):
         """
         t = chat_translator()
         run(t, [ndjson({"error": "x"})], end=False)
-        self.assertEqual((t.finished, t.outcome, t.error_message), (True, "error", "x"))
+        self.assertEqual((t.finished, t.outcome, t.error_message), (True, "error", "the model server failed during generation"))
         chunks = t.chunks
         self.assertEqual(t.feed(ndjson(chat_line("more"), final())), b"")
         self.assertEqual(t.end(), b"")
         self.assertEqual(t.fail("again"), b"")
         self.assertEqual(t.start(), b"")
-        self.assertEqual((t.outcome, t.error_message, t.chunks), ("error", "x", chunks))
+        self.assertEqual((t.outcome, t.error_message, t.chunks), ("error", "the model server failed during generation", chunks))
 
 
 class PropertyTests(SynchronousTestCase):
@@ -976,7 +980,7 @@ class CompletionStreamTests(StreamTestCase):
         Errors and cuts end a completions stream the same way as chat.
         """
         for body, message in [
-            (ndjson({"response": "a", "done": False}, {"error": "boom"}), "boom"),
+            (ndjson({"response": "a", "done": False}, {"error": "boom"}), "the model server failed during generation"),
             (ndjson({"response": "a", "done": False}),
              "upstream closed the stream before completion"),
             (b"{bad\n", "upstream sent invalid JSON"),
@@ -1077,7 +1081,7 @@ class OpenAISdkTests(SynchronousTestCase):
     def test_tv25_error_raises(self):
         """
         TV-25 SDK check: iterating a stream with a mid-stream error raises
-        C{openai.APIError} with the upstream text.
+        C{openai.APIError} with the gateway's stable text.
         """
         openai, _ = _openai()
         body = run(chat_translator(), [ndjson(
@@ -1089,8 +1093,7 @@ class OpenAISdkTests(SynchronousTestCase):
             for chunk in stream:
                 seen.append(chunk.choices[0].delta.content)
         self.assertEqual(seen, ["", "Par"])
-        self.assertEqual(caught.exception.message,
-                         "an error was encountered while running the model")
+        self.assertEqual(caught.exception.message, "the model server failed during generation")
 
     def test_completions_stream(self):
         """

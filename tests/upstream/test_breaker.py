@@ -460,7 +460,8 @@ class BreakerOpenTests(SynchronousTestCase):
         self.assertEqual(err.status, 503)
         self.assertEqual(err.code, "upstream_unavailable")
         self.assertEqual(dict(err.headers)["Retry-After"], "8")
-        self.assertIn("127.0.0.1:11434", err.message)
+        self.assertNotIn("127.0.0.1:11434", err.message)
+        self.assertIn("127.0.0.1:11434", err.detail)
 
     def test_header_at_least_one(self) -> None:
         """

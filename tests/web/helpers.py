@@ -21,6 +21,7 @@ from qwen_twist.interfaces import IUpstream
 from qwen_twist.pipeline import Gateway
 from qwen_twist.web.request import GatewaySite
 from qwen_twist.web.root import build_root
+from qwen_twist.web.screen import HeadScreen
 
 from tests.fakes import FakeResponse
 
@@ -147,10 +148,12 @@ class GatewayHarness:
         self.finished: list = []
         self.gate = Gate(self.config, self.clock)
         self.gateway = Gateway(
-            self.config, self.clock, self.upstream, hooks=self.gate.hooks, observers=[self]
+            self.config, self.clock, self.upstream, hooks=self.gate.hooks, observers=[self],
+            screens=self.gate.screens,
         )
         self.site = GatewaySite(
-            build_root(self.gateway), self.config, reactor=self.clock
+            build_root(self.gateway), self.config, reactor=self.clock,
+            screen=HeadScreen(self.gateway),
         )
 
     def call_finished(self, ctx: Any) -> None:

@@ -100,7 +100,8 @@ class MessagesPipelineTests(SynchronousTestCase):
         call.respond(503, {"error": "server busy, please try again."})
         got = named(self.response().body)
         self.assertEqual(got[-1], ("error", {"type": "error", "error": {
-            "type": "overloaded_error", "message": "server busy, please try again."}}))
+            "type": "overloaded_error",
+            "message": "the model server is unavailable; retry later"}}))
         self.assertTrue(self.response().complete)
         self.assertEqual(self.harness.finished[0].outcome, "truncated")
 
@@ -238,5 +239,6 @@ class ResponsesPipelineTests(SynchronousTestCase):
         got = named(body[len(b": keep-alive\n\n"):])
         self.assertEqual([name for name, _ in got],
                          ["response.created", "response.in_progress", "response.failed"])
+        # A stable message: Ollama's own text goes to the log only.
         self.assertEqual(got[-1][1]["response"]["error"]["message"],
-                         "llama runner process has terminated")
+                         "the model server failed to process the request")

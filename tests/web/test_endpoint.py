@@ -201,8 +201,8 @@ class UpstreamFailureTests(SynchronousTestCase):
 
     def test_unreachable(self) -> None:
         """
-        Connection refused is a 502 C{upstream_unavailable} naming the
-        upstream address only.
+        Connection refused is a 502 C{upstream_unavailable} that does not
+        name the upstream address.
         """
         transport, call = self.chat()
         call.deferred.errback(Failure(ierror.ConnectionRefusedError()))
@@ -210,7 +210,7 @@ class UpstreamFailureTests(SynchronousTestCase):
         self.assertEqual(response.status, 502)
         error = response.json()["error"]
         self.assertEqual(error["code"], "upstream_unavailable")
-        self.assertEqual(error["message"], "cannot reach Ollama at 127.0.0.1:11434")
+        self.assertEqual(error["message"], "cannot reach the model server")
 
     def test_cause_recorded(self) -> None:
         """
@@ -268,13 +268,38 @@ class UpstreamFailureTests(SynchronousTestCase):
 
     def test_model_not_found(self) -> None:
         """
-        Ollama's 404 is a 404 C{model_not_found} with Ollama's text.
+        Ollama's 404 is a 404 C{model_not_found} naming the model the
+        client asked for.
         """
         transport, call = self.chat()
         call.respond(404, {"error": "model 'nope' not found"})
         error = self.harness.response(transport).json()["error"]
         self.assertEqual(error["code"], "model_not_found")
-        self.assertEqual(error["message"], "model 'nope' not found")
+        self.assertEqual(error["message"], "model 'qwen3:8b' not found")
+
+    def test_upstream_internals_not_echoed(self) -> None:
+        """
+        A 500 whose text names a blob path and an internal address reaches
+        the client as a stable message and code; the text goes to the log
+        with the request id.
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged: list = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        transport, call = self.chat()
+        call.respond(500, {"error": "error loading model "
+                                    "/usr/share/ollama/.ollama/models/blobs/sha256-ab "
+                                    "from 10.1.2.3:11434"})
+        response = self.harness.response(transport)
+        self.assertEqual(response.status, 500)
+        self.assertNotIn(b"blobs", response.body)
+        self.assertNotIn(b"10.1.2.3", response.body)
+        self.assertEqual(response.json()["error"]["code"], "upstream_error")
+        request_id = response.headers["x-request-id"]
+        details = [e for e in logged if "10.1.2.3:11434" in str(e.get("detail", ""))]
+        self.assertEqual([e["request_id"] for e in details], [request_id])
 
     def test_garbage_body(self) -> None:
         """

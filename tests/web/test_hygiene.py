@@ -87,6 +87,24 @@ class StripTests(SynchronousTestCase):
             [{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "B"}],
         )
 
+    def test_one_name_both_shapes(self) -> None:
+        """
+        C{choices.message.X} also strips C{choices.delta.X} from stream
+        chunks, and C{choices.delta.X} strips the non-streaming field.
+        """
+        for name in ("choices.message.reasoning_content", "choices.delta.reasoning_content"):
+            tree = hygiene.compile_strip([name])
+            chunk = {"choices": [{"delta": {"reasoning_content": "r", "content": "c"}}]}
+            data = b"data: " + json.dumps(chunk).encode("ascii") + b"\n\n"
+            self.assertEqual(
+                json.loads(hygiene.strip_sse(data, tree).split(b"\n")[0][6:]),
+                {"choices": [{"delta": {"content": "c"}}]},
+            )
+            self.assertEqual(
+                [c["message"] for c in hygiene.strip(fresh(), tree)["choices"]],
+                [{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "B"}],
+            )
+
     def test_prefix_wins(self) -> None:
         """
         When one path is a prefix of another, the whole subtree goes, in

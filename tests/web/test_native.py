@@ -303,6 +303,22 @@ class ErrorShapeTests(NativeGateMixin, SynchronousTestCase):
             self.assertIn("too large", response.json()["error"])
         self.assertEqual(self.harness.upstream.calls, [])
 
+    def test_option_policy(self) -> None:
+        """
+        The option policy guards native bodies too: an option outside the
+        allow-list is a 400 in Ollama's shape before Ollama sees it, and
+        C{keep_alive} is clamped in the forwarded body.
+        """
+        self.make()
+        body = dict(CHAT, options={"num_gpu": 0})
+        _, transport = self.call("POST", "/api/chat", body, self.plain)
+        response = self.response(transport)
+        self.assertEqual(response.status, 400)
+        self.assertIn("num_gpu", response.json()["error"])
+        self.assertEqual(self.harness.upstream.calls, [])
+        self.call("POST", "/api/chat", dict(CHAT, keep_alive=0), self.plain)
+        self.assertGreater(self.last_upstream().payload["keep_alive"], 0)
+
     def test_invalid_bodies(self) -> None:
         """
         Invalid JSON, a non-object and a missing model are 400s in
@@ -318,15 +334,19 @@ class ErrorShapeTests(NativeGateMixin, SynchronousTestCase):
 
     def test_upstream_error_passed_on(self) -> None:
         """
-        Ollama's own errors keep their status and text (a 404 unknown
-        model, a 499) on native routes.
+        Ollama's own errors keep their status on native routes (a 404
+        unknown model, a 499), with the gateway's stable message: Ollama's
+        text never reaches clients (it can name paths and addresses).
         """
         self.make()
-        for status, text in ((404, "model 'x' not found"), (499, "request canceled")):
+        for status, text, shown in (
+                (404, "model 'x' not found", "model 'x' not found"),
+                (499, "request canceled at /var/lib/ollama",
+                 "the model server refused the request")):
             _, transport = self.call("POST", "/api/show", {"model": "x"}, self.plain)
             self.last_upstream().respond(status, {"error": text})
             response = self.response(transport)
-            self.assertEqual((response.status, response.json()), (status, {"error": text}))
+            self.assertEqual((response.status, response.json()), (status, {"error": shown}))
 
     def test_v1_keeps_openai_shape(self) -> None:
         """
@@ -437,7 +457,7 @@ class StreamTests(NativeGateMixin, SynchronousTestCase):
         self.last_upstream().respond(400, {"error": "\"m\" does not support generate"})
         response = self.response(transport)
         self.assertEqual((response.status, response.json()),
-                         (400, {"error": "\"m\" does not support generate"}))
+                         (400, {"error": "\"qwen3:8b\" does not support generate"}))
 
     def test_cut_midway(self) -> None:
         """

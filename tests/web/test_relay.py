@@ -170,7 +170,8 @@ class StreamTests(SynchronousTestCase):
         self.call.respond(500, {"error": "llama runner process has terminated"})
         response = self.response()
         got = events(response.body)
-        self.assertEqual(got[-1]["error"]["message"], "llama runner process has terminated")
+        self.assertEqual(got[-1]["error"]["message"],
+                         "the model server failed to process the request")
         self.assertNotIn("[DONE]", got)
         self.assertTrue(response.complete)
 
@@ -256,6 +257,32 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(upstream.transport.state, "producing")
         upstream.send(DONE)
         self.assertEqual(self.harness.finished[0].backpressure_pauses, 1)
+
+    def test_slow_reader_cut(self) -> None:
+        """
+        A client that reads nothing for C{streaming.slow_reader_timeout}
+        while the upstream is paused is cut: Ollama is stopped, the client
+        connection aborted and the GPU slot freed; a resume in time stops
+        the deadline.
+        """
+        harness = GatewayHarness({"streaming": {"slow_reader_timeout": 30.0},
+                                  "admission": {"slots": 1}})
+        channel, transport = harness.request("POST", "/v1/chat/completions", STREAM)
+        upstream = harness.upstream.calls[-1].respond_streaming()
+        upstream.send(content("a"))
+        transport.producer.pauseProducing()
+        harness.clock.advance(29)
+        transport.producer.resumeProducing()
+        transport.producer.pauseProducing()
+        harness.clock.advance(29)
+        self.assertEqual(upstream.transport.state, "paused")
+        self.assertEqual(harness.gate.queue.busy, 1)
+        harness.clock.advance(1)
+        self.assertEqual(upstream.transport.state, "stopped")
+        self.assertEqual(harness.gate.queue.busy, 0)
+        ctx = harness.finished[0]
+        self.assertEqual((ctx.outcome, ctx.error_code), ("truncated", "slow_reader"))
+        self.assertTrue(transport.disconnecting or getattr(transport, "disconnected", False))
 
     def test_client_disconnect(self) -> None:
         """
