@@ -229,6 +229,10 @@ class _Slash(resource.Resource):
         super().__init__()
         self.endpoint = endpoint
         self.unknown = unknown
+        # What the head screen reads to answer a refusal of C{/} as the
+        # endpoint would (Ollama's envelope, its route name).
+        self.error_style = endpoint.error_style
+        self.route = endpoint.route
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         return self.unknown

@@ -211,6 +211,15 @@ class ErrorShapeTests(NativeGateMixin, SynchronousTestCase):
             self.assertIn("Bearer", response.headers["www-authenticate"])
         self.assertEqual(self.harness.upstream.calls, [])
 
+    def test_no_key_on_probe(self) -> None:
+        """
+        Ollama's probe C{/} needs a key too, refused in Ollama's shape.
+        """
+        self.make()
+        _, transport = self.call("GET", "/")
+        response = self.response(transport)
+        self.assertEqual((response.status, response.json()), (401, {"error": "invalid api key"}))
+
     def test_x_api_key(self) -> None:
         """
         C{X-Api-Key} is accepted like C{Authorization: Bearer}.
