@@ -165,6 +165,19 @@ class OllamaClientTests(TestCase):
         self.assertEqual(await in_thread(run), (["qwen3:8b"], 403))
 
     @async_test
+    async def test_narrow_key_openai_models(self) -> None:
+        """
+        The OpenAI model list (C{GET /v1/models}) is filtered by the key's
+        models too: a narrow key sees the same one model on both APIs.
+        """
+        stack, keys = await native_stack(self)
+        client = stack.openai_client(api_key=keys["narrow"])
+        listed = await in_thread(lambda: [m.id for m in client.models.list()])
+        self.assertEqual(listed, ["qwen3:8b"])
+        wide = stack.openai_client(api_key=keys["plain"])
+        self.assertGreater(len(await in_thread(lambda: list(wide.models.list()))), 1)
+
+    @async_test
     async def test_rate_limit(self) -> None:
         """
         Over the key's request limit, the client raises C{ResponseError}
