@@ -78,6 +78,22 @@ class CommandTests(SynchronousTestCase):
             ("team b", ("qwen3:32b", "qwen3:8b"), 60, 90000, 1811808000.0, NOW),
         )
 
+    def test_add_scope(self) -> None:
+        """
+        C{--scope models:manage} (repeatable, alongside C{--scopes}) is
+        stored in the key's record; a key added without it has none; an
+        unknown scope is refused.
+        """
+        self.add("--id", "ops", "--scope", "models:manage", "--scopes", "admin")
+        self.add("--id", "app")
+        records = {r.id: r for r in keyfile.list_keys(self.path)}
+        self.assertEqual(records["ops"].scopes, ("admin", "models:manage"))
+        self.assertTrue(records["ops"].has_scope("models:manage"))
+        self.assertEqual(records["app"].scopes, ())
+        status, out, err = self.run_command("add", "--id", "x", "--scope", "models:all")
+        self.assertEqual(status, 1)
+        self.assertIn("unknown scope", err)
+
     def test_add_scopes(self) -> None:
         """
         C{--scopes} records extra rights (admin details on /ready, any

@@ -191,6 +191,19 @@ class KeyStoreTests(SynchronousTestCase):
         self.assertFalse(alice.allows_model("qwen3"))
         self.assertTrue(bob.allows_model("anything"))
 
+    def test_model_spellings(self) -> None:
+        """
+        An untagged name is its C{:latest} tag, as Ollama resolves it, in
+        either direction; other tags stay distinct, and a registry port
+        in the host part is not a tag.
+        """
+        record = keys.KeyRecord("k", keys.hash_key("x"), models=("qwen3", "llama3:latest"))
+        self.assertTrue(record.allows_model("qwen3:latest"))
+        self.assertTrue(record.allows_model("llama3"))
+        self.assertFalse(record.allows_model("qwen3:8b"))
+        self.assertEqual(keys.model_spellings("host:5000/m"),
+                         ("host:5000/m", "host:5000/m:latest"))
+
     def test_empty(self) -> None:
         """
         The empty store refuses everything.
@@ -234,6 +247,25 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(error.filename, path)
         self.assertTrue(str(error).startswith(path + ": "))
         return error
+
+    def test_scopes(self) -> None:
+        """
+        C{scopes} lists known scopes only; a record without the field has
+        none, and rewriting keeps the field out for such records (the file
+        stays readable by gateways that predate scopes).
+        """
+        store = self.load(
+            'keys:\n  - id: ops\n    hash: "%s"\n    scopes: [models:manage]\n'
+            '  - id: app\n    hash: "%s"\n' % (keys.hash_key("a"), keys.hash_key("b")))
+        ops, app = store.records
+        self.assertTrue(ops.has_scope("models:manage"))
+        self.assertFalse(app.has_scope("models:manage"))
+        rendered = keys.render(list(store.records)).decode()
+        self.assertEqual(rendered.count("scopes"), 1)
+        error = self.refused(
+            'keys:\n  - id: ops\n    hash: "%s"\n    scopes: [models:all]\n'
+            % (keys.hash_key("a"),))
+        self.assertIn("keys[0].scopes[0]: unknown scope 'models:all'", str(error))
 
     def test_missing_file(self) -> None:
         """
