@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from qwen_twist.gate.keyfile import add_key
 
-from tests.support import async_test, in_thread, start_stack
+from tests.support import async_test, in_thread, sdk, start_stack
 from tests.test_live import wait_for
 from tests.test_live_stream import slow_read
 
@@ -47,7 +47,7 @@ def ollama_client(testcase, stack, key, header="Authorization"):
     The official client, verifying the gateway's certificate with its CA
     (the keyword arguments go to C{httpx.Client}).
     """
-    import ollama
+    ollama = sdk("ollama")
 
     value = "Bearer " + key if header == "Authorization" else key
     context = ssl.create_default_context(cafile=stack.cafile)
@@ -116,7 +116,7 @@ class OllamaClientTests(TestCase):
         Without the scope, pull, delete and create raise C{ResponseError}
         403 and never reach Ollama; with it, a pull streams its progress.
         """
-        import ollama
+        ollama = sdk("ollama")
 
         stack, keys = await native_stack(self)
         plain = ollama_client(self, stack, keys["plain"])
@@ -149,7 +149,7 @@ class OllamaClientTests(TestCase):
         A key limited to one model sees only it in C{list()} and gets a
         403 for another model.
         """
-        import ollama
+        ollama = sdk("ollama")
 
         stack, keys = await native_stack(self)
         client = ollama_client(self, stack, keys["narrow"])
@@ -183,7 +183,7 @@ class OllamaClientTests(TestCase):
         Over the key's request limit, the client raises C{ResponseError}
         429 and the response carries C{Retry-After}.
         """
-        import ollama
+        ollama = sdk("ollama")
 
         stack, keys = await native_stack(
             self, {"rate_limits": {"per_ip_rate": 0, "per_key_requests": 1,
@@ -232,7 +232,7 @@ class OllamaClientTests(TestCase):
         Ollama failing mid-stream reaches the client as an Ollama-style
         error line, which the library raises.
         """
-        import ollama
+        ollama = sdk("ollama")
 
         stack, keys = await native_stack(self)
         stack.script.push(text="a b c d", error_line_after=1, error="model runner crashed")
