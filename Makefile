@@ -7,7 +7,7 @@
 ARGS ?=
 CONFIG ?= etc/qwengate/demo.yaml
 
-.PHONY: demo test test-debian12 test-newest bench check-config clean help
+.PHONY: demo test test-debian12 test-newest bench check-config deb check-deb clean help
 
 help:
 	./qwengate-dev help
@@ -29,6 +29,12 @@ bench:
 
 check-config:
 	./qwengate-dev check-config $(CONFIG)
+
+deb:
+	./qwengate-dev deb
+
+check-deb:
+	./qwengate-dev check-deb $(ARGS)
 
 clean:
 	./qwengate-dev clean

@@ -276,11 +276,14 @@ def bench_overrides() -> Dict[str, Any]:
 def twistd_command(python: str) -> List[str]:
     """
     The venv's C{twistd} script beside C{python} (C{python -m twisted} fails
-    in a venv on Twisted 22.4), else C{python -m twisted}.
+    in a venv on Twisted 22.4), or Debian's C{/usr/bin/twistd3} beside
+    C{/usr/bin/python3} (the package build's tests), else C{python -m
+    twisted}.
     """
-    script = Path(python).parent / "twistd"
-    if script.exists():
-        return [str(script)]
+    for name in ("twistd", "twistd3"):  # twistd3: Debian's python3-twisted
+        script = Path(python).parent / name
+        if script.exists():
+            return [str(script)]
     return [python, "-m", "twisted"]
 
 

@@ -90,7 +90,7 @@ class CallContext:
     # What the audit log and the metrics read (issue 11). ------------------
     #: How the caller authenticated (C{api_key}, C{jwt}, C{certificate}) or
     #: tried to; with C{auth_failure} (C{missing}, C{invalid},
-    #: C{model_not_allowed}) when it failed.
+    #: C{model_not_allowed}, C{scope_required}) when it failed.
     auth_method: Optional[str] = None
     auth_failure: Optional[str] = None
     #: Characters of prompt text the body carried.

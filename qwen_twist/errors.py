@@ -1,12 +1,22 @@
 # -*- test-case-name: tests.test_errors -*-
 """
-Every error a client can see, in the OpenAI envelope, in one place.
+Every error a client can see, in one place: in the OpenAI envelope, or on
+the Anthropic routes in Anthropic's, or on Ollama's native routes
+(C{/api/*}) in Ollama's C{{"error": "..."}}.
 
 Clients (the OpenAI SDKs in particular) decide what to do from the HTTP status
 and the C{error.code} field, so each failure is an L{ApiError} carrying both,
 and the only way a response body for a failure is produced is
 L{ApiError.body}. Nothing here knows about Twisted: resources catch
 L{ApiError} and write C{status}, C{headers} and C{body()}.
+
+Why several envelopes for one L{ApiError}: the gate's refusals (401, 403,
+429 with C{Retry-After}, 503 while draining) are the same on every route,
+but each family of clients reads its own shape; a client of Ollama's
+native API (the C{ollama} libraries, Open WebUI's Ollama connection) reads
+only C{error} as a string and raises its C{ResponseError} with it, and an
+OpenAI object there would be shown as a JSON blob. So the status and
+headers are shared and L{ApiError.body} picks the body shape per route.
 
 Upstream (Ollama) failures are mapped by L{from_upstream} following section 8
 of the protocol reference: the status class decides. Ollama's own text is
@@ -59,6 +69,10 @@ OPTION_OUT_OF_RANGE = "option_out_of_range"
 TOO_MANY_INPUTS = "too_many_inputs"
 PROMPT_TOO_LONG = "prompt_too_long"
 SLOW_READER = "slow_reader"
+MODEL_REQUIRED = "model_required"
+SCOPE_REQUIRED = "scope_required"
+ROUTE_REFUSED = "route_refused"
+UNKNOWN_URL = "unknown_url"
 
 #: Longest upstream error text kept for the log; the rest is cut so a
 #: misbehaving upstream cannot make us log megabytes.
@@ -143,11 +157,23 @@ class ApiError(Exception):
 
     def body(self, style: str = "openai") -> bytes:
         """
-        The response body: the envelope (C{style} C{"openai"} or
-        C{"anthropic"}) as compact UTF-8 JSON.
+        The response body: the envelope (C{style} C{"openai"},
+        C{"anthropic"} or C{"ollama"}) as compact UTF-8 JSON.
         """
-        envelope = self.anthropic_envelope() if style == "anthropic" else self.envelope()
+        if style == "anthropic":
+            envelope = self.anthropic_envelope()
+        elif style == "ollama":
+            envelope = self.ollama_envelope()
+        else:
+            envelope = self.envelope()
         return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+
+    def ollama_envelope(self) -> dict:
+        """
+        Ollama's error object, C{{"error": "<text>"}}: what Ollama itself
+        answers (and writes as the last line of a failed stream).
+        """
+        return {"error": self.message}
 
     def __repr__(self) -> str:
         return "<ApiError %d %s param=%r code=%r: %s>" % (
@@ -350,6 +376,81 @@ def from_upstream(
     return ApiError(500, "the model server failed to process the request", "server_error",
                     code=UPSTREAM_ERROR, headers=(("x-should-retry", "false"),), detail=detail)
 
+
+# Ollama's native API ---------------------------------------------------------
+
+
+def from_upstream_native(status: int, body: bytes, model: Optional[str] = None) -> ApiError:
+    """
+    A non-2xx answer of Ollama on a native route: the message and code of
+    L{from_upstream} (never Ollama's own text), with Ollama's own status
+    for a 4xx, which its clients branch on (404 unknown model, 499).
+    """
+    if not 400 <= status <= 599:
+        return upstream_protocol_error()
+    err = from_upstream(status, body, True, model)
+    if 400 <= status < 500:
+        err.status = status
+    return err
+
+
+def model_required() -> ApiError:
+    """
+    400 for a native call without a model (Ollama's own text).
+    """
+    return invalid_request("model is required", "model", MODEL_REQUIRED)
+
+
+def body_not_object() -> ApiError:
+    """
+    400 for a native body that is JSON but not an object.
+    """
+    return invalid_request("request body must be a JSON object")
+
+
+def invalid_field(name: str, expected: str) -> ApiError:
+    """
+    400 for a native field of the wrong JSON type (the gateway reads it,
+    so it must be what Ollama would accept).
+    """
+    return invalid_request("%s must be %s" % (name, expected), name)
+
+
+def scope_required(path: str, scope: str) -> ApiError:
+    """
+    403 for a model-management route called without the key scope that
+    grants it (C{qwengate-keys add --scope models:manage}).
+    """
+    return ApiError(
+        403,
+        "%s is locked by the gateway: it needs an API key with the %r scope"
+        % (path, scope),
+        "permission_error",
+        code=SCOPE_REQUIRED,
+    )
+
+
+def route_refused(method: str, path: str) -> ApiError:
+    """
+    403 for an Ollama route the gateway never serves (it reaches outside
+    the host: web search and fetch, ollama.com sign-in).
+    """
+    return ApiError(
+        403,
+        "%s %s is not available through the gateway" % (method, path),
+        "permission_error",
+        code=ROUTE_REFUSED,
+    )
+
+
+def route_unknown(method: str, path: str) -> ApiError:
+    """
+    404 for a path under C{/api/} that is not one of Ollama's served ones.
+    """
+    return ApiError(
+        404, "unknown API endpoint: %s %s" % (method, path), "invalid_request_error",
+        code=UNKNOWN_URL,
+    )
 
 # The gate's refusals ---------------------------------------------------------
 

@@ -282,3 +282,45 @@ class ConnectionRefusalTests(SynchronousTestCase):
         error = errors.body_too_slow(10.0, 1024)
         self.assertEqual((error.status, error.code), (408, "request_timeout"))
         self.assertIn("less than 10240 bytes arrived in 10 seconds", error.message)
+
+
+class OllamaStyleTests(SynchronousTestCase):
+    """
+    The Ollama envelope of Ollama's native routes, and how their upstream
+    errors are passed on.
+    """
+
+    def test_body(self) -> None:
+        """
+        C{body("ollama")} is Ollama's C{{"error": "<text>"}}, compact; the
+        status and headers are the error's own.
+        """
+        error = errors.rate_limited("rate limit exceeded for this key", 2.5)
+        self.assertEqual(error.body("ollama"), b'{"error":"rate limit exceeded for this key"}')
+        self.assertEqual((error.status, dict(error.headers)["Retry-After"]), (429, "3"))
+
+    def test_native_upstream_kept(self) -> None:
+        """
+        A native route keeps Ollama's 4xx status (499 included) with the
+        stable message, never Ollama's text; 429 and 503 gain
+        C{Retry-After}; a non-error status is a 502.
+        """
+        error = errors.from_upstream_native(499, b'{"error":"request canceled"}')
+        self.assertEqual((error.status, error.body("ollama")),
+                         (499, b'{"error":"the model server refused the request"}'))
+        self.assertEqual(errors.from_upstream_native(404, b"", "m:1").message,
+                         "model 'm:1' not found")
+        self.assertEqual(dict(errors.from_upstream_native(503, b"busy").headers),
+                         {"Retry-After": "1"})
+        self.assertEqual(errors.from_upstream_native(302, b"").status, 502)
+
+    def test_refusals(self) -> None:
+        """
+        Locked management and refused routes are 403s naming what to do.
+        """
+        locked = errors.scope_required("/api/pull", "models:manage")
+        self.assertEqual(locked.status, 403)
+        self.assertIn("'models:manage' scope", locked.message)
+        refused = errors.route_refused("POST", "/api/me")
+        self.assertEqual((refused.status, refused.code), (403, errors.ROUTE_REFUSED))
+        self.assertEqual(errors.route_unknown("GET", "/api/x").status, 404)

@@ -84,8 +84,16 @@ def canned(call: Any) -> Tuple[bytes, bool]:
         count = len(inputs) if isinstance(inputs, list) else 1
         return _ndjson([{"model": MODEL, "embeddings": [[0.25, -0.5, 1.0]] * count,
                          "prompt_eval_count": count}]), False
-    if call.path == "/api/tags":
+    if call.path in ("/api/tags", "/api/ps"):
         return _ndjson([_TAGS]), False
+    if call.path == "/":
+        return b"Ollama is running", False
+    if call.path == "/api/embeddings":
+        return _ndjson([{"embedding": [0.25, -0.5, 1.0]}]), False
+    if call.path in ("/api/pull", "/api/push", "/api/create"):
+        return _ndjson([{"status": "pulling manifest"}, {"status": "success"}]), stream
+    if call.path in ("/api/copy", "/api/delete") or call.path.startswith("/api/blobs/"):
+        return b"", False
     if call.path == "/api/show":
         return _ndjson([_SHOW]), False
     if call.path == "/api/version":
@@ -318,12 +326,20 @@ def build_request(method: str, path: str, header_list: List[Tuple[str, str]],
     return head + b"\r\n\r\n" + (body or b"")
 
 
+def is_native(path: str) -> bool:
+    """
+    Whether C{path} is served by Ollama's native API (C{/}, C{/api/...}).
+    """
+    path = path.split("?", 1)[0]
+    return path == "/" or path == "/api" or path.startswith("/api/")
+
+
 def leftover_timers(harness: GatewayHarness) -> list:
     """
     Timers of a connection or a stream still pending (the gate's own
     housekeeping timers, if any, are not a connection's).
     """
-    owners = ("Channel", "SseResponse", "UpstreamRelay")
+    owners = ("Channel", "SseResponse", "NdjsonResponse", "UpstreamRelay")
     return [call for call in harness.clock.getDelayedCalls()
             if any(owner in repr(call.func) for owner in owners)]
 
@@ -399,7 +415,11 @@ class PipelineFuzzTests(SynchronousTestCase):
                     response.finish()
         if not gone:
             self.check_response(transport.value(), method, told_to_fail, path)
-            if cut:
+            if cut and is_native(path):
+                # A native stream cut midway ends with Ollama's error line.
+                self.assertNotIn(b'"done":true', transport.value())
+                self.assertIn(b'\n{"error":', transport.value())
+            elif cut:
                 self.assertNotIn(b"data: [DONE]", transport.value())
                 self.assertIn(b'data: {"error":', transport.value())
             channel.connectionLost(Failure(ierror.ConnectionDone()))
@@ -422,11 +442,18 @@ class PipelineFuzzTests(SynchronousTestCase):
                 self.assertEqual(response.json()["status"], "unavailable")
                 return
             error = response.json()["error"]
+            if is_native(path):
+                # Ollama's native API: Ollama's own error shape.
+                self.assertIsInstance(error, str)
+                return
             self.assertEqual(set(error), {"message", "type", "param", "code"})
             self.assertIsInstance(error["message"], str)
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             self.assertTrue(response.complete)
             self.assertTrue(response.body.endswith(b"\n\n"))
+        if response.headers.get("content-type", "").startswith("application/x-ndjson"):
+            self.assertTrue(response.complete)
+            self.assertTrue(response.body.endswith(b"\n"))
 
     @FUZZ
     @given(body=bodies, plan=plans, header_list=headers,

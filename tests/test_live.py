@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 import treq
 
-from tests.support import admin_key, async_test, in_thread, start_stack
+from tests.support import admin_key, async_test, in_thread, sdk, start_stack
 
 CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -90,7 +90,7 @@ class ChatTests(TestCase):
         An unknown model raises C{openai.NotFoundError} with
         C{code == "model_not_found"}.
         """
-        import openai
+        openai = sdk("openai")
 
         stack = await start_stack(self)
         client = stack.openai_client()
@@ -111,7 +111,7 @@ class ChatTests(TestCase):
         Malformed JSON, wrong types, empty messages and C{n: 2} are 400s
         with C{param}, and none reaches Ollama.
         """
-        import openai
+        openai = sdk("openai")
 
         stack = await start_stack(self)
         client = stack.openai_client()

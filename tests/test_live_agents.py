@@ -17,7 +17,7 @@ import treq
 
 from qwen_twist.gate.keyfile import add_key
 
-from tests.support import async_test, in_thread, start_stack
+from tests.support import async_test, in_thread, sdk, start_stack
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -44,7 +44,7 @@ class AnthropicMessagesTests(TestCase):
         C{messages.create}: a C{Message} with a text block, C{end_turn},
         usage from Ollama's counts; system and max_tokens reach Ollama.
         """
-        import anthropic
+        anthropic = sdk("anthropic")
 
         stack = await start_stack(self)
         stack.script.push(text="Hello there!", prompt_eval_count=11, thinking="")
@@ -73,7 +73,7 @@ class AnthropicMessagesTests(TestCase):
         SDK's helper into the final message; usage arrives with
         C{message_delta}.
         """
-        import anthropic
+        anthropic = sdk("anthropic")
 
         stack = await start_stack(self)
         stack.script.push(text="Four.", thinking="Two plus two.", prompt_eval_count=9)
@@ -197,7 +197,7 @@ class AnthropicMessagesTests(TestCase):
         An upstream error line mid-stream is an C{error} event: the SDK
         raises, and no C{message_stop} is sent.
         """
-        import anthropic
+        anthropic = sdk("anthropic")
 
         stack = await start_stack(self)
         stack.script.push(text="one two three four", thinking="", error_line_after=2)
@@ -227,7 +227,7 @@ class AnthropicMessagesTests(TestCase):
         Unknown model -> C{NotFoundError}; missing max_tokens ->
         C{BadRequestError} with Anthropic's C{invalid_request_error}.
         """
-        import anthropic
+        anthropic = sdk("anthropic")
 
         stack = await start_stack(self)
         client = stack.anthropic_client()
@@ -251,7 +251,7 @@ class AnthropicMessagesTests(TestCase):
         A wrong x-api-key is the SDK's C{AuthenticationError} (Anthropic
         envelope, C{authentication_error}); the right key works.
         """
-        import anthropic
+        anthropic = sdk("anthropic")
 
         path, key = _keys_file(self)
         stack = await start_stack(self, {"auth": {"required": True, "keys_file": path}})
@@ -271,7 +271,7 @@ class AnthropicMessagesTests(TestCase):
         Over the per-key limit the 429 is a C{rate_limit_error}; the SDK
         waits for C{Retry-After} and its retry succeeds.
         """
-        import anthropic
+        anthropic = sdk("anthropic")
 
         path, key = _keys_file(self)
         stack = await start_stack(self, {
@@ -321,6 +321,7 @@ class ResponsesTests(TestCase):
         C{responses.create}: reasoning and message items, C{output_text},
         usage; the raw JSON validates as the SDK's C{Response}.
         """
+        sdk("openai")
         from openai.types.responses import Response
 
         stack = await start_stack(self)
@@ -427,7 +428,7 @@ class ResponsesTests(TestCase):
         C{responses.parse} with a Pydantic model: C{text.format}
         json_schema reaches Ollama as C{format}; the SDK parses the answer.
         """
-        import pydantic
+        pydantic = sdk("pydantic")
 
         class Weather(pydantic.BaseModel):
             city: str
@@ -449,7 +450,7 @@ class ResponsesTests(TestCase):
         gateway keeps no state; built-in tools are 400s; nothing reaches
         Ollama.
         """
-        import openai
+        openai = sdk("openai")
 
         stack = await start_stack(self)
         client = stack.openai_client()

@@ -19,7 +19,7 @@ import treq
 
 from qwen_twist.gate.keyfile import add_key
 
-from tests.support import async_test, in_thread, start_stack
+from tests.support import async_test, in_thread, sdk, start_stack
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -111,7 +111,7 @@ class ApiKeyTests(TestCase):
         The SDK's api_key works as a Bearer key; a wrong one raises
         C{openai.AuthenticationError} with code C{invalid_api_key}.
         """
-        import openai
+        openai = sdk("openai")
 
         path, key = _keys_file(self)
         stack = await start_stack(self, {"auth": {"required": True, "keys_file": path}})
@@ -192,7 +192,7 @@ class BanAtAcceptTests(TestCase):
         and no word of the credential that was tried -- not a connection
         reset.
         """
-        import openai
+        openai = sdk("openai")
 
         path, key = _keys_file(self)
         stack = await start_stack(self, {"auth": {"required": True, "keys_file": path},
@@ -224,7 +224,7 @@ class BanAtAcceptTests(TestCase):
         Over C{connections.max_per_ip}, the SDK gets a 429
         C{too_many_connections} with C{Retry-After} instead of a reset.
         """
-        import openai
+        openai = sdk("openai")
 
         stack = await start_stack(self, {"connections": {"max_per_ip": 1}})
         holder = ssl.create_default_context(cafile=stack.cafile).wrap_socket(

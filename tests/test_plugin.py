@@ -28,7 +28,14 @@ from twisted.trial.unittest import SynchronousTestCase
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.path.join(REPO, "twisted", "plugins", "qwengate_plugin.py")
 CHECKOUT_CACHE = os.path.join(REPO, "twisted", "plugins", "dropin.cache")
+#: Whether this is a source checkout; the autopkgtest (debian/tests/unit)
+#: runs the suite from a copy without the package, against the installed one.
+IN_CHECKOUT = os.path.isfile(PLUGIN) and os.path.isdir(os.path.join(REPO, "qwen_twist"))
+NOT_CHECKOUT = "not a source checkout (the suite runs against the installed package)"
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+if not os.path.exists(TWISTD) and os.path.exists("/usr/bin/twistd3"):
+    # Debian's python3-twisted names it twistd3 (the package build's tests).
+    TWISTD = "/usr/bin/twistd3"
 
 
 def environment(pythonpath: str) -> Dict[str, str]:
@@ -40,6 +47,9 @@ def environment(pythonpath: str) -> Dict[str, str]:
     env["PYTHONPATH"] = pythonpath
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env.pop("PYTHONHOME", None)
+    # Set by a Debian package build: setuptools would then lay the wheel
+    # out as a system install (usr/lib/python3.X/dist-packages/...).
+    env.pop("DEB_PYTHON_INSTALL_LAYOUT", None)
     return env
 
 
@@ -96,6 +106,10 @@ class CheckoutPluginTests(SynchronousTestCase):
     From a source checkout (repository root on C{sys.path}, as
     C{qwengate-dev} runs twistd).
     """
+
+    def setUp(self) -> None:
+        if not IN_CHECKOUT:
+            raise self.skipTest(NOT_CHECKOUT)
 
     def test_found_by_getplugins(self):
         """
@@ -217,6 +231,22 @@ class InstalledPluginTests(SynchronousTestCase):
         the directory is removed when the test process exits.
         """
         cls.prepared = True
+        import importlib.util
+
+        if not IN_CHECKOUT:
+            cls.skip_reason = NOT_CHECKOUT
+            return
+
+        if os.environ.get("DEB_PYTHON_INSTALL_LAYOUT"):
+            # A Debian package build (pybuild sets it): the .deb's own
+            # install is checked by tests/packaging/check-deb.sh instead.
+            cls.skip_reason = "inside a Debian package build: the wheel install is not what ships"
+            return
+        if importlib.util.find_spec("pip") is None:
+            # A Debian package build has no pip (the .deb's own install is
+            # checked by tests/packaging/check-deb.sh).
+            cls.skip_reason = "pip is not installed: cannot build and install a wheel"
+            return
         cls.tmp = tempfile.mkdtemp(prefix="qwengate-install-")
         atexit.register(shutil.rmtree, cls.tmp, True)
         source = os.path.join(cls.tmp, "src")
@@ -225,6 +255,7 @@ class InstalledPluginTests(SynchronousTestCase):
             source,
             ignore=shutil.ignore_patterns(
                 ".git", ".venv*", "build", "dist", "_trial_temp*", "state", ".hypothesis",
+                ".pybuild", "debian",
                 "*.egg-info", "__pycache__", "dropin.cache",
             ),
         )

@@ -112,6 +112,21 @@ class ParseSummaryLineTests(SynchronousTestCase):
         )
         self.assertEqual(counts, trial_summary.TrialCounts("PASSED", successes=3))
 
+    def test_plain_line(self):
+        """
+        The plain C{N passed, M failed[, K skipped]} line of the packaging
+        check is read as a summary, so its failures fail CI.
+        """
+        self.assertEqual(
+            trial_summary.parse_summary_line("41 passed, 2 failed\n"),
+            trial_summary.TrialCounts("FAILED", successes=41, failures=2),
+        )
+        self.assertEqual(
+            trial_summary.parse_summary_line("5 passed, 0 failed, 1 skipped"),
+            trial_summary.TrialCounts("PASSED", successes=5, skips=1),
+        )
+        self.assertIsNone(trial_summary.parse_summary_line("5 passed"))
+
     def test_not_a_summary(self):
         """
         Lines that merely resemble a summary are not taken for one.
@@ -288,6 +303,18 @@ class MainTests(SynchronousTestCase):
         status = trial_summary.main(["--run", "newest", log, "0", "--run", "x", log, "0"])
         self.assertEqual(self.output.getvalue().splitlines()[-1], "6 passed, 0 failed")
         self.assertEqual(status, 0)
+
+    def test_packaging_check_counted(self):
+        """
+        A packaging check log ending in its plain line is added to the
+        trial runs; its failure makes the total fail.
+        """
+        trial = self.write_log("newest.log", PASSING_LOG)
+        deb = self.write_log("deb.log", "ok - built\nnot ok - lintian\n40 passed, 1 failed\n")
+        status = trial_summary.main(["--run", "newest", trial, "0", "--run", "deb", deb, "1"])
+        lines = self.output.getvalue().splitlines()
+        self.assertEqual(lines[-2:], ["[deb] 40 passed, 1 failed", "190 passed, 1 failed, 2 skipped"])
+        self.assertEqual(status, 1)
 
     def test_missing_log_is_a_failure(self):
         """

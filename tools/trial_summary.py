@@ -48,6 +48,8 @@ KNOWN_COUNTERS = frozenset(
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SUMMARY_LINE = re.compile(r"^(PASSED|FAILED)(?: \(([^()]*)\))?$")
 _COUNTER = re.compile(r"^([A-Za-z]+)=([0-9]+)$")
+#: The plain line of a check that is not trial (tests/packaging/check-deb.sh).
+_PLAIN_LINE = re.compile(r"^([0-9]+) passed, ([0-9]+) failed(?:, ([0-9]+) skipped)?$")
 
 
 @dataclass(frozen=True)
@@ -125,11 +127,20 @@ def parse_summary_line(line: str) -> Optional[TrialCounts]:
     Parse one line if it is exactly a trial summary line.
 
     @param line: one line of trial output, with or without its newline and
-        with or without terminal colour codes.
+        with or without terminal colour codes. The plain C{N passed, M
+        failed[, K skipped]} line of a non-trial check (the packaging check
+        run by C{qwengate-dev test} as root in CI) counts as a summary too.
     @return: the counters, or L{None} when the line is not a summary (any
         unknown counter name makes it not a summary).
     """
     text = _ANSI_ESCAPE.sub("", line).strip()
+    plain = _PLAIN_LINE.match(text)
+    if plain is not None:
+        passed, failed, skipped = (int(g or 0) for g in plain.groups())
+        return TrialCounts(
+            status="FAILED" if failed else "PASSED",
+            successes=passed, failures=failed, skips=skipped,
+        )
     match = _SUMMARY_LINE.match(text)
     if match is None:
         return None

@@ -14,6 +14,7 @@ Usage::
 
     qwengate-keys [--file PATH] add --id ID [--owner O] [--models a,b]
                   [--rpm N] [--tpm N] [--expires 2027-01-01T00:00:00Z | --days N]
+                  [--scopes a,b] [--scope models:manage]
     qwengate-keys [--file PATH] list
     qwengate-keys [--file PATH] revoke --id ID
 
@@ -102,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tpm", type=_positive_int, help="tokens per minute for this key")
     add.add_argument(
         "--scopes", type=_models, default=[],
-        help="extra rights, comma-separated: admin, options:all (default: none)",
+        help="extra rights, comma-separated: %s (default: none)"
+             % (", ".join(sorted(keys.SCOPES)),),
+    )
+    add.add_argument(
+        "--scope", action="append", default=[], dest="scope",
+        help="one extra right (repeatable), e.g. --scope models:manage to unlock "
+             "Ollama's model management routes (/api/pull, /api/delete, ...)",
     )
     expiry = add.add_mutually_exclusive_group()
     expiry.add_argument(
@@ -128,7 +135,7 @@ def _add(options: argparse.Namespace, stdout: TextIO, stderr: TextIO, now: float
         models=tuple(options.models),
         requests_per_window=options.rpm,
         tokens_per_minute=options.tpm,
-        scopes=tuple(options.scopes),
+        scopes=tuple(dict.fromkeys(options.scopes + options.scope)),
         expires=expires,
         now=now,
     )

@@ -739,6 +739,21 @@ class Script:
         key = model_key(name)
         return self._by_key.get(key) if key is not None else None
 
+    def add_model(self, spec: ModelSpec) -> None:
+        """
+        A model appears (an emulated pull, create or copy).
+        """
+        self.models.append(spec)
+        self._by_key.setdefault(spec.parsed.key(), spec)
+
+    def remove_model(self, spec: ModelSpec) -> None:
+        """
+        A model disappears (an emulated delete).
+        """
+        self.models = [m for m in self.models if m is not spec]
+        self._by_key.pop(spec.parsed.key(), None)
+        self._loaded.discard(spec.parsed.key())
+
     def is_loaded(self, model: ModelSpec) -> bool:
         return model.parsed.key() in self._loaded
 

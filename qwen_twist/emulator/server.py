@@ -31,6 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from qwen_twist.emulator.api import Handler, OllamaApi
+from qwen_twist.emulator.manage import ModelManagement
 from qwen_twist.emulator.record import Record, RecordedRequest
 from qwen_twist.emulator.script import Script, ScriptError
 from qwen_twist.emulator.stream import reply
@@ -58,16 +59,20 @@ class EmulatorResource(Resource):
     def __init__(self, script: Script, record: Record, reactor: Any) -> None:
         super().__init__()
         self.api = OllamaApi(script, record, reactor)
+        self.manage = ModelManagement(self.api)
         self.record = record
         self.reactor = reactor
         self._routes = self.api.routes()
+        self._routes.update(self.manage.routes())
+        self._blobs = self.manage.blob_routes()
         self._control: Dict[bytes, Dict[bytes, Handler]] = {
             b"/_emulator/record": {b"GET": self._get_record},
             b"/_emulator/reset": {b"POST": self._reset},
             b"/_emulator/script": {b"GET": self._get_script, b"POST": self._set_script},
             b"/_emulator/queue": {b"POST": self._queue},
         }
-        self._bodyless = {self._reset}
+        # Blob uploads carry the file, not JSON.
+        self._bodyless = {self._reset, self._blobs[b"POST"]}
 
     @property
     def script(self) -> Script:
@@ -89,7 +94,10 @@ class EmulatorResource(Resource):
         control = self._control.get(path)
         if control is not None:
             return self._dispatch(request, control, method, raw, record=False)
-        return self._dispatch(request, self._routes.get(path), method, raw, record=True)
+        routes = self._routes.get(path)
+        if routes is None and path.startswith(b"/api/blobs/"):
+            routes = self._blobs
+        return self._dispatch(request, routes, method, raw, record=True)
 
     def _dispatch(self, request: Any, routes: Optional[Dict[bytes, Handler]],
                   method: bytes, raw: bytes, record: bool) -> Any:

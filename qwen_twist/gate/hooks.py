@@ -193,12 +193,19 @@ class IdentityHook:
         if not ctx.screened:
             self.authenticate(request, ctx)
         record = ctx.key_record
-        model = getattr(plan, "model", None) or ctx.model
-        if record is not None and model and not record.allows_model(model):
-            ctx.auth_failure = "model_not_allowed"
-            raise errors.forbidden(
-                "this API key may not use model %r" % (model,), errors.MODEL_NOT_ALLOWED
-            )
+        scope = getattr(plan, "scope", None)
+        if scope is not None and (record is None or not record.has_scope(scope)):
+            # Granted only to a key that names it: never to anonymous
+            # callers, JWT or certificate identities.
+            ctx.auth_failure = "scope_required"
+            raise errors.scope_required(ctx.path, scope)
+        models = getattr(plan, "models", None) or (getattr(plan, "model", None) or ctx.model,)
+        for model in models:
+            if record is not None and model and not record.allows_model(model):
+                ctx.auth_failure = "model_not_allowed"
+                raise errors.forbidden(
+                    "this API key may not use model %r" % (model,), errors.MODEL_NOT_ALLOWED
+                )
 
     def authenticate(self, request: Any, ctx: CallContext, count_failure: bool = True) -> None:
         """

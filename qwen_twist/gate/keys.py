@@ -86,6 +86,8 @@ SCOPES = {
     "admin": "see operational details (GET /ready lists upstreams and breakers)",
     "options:all": "send any native option, not just the sampling allow-list "
                    "(limits.allowed_options); the caps still apply",
+    "models:manage": "manage models through Ollama's native API (/api/pull, /api/push, "
+                     "/api/create, /api/copy, /api/delete, /api/blobs)",
 }
 _SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)?")
 
@@ -146,9 +148,13 @@ class KeyRecord:
 
     def allows_model(self, model: str) -> bool:
         """
-        Whether this key may call C{model}.
+        Whether this key may call C{model}; C{name} and C{name:latest}
+        are the same model (as Ollama resolves them).
         """
-        return not self.models or model in self.models
+        if not self.models:
+            return True
+        allowed = self.models
+        return any(name in allowed for name in model_spellings(model))
 
     def expired(self, now: float) -> bool:
         """
@@ -208,6 +214,21 @@ class KeyStore:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def model_spellings(model: str) -> Tuple[str, ...]:
+    """
+    The names Ollama resolves to one model: an untagged name is its
+    C{:latest} tag (C{qwen3} is C{qwen3:latest}); a host or namespace part
+    may itself contain a colon (C{host:5000/m}), so only the last path
+    segment is looked at.
+    """
+    last = model.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return (model, model + ":latest")
+    if last.endswith(":latest"):
+        return (model, model[: -len(":latest")])
+    return (model,)
 
 
 def new_key() -> str:

@@ -96,10 +96,13 @@ class OptionsHook:
         """
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> None:
-        if plan is None:
+        if plan is None or not getattr(plan, "needs_slot", True):
+            # Listing, showing, managing models: nothing is generated.
             return
         limits = self.config.limits
         payload = plan.payload
+        if not isinstance(payload, dict):
+            return
         options = payload.get("options")
         cap = limits.max_tokens
         if options:
@@ -118,7 +121,7 @@ class OptionsHook:
                     options["num_predict"] = limits.max_tokens
                 elif num_predict > 0:
                     cap = num_predict
-        if getattr(plan, "path", None) != "/api/embed":
+        if getattr(plan, "path", None) not in ("/api/embed", "/api/embeddings"):
             # Embeddings generate nothing: their reservation is the prompt.
             ctx.max_tokens = cap
         if "keep_alive" in payload:

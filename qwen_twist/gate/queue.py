@@ -560,8 +560,9 @@ class AdmissionHook:
     C{queue_full}) or 503 (waited too long, code C{queue_timeout}), both
     with C{Retry-After}; release(ctx) frees the ticket if one was granted.
 
-    Calls without a plan (the model list, one model's details) cost the
-    GPU nothing and pass without a slot.
+    Calls without a plan (the model list, one model's details), or whose
+    plan says C{needs_slot = False} (Ollama's native listing and management
+    routes), cost the GPU nothing and pass without a slot.
 
     @ivar queue: the L{SlotQueue} for new calls; may be replaced (a
         ticket is always given back to the queue that granted it).
@@ -571,7 +572,7 @@ class AdmissionHook:
         self.queue = queue
 
     def admit(self, request: Any, ctx: CallContext, plan: Any) -> Any:
-        if plan is None:
+        if plan is None or not getattr(plan, "needs_slot", True):
             request.setHeader(b"x-queue-wait-ms", b"0")
             return None
         owner = ctx.identity or "ip:" + ctx.client_ip

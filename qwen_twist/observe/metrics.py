@@ -84,7 +84,7 @@ CONNECTION_REFUSALS = {
     "total": "over_total_cap",
 }
 AUTH_METHODS = frozenset(["api_key", "jwt", "certificate"])
-AUTH_FAILURES = frozenset(["missing", "invalid", "model_not_allowed"])
+AUTH_FAILURES = frozenset(["missing", "invalid", "model_not_allowed", "scope_required"])
 BREAKER_STATES = ("closed", "open", "half_open")
 
 #: Error codes that mean "Ollama did not answer in time" / "could not be

@@ -203,21 +203,31 @@ class _StreamTranslator:
                 # Anything after done:true or an error is ignored.
                 return
 
-    def _line(self, line: bytes, out: List[bytes]) -> None:
+    def _decoded(self, line: bytes, out: List[bytes]) -> Optional[Dict[str, Any]]:
+        """
+        The native object of C{line}, or L{None} after appending the error
+        that ends the stream (invalid JSON, or an Ollama error line).
+        """
         try:
             native = _decode(line.decode("utf-8"))
         except (ValueError, RecursionError):
             out.append(self._error(INVALID_JSON))
-            return
+            return None
         if not isinstance(native, dict):
             out.append(self._error(INVALID_JSON))
-            return
+            return None
         error = native.get("error")
         if error:
             # Ollama's Go client treats any non-empty error as a failure,
             # whatever else the line holds (section 2.11).
             self.upstream_error = _error_text(error)
             out.append(self._error(UPSTREAM_FAILED, UPSTREAM_ERROR))
+            return None
+        return native
+
+    def _line(self, line: bytes, out: List[bytes]) -> None:
+        native = self._decoded(line, out)
+        if native is None:
             return
         self._payload(native, out)
         if native.get("done") is True:
@@ -258,6 +268,12 @@ class _StreamTranslator:
         self.chunks += 1
         # Release whatever partial line was buffered.
         self._splitter.flush()
+        return self._error_bytes(message, code)
+
+    def _error_bytes(self, message: str, code: Optional[str]) -> bytes:
+        """
+        How the stream tells its failure: one OpenAI error event.
+        """
         return error_event(message, "server_error", code)
 
 

@@ -349,7 +349,8 @@ class OllamaClient:
         """
         Start a request and fire with the response once its headers arrive.
 
-        @param payload: JSON body, or L{None} for none.
+        @param payload: JSON body, raw bytes (a native blob upload), or
+            L{None} for none.
         @param headers_timeout: seconds until response headers; defaults to
             C{upstream.timeouts.headers}. On expiry the request is cancelled
             (its connection closed) and the Deferred fails with
@@ -447,7 +448,10 @@ class OllamaClient:
         request_id: Optional[str] = None,
     ) -> "defer.Deferred[IResponse]":
         producer = None
-        if payload is not None:
+        if isinstance(payload, bytes):
+            # A native blob upload: the bytes are the file.
+            producer = _BytesProducer(payload)
+        elif payload is not None:
             producer = _BytesProducer(json.dumps(
                 payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         url = self._url(path)

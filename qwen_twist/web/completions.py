@@ -56,10 +56,33 @@ class GenerationResource(ApiResource):
     def translate_batch(self, natives: list, plan: Any, now: int) -> dict:
         raise NotImplementedError()
 
-    async def serve(self, request: Any, ctx: CallContext) -> None:
+    def stream_response(self, request: Any, plan: Any) -> SseResponse:
+        """
+        The client half of a stream: SSE here; Ollama's native routes
+        relay NDJSON through the same pipeline with their own framing.
+        """
+        return SseResponse(
+            request, self.gateway.clock, self.gateway.config.streaming.keepalive_interval,
+            self.keepalive,
+        )
+
+    def total_timeout(self, plan: Any) -> float:
+        """
+        The deadline of a whole stream (0: none, only the idle one).
+        """
+        return self.gateway.config.upstream.timeouts.total
+
+    def plan_request(self, request: Any, ctx: CallContext) -> Any:
+        """
+        The call's plan from the request (its C{model}, C{stream}, upstream
+        C{path} and C{payload}, and what the gate's hooks read).
+        """
         body = parse_json_body(request)
         note_request(ctx, body)
-        plan = self.translate_request(body)
+        return self.translate_request(body)
+
+    async def serve(self, request: Any, ctx: CallContext) -> None:
+        plan = self.plan_request(request, ctx)
         ctx.model = plan.model
         ctx.stream = plan.stream
         ctx.end_user = ids.clean_user(getattr(plan, "end_user", None)) or ctx.end_user
@@ -68,6 +91,12 @@ class GenerationResource(ApiResource):
         if plan.stream:
             await self.serve_stream(request, ctx, plan)
             return
+        await self.serve_whole(request, ctx, plan)
+
+    async def serve_whole(self, request: Any, ctx: CallContext, plan: Any) -> None:
+        """
+        A call answered in one piece.
+        """
         if plan.batch:
             # Several prompts: one upstream call each, in turn, inside the
             # one admission this request got.
@@ -90,9 +119,7 @@ class GenerationResource(ApiResource):
         gateway = self.gateway
         config = gateway.config
         translator = self.stream_translator(plan, int(gateway.now()))
-        response = SseResponse(
-            request, gateway.clock, config.streaming.keepalive_interval, self.keepalive
-        )
+        response = self.stream_response(request, plan)
 
         def committed() -> None:
             ctx.status = 200
@@ -113,7 +140,7 @@ class GenerationResource(ApiResource):
             ctx.upstream = upstream_of(upstream)
             if upstream.code != 200:
                 self.upstream_cause(ctx, upstream)
-                raise errors.from_upstream(
+                raise self.upstream_error(
                     upstream.code, await read_body(upstream), model=plan.model)
         except Exception as e:
             ctx.upstream_finished = gateway.now()
@@ -148,7 +175,7 @@ class GenerationResource(ApiResource):
             translator,
             gateway.clock,
             idle_timeout=config.upstream.timeouts.idle,
-            total_timeout=config.upstream.timeouts.total,
+            total_timeout=self.total_timeout(plan),
             first_token_timeout=config.upstream.timeouts.first_token,
             slow_reader_timeout=config.streaming.slow_reader_timeout,
         )

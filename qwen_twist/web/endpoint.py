@@ -82,6 +82,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not valid JSON" % (name,))
 
 
+def check_body_size(request: Any) -> None:
+    """
+    @raise errors.ApiError: 413 for a body over C{limits.max_body_bytes}
+        (which L{qwen_twist.web.request} discarded as it arrived).
+    """
+    if getattr(request, "body_too_large", False):
+        limit = getattr(request.channel.site, "max_body_bytes", 0)
+        raise errors.body_too_large(limit)
+
+
 def parse_json_body(request: Any) -> Any:
     """
     The request body as JSON.
@@ -90,9 +100,7 @@ def parse_json_body(request: Any) -> Any:
         body, invalid UTF-8, invalid JSON (including C{NaN}/C{Infinity}) or
         nesting too deep to parse.
     """
-    if getattr(request, "body_too_large", False):
-        limit = getattr(request.channel.site, "max_body_bytes", 0)
-        raise errors.body_too_large(limit)
+    check_body_size(request)
     request.content.seek(0)
     raw = request.content.read()
     if not raw.strip():
@@ -124,6 +132,7 @@ class ApiResource(resource.Resource):
     #: The envelope of this route's error responses (L{errors.ApiError.body}):
     #: C{"anthropic"} for the Anthropic Messages routes, whose SDK would
     #: otherwise not recognise the refusals of the gate (401, 429, ...).
+    #: (C{"ollama"} on Ollama's native routes.)
     error_style = "openai"
     log = Logger()
 
@@ -161,6 +170,8 @@ class ApiResource(resource.Resource):
         if self.gateway.draining:
             refusal = errors.shutting_down()
             request.setHeader(b"connection", b"close")
+        elif self.refusal(ctx) is not None:
+            refusal = self.refusal(ctx)
         elif not self.accepts_subpaths and request.postpath not in ([], [b""]):
             refusal = errors.not_found("Unknown request URL: %s %s" % (ctx.method, ctx.path))
         elif method not in self.methods:
@@ -286,17 +297,32 @@ class ApiResource(resource.Resource):
             raise errors.upstream_protocol_error()
         return native
 
-    async def upstream_bytes(
-        self, ctx: CallContext, method: str, path: str, payload: Any = None,
-        model_endpoint: bool = True, limit: int = 0,
-    ) -> bytes:
+    def refusal(self, ctx: CallContext) -> Optional[errors.ApiError]:
         """
-        Make a non-streaming upstream call and return its body, read up to
-        C{limit} bytes (default C{upstream.max_response_bytes}; more is a
-        502, so one answer cannot take the gateway's memory).
+        A refusal decided by the URL alone, before any admission (an
+        endpoint serving a family of paths refuses some of them).
+        """
+        return None
 
-        @raise errors.ApiError: mapped from the upstream status (section 8)
-            or from the transport failure.
+    def upstream_error(self, status: int, body: bytes, model_endpoint: bool = True,
+                       model: Optional[str] = None) -> errors.ApiError:
+        """
+        The client's error for a non-200 upstream answer (section 8 here;
+        Ollama's native routes keep Ollama's 4xx status).
+        """
+        return errors.from_upstream(status, body, model_endpoint, model)
+
+    async def upstream_body(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        limit: int = 0,
+    ) -> Tuple[Any, bytes]:
+        """
+        Make a non-streaming upstream call: the response and its body, read
+        up to C{limit} bytes (default C{upstream.max_response_bytes}; more
+        is a 502, so one answer cannot take the gateway's memory), whatever
+        the status.
+
+        @raise errors.ApiError: mapped from the transport failure.
         """
         gateway = self.gateway
         limit = limit or gateway.config.upstream.max_response_bytes
@@ -319,7 +345,21 @@ class ApiResource(resource.Resource):
             raise self.api_error(Failure(), ctx)
         finally:
             ctx.upstream_finished = gateway.now()
+        return response, body
+
+    async def upstream_bytes(
+        self, ctx: CallContext, method: str, path: str, payload: Any = None,
+        model_endpoint: bool = True, limit: int = 0,
+    ) -> bytes:
+        """
+        Make a non-streaming upstream call and return its body (see
+        L{upstream_body}).
+
+        @raise errors.ApiError: mapped from the upstream status (section 8)
+            or from the transport failure.
+        """
+        response, body = await self.upstream_body(ctx, method, path, payload, limit)
         if response.code != 200:
             self.upstream_cause(ctx, response)
-            raise errors.from_upstream(response.code, body, model_endpoint, ctx.model)
+            raise self.upstream_error(response.code, body, model_endpoint, ctx.model)
         return body

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from qwen_twist.context import CallContext
-from qwen_twist.translate import models
+from qwen_twist.translate import models, native
 from qwen_twist.web import respond
 from qwen_twist.web.endpoint import ApiResource
 
@@ -43,6 +43,11 @@ class ModelsResource(ApiResource):
         else:
             await self.gateway.admit(request, ctx, None)
             tags = await self.upstream_json(ctx, "GET", "/api/tags", model_endpoint=False)
+            record = ctx.key_record
+            if record is not None and record.models:
+                # A key limited to some models sees only those, as on
+                # /api/tags: the list must not advertise what it may not use.
+                tags = native.allowed_listing(tags, record.allows_model)
             result = models.model_list(tags, now)
         ctx.status = 200
         respond.json_body(request, 200, result)

@@ -77,6 +77,9 @@ class SseResponse:
     @ivar written: count of writes since the last keep-alive tick.
     """
 
+    #: The response headers of the stream.
+    headers = SSE_HEADERS
+
     def __init__(self, request: Any, clock: Any, keepalive_interval: float,
                  keepalive: bytes = sse.KEEPALIVE) -> None:
         """
@@ -110,9 +113,16 @@ class SseResponse:
             return
         if not self._activity:
             self.commit()
-            self.request.write(self.keepalive)
+            self.request.write(self.next_keepalive())
         self._activity = False
         self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def next_keepalive(self) -> bytes:
+        """
+        What this idle interval sends (C{keepalive}; a stream whose
+        keep-alive carries a timestamp makes a fresh one).
+        """
+        return self.keepalive
 
     def commit(self) -> None:
         """
@@ -121,7 +131,7 @@ class SseResponse:
         if self.committed:
             return
         self.committed = True
-        respond.start(self.request, 200, SSE_HEADERS)
+        respond.start(self.request, 200, self.headers)
         if self.on_commit is not None:
             self.on_commit()
 

@@ -164,7 +164,8 @@ def json_body(request: Request, status: int, obj: Any,
 def error(request: Request, err: ApiError, style: str = "openai") -> None:
     """
     Write an L{ApiError} with its status and headers, in the OpenAI
-    envelope or (C{style="anthropic"}) in Anthropic's.
+    envelope or (C{style="anthropic"}, C{style="ollama"}) in Anthropic's or
+    Ollama's.
     """
     body(request, err.status, err.body(style), _JSON, err.headers)
 

@@ -12,6 +12,7 @@ The Resource tree: which URL is served by which endpoint.
     /v1/messages/count_tokens  CountTokensResource (an estimate)
     /v1/responses            ResponsesResource (OpenAI Responses)
     OPTIONS /v1/... with an Origin   PreflightResource (CORS)
+    /, /api/...              Ollama's native API (L{qwen_twist.web.native})
 
 Everything else is a JSON 404 in the OpenAI envelope, never Twisted's HTML.
 
@@ -38,6 +39,7 @@ from qwen_twist.web.cors import PreflightResource, is_preflight
 from qwen_twist.web.embeddings import EmbeddingsResource
 from qwen_twist.web.health import HealthResource, ReadyResource
 from qwen_twist.web.models import ModelsResource
+from qwen_twist.web import native
 
 
 class UnknownURL(resource.Resource):
@@ -102,4 +104,5 @@ def build_root(gateway: Gateway) -> resource.Resource:
     v1.putChild(b"models", ModelsResource(gateway))
     v1.putChild(b"messages", MessagesResource(gateway))
     v1.putChild(b"responses", ResponsesResource(gateway))
+    native.mount(root, gateway, UnknownURL())
     return root

@@ -17,7 +17,8 @@ from qwen_twist.gate import keyfile, keys
 from qwen_twist.cli import keys as keys_cli
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout root (tests/<area>/this file), put on the children's PYTHONPATH.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class CommandTests(SynchronousTestCase):
@@ -76,6 +77,22 @@ class CommandTests(SynchronousTestCase):
              record.tokens_per_minute, record.expires, record.created),
             ("team b", ("qwen3:32b", "qwen3:8b"), 60, 90000, 1811808000.0, NOW),
         )
+
+    def test_add_scope(self) -> None:
+        """
+        C{--scope models:manage} (repeatable, alongside C{--scopes}) is
+        stored in the key's record; a key added without it has none; an
+        unknown scope is refused.
+        """
+        self.add("--id", "ops", "--scope", "models:manage", "--scopes", "admin")
+        self.add("--id", "app")
+        records = {r.id: r for r in keyfile.list_keys(self.path)}
+        self.assertEqual(records["ops"].scopes, ("admin", "models:manage"))
+        self.assertTrue(records["ops"].has_scope("models:manage"))
+        self.assertEqual(records["app"].scopes, ())
+        status, out, err = self.run_command("add", "--id", "x", "--scope", "models:all")
+        self.assertEqual(status, 1)
+        self.assertIn("unknown scope", err)
 
     def test_add_scopes(self) -> None:
         """

@@ -23,6 +23,7 @@ from qwen_twist.gate import keyfile, keys
 from qwen_twist.config import ConfigError
 
 NOW = 1_800_000_000.0
+# The checkout root (tests/<area>/this file), put on the children's PYTHONPATH.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 URLSAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -190,6 +191,19 @@ class KeyStoreTests(SynchronousTestCase):
         self.assertFalse(alice.allows_model("qwen3"))
         self.assertTrue(bob.allows_model("anything"))
 
+    def test_model_spellings(self) -> None:
+        """
+        An untagged name is its C{:latest} tag, as Ollama resolves it, in
+        either direction; other tags stay distinct, and a registry port
+        in the host part is not a tag.
+        """
+        record = keys.KeyRecord("k", keys.hash_key("x"), models=("qwen3", "llama3:latest"))
+        self.assertTrue(record.allows_model("qwen3:latest"))
+        self.assertTrue(record.allows_model("llama3"))
+        self.assertFalse(record.allows_model("qwen3:8b"))
+        self.assertEqual(keys.model_spellings("host:5000/m"),
+                         ("host:5000/m", "host:5000/m:latest"))
+
     def test_empty(self) -> None:
         """
         The empty store refuses everything.
@@ -233,6 +247,25 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(error.filename, path)
         self.assertTrue(str(error).startswith(path + ": "))
         return error
+
+    def test_scopes(self) -> None:
+        """
+        C{scopes} lists known scopes only; a record without the field has
+        none, and rewriting keeps the field out for such records (the file
+        stays readable by gateways that predate scopes).
+        """
+        store = self.load(
+            'keys:\n  - id: ops\n    hash: "%s"\n    scopes: [models:manage]\n'
+            '  - id: app\n    hash: "%s"\n' % (keys.hash_key("a"), keys.hash_key("b")))
+        ops, app = store.records
+        self.assertTrue(ops.has_scope("models:manage"))
+        self.assertFalse(app.has_scope("models:manage"))
+        rendered = keys.render(list(store.records)).decode()
+        self.assertEqual(rendered.count("scopes"), 1)
+        error = self.refused(
+            'keys:\n  - id: ops\n    hash: "%s"\n    scopes: [models:all]\n'
+            % (keys.hash_key("a"),))
+        self.assertIn("keys[0].scopes[0]: unknown scope 'models:all'", str(error))
 
     def test_missing_file(self) -> None:
         """
@@ -453,6 +486,23 @@ class AddKeyTests(SynchronousTestCase):
         os.chmod(self.path, 0o666)
         keyfile.add_key(self.path, "b", now=NOW)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+
+    def test_owner_and_group_kept(self) -> None:
+        """
+        Rewrites by root keep the file's owner and group, as the .deb
+        installs it (C{root:_qwengate 0640}: the daemon reads it through
+        its group), for adds and revokes alike.
+        """
+        if os.getuid() != 0:
+            raise self.skipTest("changing a file's owner and group needs root")
+        keyfile.add_key(self.path, "a", now=NOW)
+        os.chown(self.path, 1, 65534)
+        os.chmod(self.path, 0o640)
+        keyfile.add_key(self.path, "b", now=NOW)
+        keyfile.revoke_key(self.path, "a")
+        info = os.stat(self.path)
+        self.assertEqual((info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)), (1, 65534, 0o640))
+        self.assertEqual([r.id for r in keyfile.list_keys(self.path)], ["b"])
 
     def test_duplicate_id(self) -> None:
         """

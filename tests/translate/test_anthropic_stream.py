@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qwen_twist.translate import anthropic
 from qwen_twist.translate.anthropic_stream import PING, MessagesStreamTranslator
 
+from tests.support import sdk
 from tests.translate.agent_vectors import (
     MODEL,
     anthropic_validate,
@@ -191,6 +192,7 @@ class SdkAccumulatorTests(SynchronousTestCase):
         """
         Thinking, text, tool inputs, stop reason and usage agree.
         """
+        sdk("anthropic")
         import pydantic
         from anthropic.lib.streaming._messages import accumulate_event
         from anthropic.types import RawMessageStreamEvent

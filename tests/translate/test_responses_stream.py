@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qwen_twist.translate import responses
 from qwen_twist.translate.responses_stream import ResponsesStreamTranslator
 
+from tests.support import sdk
 from tests.translate.agent_vectors import (
     feed_all,
     line,
@@ -190,6 +191,7 @@ class SdkStateTests(SynchronousTestCase):
         """
         Status, text, reasoning, function calls and usage agree.
         """
+        sdk("openai")
         import pydantic
         from openai import omit
         from openai.lib.streaming.responses._responses import ResponseStreamState

@@ -138,7 +138,9 @@ class RoutingTests(SynchronousTestCase):
         """
         An unknown URL is a JSON 404 naming the method and path.
         """
-        for path in ("/", "/v1", "/v1/nope", "/v1/chat", "/v1/chat/completions/x", "/api/chat"):
+        # (C{/} and C{/api/...} are Ollama's native API: tests.web.test_native.)
+        for path in ("/nope", "/v1", "/v1/nope", "/v1/chat", "/v1/chat/completions/x",
+                     "/apix/chat"):
             _, transport = self.harness.request("POST", path, CHAT)
             response = self.harness.response(transport)
             self.assertEqual(response.status, 404, path)
