@@ -28,7 +28,7 @@ from zope.interface import implementer
 from qwen_twist.config import Config
 from qwen_twist.context import CallContext
 from qwen_twist.interfaces import ICallObserver, IReconfigurable
-from qwen_twist.logsafe import clean
+from qwen_twist.observe.logsafe import clean
 from qwen_twist.translate.chat import ChatOptions
 from qwen_twist.upstream.client import OllamaClient
 
@@ -38,7 +38,7 @@ class AccessLog:
     """
     One log line per finished call: no query strings, no headers, no body,
     so nothing secret can end up in it. Every field a client can influence
-    is escaped (L{qwen_twist.logsafe}), so it cannot forge or hide a line.
+    is escaped (L{qwen_twist.observe.logsafe}), so it cannot forge or hide a line.
 
     Why the line is formatted here with C{%}: it is written for every call,
     and Twisted's C{{field}} formatting of ten fields (C{string.Formatter}

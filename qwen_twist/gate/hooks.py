@@ -52,7 +52,7 @@ from qwen_twist.interfaces import IAdmissionHook, IReconfigurable
 from qwen_twist.gate.keyfile import load_store
 from qwen_twist.gate.keys import KeyStore, presented_key
 from qwen_twist.gate.options import OptionsHook
-from qwen_twist.logsafe import clean
+from qwen_twist.observe.logsafe import clean
 from qwen_twist.observe.ids import clean_user
 from qwen_twist.gate.ratelimit import Decision
 from qwen_twist.store.factory import build_store

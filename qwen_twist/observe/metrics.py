@@ -382,6 +382,8 @@ class _Sources:
     @ivar certificate: a callable returning the server certificate's
         C{notAfter} as a Unix time, or L{None}.
     @ivar audit: the L{qwen_twist.observe.audit.AuditLog}, if any.
+    @ivar store: a callable returning the limits store
+        (L{qwen_twist.store.interface.ILimitStore}), or L{None}.
     """
 
     gateway: Any = None
@@ -390,6 +392,11 @@ class _Sources:
     upstream: Optional[Callable[[], Any]] = None
     certificate: Optional[Callable[[], Optional[float]]] = None
     audit: Any = None
+    store: Optional[Callable[[], Any]] = None
+
+
+#: The limits store's states, as the C{state} label of its gauge.
+STORE_STATES = ("memory", "connecting", "up", "down")
 
 
 def _gauge(name: str, doc: str, labels: Tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -417,6 +424,7 @@ class _StateCollector:
         yield from self._refusals(sources.peer_filter)
         yield from self._queue(sources.queue() if sources.queue is not None else None)
         yield from self._upstreams(sources.upstream() if sources.upstream is not None else None)
+        yield from self._store(sources.store() if sources.store is not None else None)
         expiry = _gauge("qwengate_tls_certificate_expiry_timestamp_seconds",
                         "notAfter of the server certificate in force (Unix time)")
         when = sources.certificate() if sources.certificate is not None else None
@@ -428,6 +436,25 @@ class _StateCollector:
                                       "audit lines lost (disk full, write errors)")
         dropped.add_metric([], getattr(audit, "dropped", 0))
         yield dropped
+
+    def _store(self, store: Any) -> Iterable[Any]:
+        """
+        The limits store's state (one series per state, 1 for the current
+        one) and the decisions made locally because it could not be asked:
+        an operator alerts on a shared store that is down, since limits
+        then hold per gateway only.
+        """
+        state = _gauge("qwengate_limits_store_state",
+                       "state of the limits store (1 for the current state)", ("state",))
+        fallbacks = CounterMetricFamily(
+            "qwengate_limits_store_fallbacks",
+            "limit decisions made locally because the shared store could not be asked")
+        current = getattr(store, "state", None)
+        for name in STORE_STATES:
+            state.add_metric([name], 1 if current == name else 0)
+        fallbacks.add_metric([], getattr(store, "fallbacks", 0))
+        yield state
+        yield fallbacks
 
     def _calls(self, gateway: Any) -> Iterable[Any]:
         in_flight = _gauge("qwengate_requests_in_flight", "API calls being served")
@@ -459,6 +486,13 @@ class _StateCollector:
                     handshakes.add_metric([], count)
                 else:
                     dropped.add_metric([kind], count)
+            answered = CounterMetricFamily(
+                "qwengate_refusals_answered",
+                "refused connections answered over TLS with 403/429 (within the answer budget)",
+                labels=("reason",))
+            for reason, count in sorted(getattr(peer_filter, "answered", {}).items()):
+                answered.add_metric([reason], count)
+            yield answered
             connections = _gauge("qwengate_connections_open", "client connections open")
             connections.add_metric([], peer_filter.active)
             yield connections

@@ -83,6 +83,7 @@ class Observability(service.MultiService):
         sources.queue = lambda: gate.queue
         sources.certificate = CertificateExpiry(lambda: certificate_path(self.config))
         sources.audit = self.audit
+        sources.store = lambda: gate.store
         self._upstream = upstream
         sources.upstream = lambda: self._upstream
         self.watch_upstream(upstream)

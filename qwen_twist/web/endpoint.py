@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from qwen_twist import errors
 from qwen_twist.context import CallContext
-from qwen_twist.logsafe import clean
+from qwen_twist.observe.logsafe import clean
 from qwen_twist.observe import ids
 from qwen_twist.pipeline import Gateway
 from qwen_twist.upstream import failures

@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from qwen_twist import errors
 from qwen_twist.interfaces import IReconfigurable
-from qwen_twist.logsafe import clean
+from qwen_twist.observe.logsafe import clean
 from qwen_twist.observe import ids
 from qwen_twist.web import hygiene, respond
 from qwen_twist.web.cors import CorsPolicy

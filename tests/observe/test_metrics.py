@@ -220,7 +220,14 @@ class FakeMember:
 class FakeFilter:
     active = 3
     refused = {"address": 1, "banned": 2, "rate": 0, "per_ip": 0, "total": 4}
-    dropped = {"http": 5, "websocket": 0, "not_tls": 1, "handshake": 7}
+    dropped = {"http": 5, "websocket": 0, "not_tls": 1, "handshake": 7,
+               "handshake_timeout": 2, "evicted": 6}
+    answered = {"banned": 3, "over_cap": 1}
+
+
+class FakeStore:
+    state = "down"
+    fallbacks = 12
 
 
 class CollectorTests(SynchronousTestCase):
@@ -256,6 +263,7 @@ class CollectorTests(SynchronousTestCase):
         sources.queue = lambda: queue
         sources.upstream = lambda: pool
         sources.certificate = lambda: 1800000000.0
+        sources.store = FakeStore
         s = scrape(metrics)
         self.assertEqual(s[("qwengate_requests_in_flight", ())], 2)
         self.assertEqual(s[("qwengate_streams_open", ())], 1)
@@ -265,6 +273,13 @@ class CollectorTests(SynchronousTestCase):
                             (("reason", "banned"), ("stage", "connection")))], 2)
         self.assertEqual(s[("qwengate_tls_handshake_failures_total", ())], 7)
         self.assertEqual(s[("qwengate_connections_dropped_total", (("kind", "http"),))], 5)
+        self.assertEqual(s[("qwengate_connections_dropped_total", (("kind", "evicted"),))], 6)
+        self.assertEqual(s[("qwengate_connections_dropped_total",
+                            (("kind", "handshake_timeout"),))], 2)
+        self.assertEqual(s[("qwengate_refusals_answered_total", (("reason", "banned"),))], 3)
+        self.assertEqual(s[("qwengate_limits_store_state", (("state", "down"),))], 1)
+        self.assertEqual(s[("qwengate_limits_store_state", (("state", "up"),))], 0)
+        self.assertEqual(s[("qwengate_limits_store_fallbacks_total", ())], 12)
         self.assertEqual(s[("qwengate_queue_depth", ())], 1)
         self.assertEqual(s[("qwengate_queue_slots_in_use", ())], 4)
         self.assertEqual(s[("qwengate_upstream_up", (("upstream", "a:11434"),))], 1)

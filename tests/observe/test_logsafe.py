@@ -1,5 +1,5 @@
 """
-Tests for L{qwen_twist.logsafe} and the access log that uses it: a client
+Tests for L{qwen_twist.observe.logsafe} and the access log that uses it: a client
 cannot forge, garble or hide a log line.
 """
 
@@ -11,7 +11,7 @@ from twisted.logger import Logger, LogPublisher, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from qwen_twist.context import CallContext
-from qwen_twist.logsafe import clean
+from qwen_twist.observe.logsafe import clean
 from qwen_twist.pipeline import AccessLog
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logsafe -*-
+# -*- test-case-name: tests.observe.test_logsafe -*-
 """
 Text from clients, made safe to put in a log line.
 
