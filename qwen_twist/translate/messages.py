@@ -24,7 +24,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from qwen_twist.errors import ApiError, invalid_request
-from qwen_twist.translate.validate import type_name
+from qwen_twist.translate.validate import shown_kind, type_name
 
 __all__ = ["native_messages"]
 
@@ -103,7 +103,7 @@ def _parts_text(parts: list, index: int, images: Optional[List[str]]) -> str:
             raise _message_error(
                 index,
                 "unsupported content part type %s."
-                % ("'%s'" % kind[:40] if isinstance(kind, str) else type_name(kind),),
+                % (shown_kind(kind),),
             )
     return "\n".join(texts)
 
@@ -273,7 +273,7 @@ def native_messages(value: object) -> Tuple[List[Dict[str, Any]], int]:
             raise _message_error(
                 index,
                 "unknown role %s."
-                % ("'%s'" % role[:40] if isinstance(role, str) else type_name(role),),
+                % (shown_kind(role),),
             )
         native.append(out)
         chars += len(text)

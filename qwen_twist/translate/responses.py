@@ -51,12 +51,12 @@ from qwen_twist.translate.functions import (
     sampling_options,
 )
 from qwen_twist.translate.validate import (
+    shown_kind,
     optional_bool,
     optional_int,
     optional_object,
     require_object,
     require_str,
-    type_name,
 )
 
 __all__ = ["responses_request", "responses_response", "response_object", "item_id"]
@@ -132,7 +132,7 @@ def _parts(content: object, index: int, images: Optional[List[str]]) -> str:
             raise _error(
                 index,
                 "content part %s is not supported."
-                % ("'%s'" % kind[:40] if isinstance(kind, str) else type_name(kind),),
+                % (shown_kind(kind),),
             )
     return "\n".join(texts)
 
@@ -262,7 +262,7 @@ def _input(body: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], int]:
                 index,
                 "item type %s is not supported (message, reasoning, function_call and "
                 "function_call_output are)."
-                % ("'%s'" % kind[:40] if isinstance(kind, str) else type_name(kind),),
+                % (shown_kind(kind),),
             )
     return native, chars
 

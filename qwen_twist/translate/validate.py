@@ -91,6 +91,14 @@ BOOL_OPTIONS = frozenset(
 ALLOWED_OPTIONS = INT_OPTIONS | FLOAT_OPTIONS | BOOL_OPTIONS | {"stop"}
 
 
+def shown_kind(kind: object) -> str:
+    """
+    A client-supplied C{type} value as error messages quote it: a string
+    quoted and cut at 40 characters, anything else by its JSON type name.
+    """
+    return "'%s'" % kind[:40] if isinstance(kind, str) else type_name(kind)
+
+
 def type_name(value: object) -> str:
     """
     The JSON name of a decoded value's type, for error messages.

@@ -85,8 +85,26 @@ class _QuietClientFactory(wclient._HTTP11ClientFactory):
     noisy = False
 
 
+class _NoTransport:
+    """
+    Nothing to pause or stop: the transport of a body already read, and
+    the producer side of a body already in memory.
+    """
+
+    __slots__ = ()
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(IBodyProducer)
-class _BytesProducer:
+class _BytesProducer(_NoTransport):
     """
     A request body in memory: produced whole, and again on a retry (which
     Twisted refuses for producers it cannot rewind).
@@ -101,15 +119,6 @@ class _BytesProducer:
     def startProducing(self, consumer: Any) -> "defer.Deferred[None]":
         consumer.write(self.body)
         return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Request(Request):
@@ -243,19 +252,6 @@ class _BufferedResponse:
 
     def setPreviousResponse(self, response: Any) -> None:
         self.previousResponse = response
-
-
-class _NoTransport:
-    # The transport of a body already read: nothing to pause or stop.
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class OllamaClient:
