@@ -137,6 +137,23 @@ class ReadmeTests(SynchronousTestCase):
         self.assertEqual(missing, [])
 
 
+    def test_every_error_code_documented(self):
+        """
+        Every error code a client can receive (the code constants of
+        L{qwen_twist.errors}) appears in backticks in the README, so a new
+        refusal cannot ship without its line in the errors table.
+        """
+        from qwen_twist import errors
+
+        with open(README, encoding="utf-8") as f:
+            text = f.read()
+        codes = {value for name, value in vars(errors).items()
+                 if name.isupper() and isinstance(value, str) and value.islower()
+                 and " " not in value}
+        self.assertTrue(codes)
+        self.assertEqual(sorted(c for c in codes if "`%s`" % (c,) not in text), [])
+
+
 class DemoConfigTests(SynchronousTestCase):
     """
     C{etc/qwengate/demo.yaml}, used by C{./qwengate-dev demo}.
